@@ -29,8 +29,8 @@ pub enum Attestation {
     None,
     /// `type: tpm`.
     Tpm(TpmAttestation),
-    /// `type: x509`.
-    X509(X509Attestation),
+    /// `type: x509` (boxed: certificates are large and most enrollments have none).
+    X509(Box<X509Attestation>),
     /// `type: symmetricKey`.
     SymmetricKey(SymmetricKeyAttestation),
 }
@@ -54,7 +54,7 @@ impl Attestation {
             Attestation::SymmetricKey(_) => {
                 Attestation::SymmetricKey(SymmetricKeyAttestation::default())
             }
-            Attestation::X509(x) => Attestation::X509(X509Attestation {
+            Attestation::X509(x) => Attestation::X509(Box::new(X509Attestation {
                 client_certificates: x
                     .client_certificates
                     .as_ref()
@@ -64,7 +64,7 @@ impl Attestation {
                     .as_ref()
                     .map(X509Certificates::info_only),
                 ca_references: x.ca_references.clone(),
-            }),
+            })),
             other => other.clone(),
         }
     }
@@ -78,7 +78,7 @@ struct AttestationWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tpm: Option<TpmAttestation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    x509: Option<X509Attestation>,
+    x509: Option<Box<X509Attestation>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     symmetric_key: Option<SymmetricKeyAttestation>,
 }

@@ -1,0 +1,125 @@
+//! The persistence trait and its sled implementation.
+//!
+//! A backend is a durable ordered key/value map per [`Table`]. Writes may be buffered until
+//! [`Backend::flush`] returns, which must make every earlier write survive a crash; the
+//! [`crate::Store`] shares one flush between concurrent writers (group commit).
+
+use std::path::Path;
+
+use crate::StoreError;
+
+/// The record kinds, one keyspace each. Keys are lower-case ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Individual enrollments by registration id.
+    Enrollments,
+    /// Enrollment groups by group id.
+    Groups,
+    /// Registration records by registration id.
+    Registrations,
+}
+
+impl Table {
+    /// All tables.
+    pub const ALL: [Table; 3] = [Table::Enrollments, Table::Groups, Table::Registrations];
+
+    /// The table's name (also the sled tree name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Enrollments => "enrollments",
+            Table::Groups => "enrollment_groups",
+            Table::Registrations => "registrations",
+        }
+    }
+}
+
+/// Called for each record of a scan, in key order; returns `false` to stop.
+pub type Visit<'a> = dyn FnMut(&str, &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// A durable, ordered key/value store with one keyspace per table.
+pub trait Backend: Send + Sync + 'static {
+    /// Writes a value (durable after the next [`Backend::flush`]).
+    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes a value (durable after the next [`Backend::flush`]).
+    fn remove(&self, table: Table, key: &str) -> Result<(), StoreError>;
+    /// Visits records with keys strictly after `after` (all when `None`) in key order.
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// sled's page cache: our own cache holds every record, so sled's is only for scans and
+/// start-up and can stay small.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The default backend: an embedded sled database in a directory.
+pub struct SledBackend {
+    db: sled::Db,
+    trees: [sled::Tree; 3],
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
+        let trees = [
+            db.open_tree(Table::Enrollments.name())?,
+            db.open_tree(Table::Groups.name())?,
+            db.open_tree(Table::Registrations.name())?,
+        ];
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, table: Table) -> &sled::Tree {
+        &self.trees[table as usize]
+    }
+}
+
+impl Backend for SledBackend {
+    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.tree(table).insert(key.as_bytes(), value)?;
+        Ok(())
+    }
+
+    fn remove(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        self.tree(table).remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        for item in self
+            .tree(table)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (k, v) = item?;
+            let key = std::str::from_utf8(&k).map_err(|e| StoreError::Backend(Box::new(e)))?;
+            if !visit(key, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
