@@ -1,0 +1,267 @@
+//! Certificate parsing: the PEM, bare base64 or DER a client sends becomes a
+//! [`ParsedCertificate`] with the `X509CertificateInfo` DPS shows for it.
+//!
+//! This is parsing only: nothing here says a certificate is trusted.
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use dps_types::{Timestamp, X509CertificateInfo};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use x509_parser::certificate::X509Certificate;
+
+use crate::AttestError;
+
+/// Longest certificate text accepted, in bytes. A P-256 device certificate is about 700 bytes
+/// of PEM and an RSA-4096 CA with long names and policies about 3 KiB; 16 KiB is far above any
+/// real certificate while bounding what a request can make us decode.
+pub const MAX_CERTIFICATE_TEXT: usize = 16 * 1024;
+/// Longest DER accepted, in bytes: what [`MAX_CERTIFICATE_TEXT`] of base64 decodes to.
+pub const MAX_CERTIFICATE_DER: usize = MAX_CERTIFICATE_TEXT / 4 * 3;
+
+const PEM_BEGIN: &str = "-----BEGIN ";
+const PEM_DASHES: &str = "-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+/// Longest PEM label quoted back in an error.
+const MAX_QUOTED_LABEL: usize = 40;
+
+/// Standard base64 with optional padding; whitespace is removed before decoding.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// An X.509 certificate that parsed, with the values the service needs from it computed once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ParsedCertificate {
+    der: Vec<u8>,
+    info: X509CertificateInfo,
+    common_name: Option<String>,
+    is_ca: bool,
+}
+
+impl ParsedCertificate {
+    /// Parses certificate text: one PEM `CERTIFICATE` block (explanatory text around it is
+    /// ignored, as RFC 7468 allows; a second block is refused), or bare base64 of the DER
+    /// (line breaks allowed), as the portal accepts.
+    pub fn parse(text: &str) -> Result<Self, AttestError> {
+        if text.len() > MAX_CERTIFICATE_TEXT {
+            return Err(AttestError::CertificateTooLarge {
+                len: text.len(),
+                max: MAX_CERTIFICATE_TEXT,
+            });
+        }
+        let der = if text.contains(PEM_BEGIN) {
+            pem_to_der(text)?
+        } else {
+            decode_base64(text).ok_or(AttestError::CertificateNotRecognized)?
+        };
+        Self::parse_der(&der)
+    }
+
+    /// Parses one DER certificate; trailing bytes are refused.
+    pub fn parse_der(der: &[u8]) -> Result<Self, AttestError> {
+        if der.len() > MAX_CERTIFICATE_DER {
+            return Err(AttestError::CertificateTooLarge {
+                len: der.len(),
+                max: MAX_CERTIFICATE_DER,
+            });
+        }
+        let (rest, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| AttestError::DerInvalid(e.into()))?;
+        if !rest.is_empty() {
+            return Err(AttestError::DerTrailingData { len: rest.len() });
+        }
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            info: info(&cert, der),
+            common_name,
+            is_ca: cert.is_ca(),
+            der: der.to_vec(),
+        })
+    }
+
+    /// The DER bytes.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The `X509CertificateInfo` DPS returns for this certificate.
+    pub fn info(&self) -> X509CertificateInfo {
+        self.info.clone()
+    }
+
+    /// The first subject common name, when it is a string. For a device certificate this is
+    /// the registration id the device claims.
+    pub fn common_name(&self) -> Option<String> {
+        self.common_name.clone()
+    }
+
+    /// Whether basicConstraints says `CA:TRUE`.
+    pub fn is_ca(&self) -> bool {
+        self.is_ca
+    }
+}
+
+impl std::fmt::Debug for ParsedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedCertificate")
+            .field("subject", &self.info.subject_name)
+            .field("sha256", &self.info.sha256_thumbprint)
+            .field("is_ca", &self.is_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+fn info(cert: &X509Certificate<'_>, der: &[u8]) -> X509CertificateInfo {
+    let validity = cert.validity();
+    X509CertificateInfo {
+        subject_name: cert.subject().to_string(),
+        sha1_thumbprint: hex::encode_upper(Sha1::digest(der)),
+        sha256_thumbprint: hex::encode_upper(Sha256::digest(der)),
+        issuer_name: cert.issuer().to_string(),
+        not_before_utc: Timestamp::from(validity.not_before.to_datetime()),
+        not_after_utc: Timestamp::from(validity.not_after.to_datetime()),
+        serial_number: hex::encode_upper(cert.raw_serial()),
+        // The encoded field is 0 for v1 .. 2 for v3; DPS shows 1 .. 3. The parser refuses
+        // anything else, and a saturating conversion keeps this total anyway.
+        version: i32::try_from(cert.version().0)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1),
+    }
+}
+
+/// The DER inside the one `CERTIFICATE` block of `text`.
+fn pem_to_der(text: &str) -> Result<Vec<u8>, AttestError> {
+    let malformed = |why| AttestError::PemMalformed { why };
+    let (_, after_begin) = text
+        .split_once(PEM_BEGIN)
+        .ok_or(malformed("has no -----BEGIN line"))?;
+    let (label, rest) = after_begin.split_once(PEM_DASHES).ok_or(malformed(
+        "has a -----BEGIN line that does not end with -----",
+    ))?;
+    if label != "CERTIFICATE" {
+        return Err(AttestError::PemNotCertificate {
+            label: label.chars().take(MAX_QUOTED_LABEL).collect(),
+        });
+    }
+    let (body, tail) = rest
+        .split_once(PEM_END)
+        .ok_or(malformed("has no -----END CERTIFICATE----- line"))?;
+    if tail.contains(PEM_BEGIN) {
+        return Err(malformed(
+            "text holds more than one PEM block; send only the one certificate",
+        ));
+    }
+    decode_base64(body).ok_or(malformed("body is not base64"))
+}
+
+/// Base64 with all ASCII whitespace removed; `None` when it does not decode or is empty.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    LENIENT_BASE64
+        .decode(compact)
+        .ok()
+        .filter(|der| !der.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD;
+    use dps_test_util::{DeviceOptions, Signer, TestPki, Validity};
+
+    use super::*;
+
+    #[test]
+    fn device_certificate_info() {
+        let pki = TestPki::new();
+        let device = pki.device("my-device");
+        let parsed = ParsedCertificate::parse(&device.cert_pem).unwrap();
+        let info = parsed.info();
+        assert_eq!(info.subject_name, "CN=my-device");
+        assert_eq!(info.issuer_name, "CN=DPS Test Intermediate CA, O=DPS Test");
+        assert_eq!(info.version, 3);
+        assert_eq!(
+            info.sha256_thumbprint,
+            hex::encode_upper(Sha256::digest(&device.der))
+        );
+        assert_eq!(info.sha1_thumbprint.len(), 40);
+        assert_eq!(info.sha1_thumbprint, info.sha1_thumbprint.to_uppercase());
+        assert!(!info.serial_number.is_empty());
+        assert_eq!(info.serial_number, info.serial_number.to_uppercase());
+        assert!(info.not_before_utc < Timestamp::now() && Timestamp::now() < info.not_after_utc);
+        assert_eq!(parsed.common_name().as_deref(), Some("my-device"));
+        assert!(!parsed.is_ca());
+        assert_eq!(parsed.der(), device.der.as_slice());
+    }
+
+    #[test]
+    fn ca_certificates_are_recognised() {
+        let pki = TestPki::new();
+        let root = ParsedCertificate::parse(&pki.root_pem()).unwrap();
+        assert!(root.is_ca());
+        assert_eq!(root.info().subject_name, root.info().issuer_name);
+        assert!(ParsedCertificate::parse(&pki.intermediate_pem())
+            .unwrap()
+            .is_ca());
+    }
+
+    #[test]
+    fn pem_base64_and_der_give_the_same_result() {
+        let device = TestPki::new().device_with(
+            "d",
+            DeviceOptions {
+                signer: Signer::SelfSigned,
+                validity: Validity::Expired,
+                ..Default::default()
+            },
+        );
+        let from_pem = ParsedCertificate::parse(&device.cert_pem).unwrap();
+        let padded = format!("\n  {}\r\n", device.cert_pem);
+        let with_text = format!("subject=CN = d\n{}", device.cert_pem);
+        let b64 = STANDARD.encode(&device.der);
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        for text in [padded, with_text, b64.clone(), wrapped.join("\n")] {
+            assert_eq!(ParsedCertificate::parse(&text).unwrap(), from_pem, "{text}");
+        }
+        assert_eq!(ParsedCertificate::parse_der(&device.der).unwrap(), from_pem);
+        assert!(from_pem.info().not_after_utc < Timestamp::now());
+    }
+
+    fn parse_err(text: &str) -> String {
+        ParsedCertificate::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let device = TestPki::new().device("d");
+        assert!(parse_err("hello, world").contains("not PEM, base64 or DER"));
+        assert!(parse_err("").contains("not PEM, base64 or DER"));
+        assert!(parse_err(&device.key_pem).contains("is not a CERTIFICATE but 'PRIVATE KEY'"));
+        assert!(parse_err(&device.chain_pem).contains("more than one PEM block"));
+        let truncated = device.cert_pem.replace("-----END CERTIFICATE-----", "");
+        assert!(parse_err(&truncated).contains("no -----END"));
+        let mangled = device.cert_pem.replacen("MII", "M*I", 1);
+        assert!(parse_err(&mangled).contains("not base64"));
+        assert!(parse_err(&STANDARD.encode(b"not a certificate"))
+            .starts_with("DER does not parse as an X.509 certificate: "));
+        let mut long = device.der.clone();
+        long.push(0);
+        let err = ParsedCertificate::parse_der(&long).unwrap_err().to_string();
+        assert!(err.contains("1 bytes follow"), "{err}");
+        let err = ParsedCertificate::parse_der(&device.der[..device.der.len() - 1]).unwrap_err();
+        assert!(matches!(err, AttestError::DerInvalid(_)), "{err}");
+        assert!(parse_err(&"A".repeat(MAX_CERTIFICATE_TEXT + 1)).contains("at most 16384"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The crate's one error enum.
+//!
+//! Every variant names the part of the credential that is wrong, because the frontends send
+//! the message back (a 401 for a token, a 400 for an enrollment). No variant carries a key, a
+//! signature or certificate bytes, so neither `Display` nor `Debug` can leak one.
+
+use x509_parser::error::X509Error;
+
+/// Why a credential or an enrollment's attestation was refused.
+///
+/// `Sas*` variants: a `SharedAccessSignature` is malformed, wrong or expired (the peer is at
+/// fault; answer 401). `Certificate*`, `Pem*` and `Der*` variants: certificate text that does
+/// not parse. The rest: an enrollment whose attestation cannot be stored (answer 400).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The token is longer than [`crate::sas::MAX_TOKEN_LEN`].
+    #[error("the SharedAccessSignature is {len} bytes long; at most {max} are accepted")]
+    SasTooLong {
+        /// Length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The token does not start with `SharedAccessSignature ` (case-sensitive, one space).
+    #[error("the token does not start with 'SharedAccessSignature '")]
+    SasMissingPrefix,
+    /// A `&`-separated field has no `=`.
+    #[error("field {position} of the SharedAccessSignature has no '='")]
+    SasMalformedField {
+        /// 1-based position of the field.
+        position: usize,
+    },
+    /// A field other than `sr`, `sig`, `se` and `skn`.
+    #[error(
+        "the SharedAccessSignature has an unknown field '{name}'; expected sr, sig, se and skn"
+    )]
+    SasUnknownField {
+        /// The field name (truncated).
+        name: String,
+    },
+    /// A field appears twice.
+    #[error("the SharedAccessSignature has more than one '{field}' field")]
+    SasDuplicateField {
+        /// `sr`, `sig`, `se` or `skn`.
+        field: &'static str,
+    },
+    /// A required field is absent or empty.
+    #[error("the SharedAccessSignature has no '{field}' value")]
+    SasMissingField {
+        /// `sr`, `sig` or `se`.
+        field: &'static str,
+    },
+    /// `sr` or `skn` is not valid percent-encoded UTF-8.
+    #[error("the SharedAccessSignature '{field}' {why}")]
+    SasMalformedValue {
+        /// `sr` or `skn`.
+        field: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// `se` is not a decimal number of seconds since the Unix epoch.
+    #[error(
+        "the SharedAccessSignature expiry 'se={value}' is not a whole number of seconds since the Unix epoch"
+    )]
+    SasMalformedExpiry {
+        /// The value as sent (truncated; an expiry is not secret).
+        value: String,
+    },
+    /// `sig` does not decode to an HMAC-SHA256 value.
+    #[error("the SharedAccessSignature signature 'sig' {why}")]
+    SasMalformedSignature {
+        /// What is wrong (never the signature itself).
+        why: &'static str,
+    },
+    /// The signature was not made with any of the candidate keys.
+    #[error("the SharedAccessSignature signature does not match")]
+    SasSignatureMismatch,
+    /// `se` is in the past, beyond the tolerated clock skew.
+    #[error(
+        "the SharedAccessSignature expired at {expiry} (now {now}; seconds since the Unix epoch)"
+    )]
+    SasExpired {
+        /// The token's `se`.
+        expiry: i64,
+        /// The verifier's clock.
+        now: i64,
+    },
+
+    /// Certificate text or DER over [`crate::cert::MAX_CERTIFICATE_TEXT`] or
+    /// [`crate::cert::MAX_CERTIFICATE_DER`].
+    #[error("the certificate is {len} bytes long; at most {max} are accepted")]
+    CertificateTooLarge {
+        /// Length received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The text is neither a PEM block nor base64.
+    #[error("the certificate is not PEM, base64 or DER")]
+    CertificateNotRecognized,
+    /// The PEM block has another label (for example `PRIVATE KEY`).
+    #[error("the PEM block is not a CERTIFICATE but '{label}'")]
+    PemNotCertificate {
+        /// The label (truncated).
+        label: String,
+    },
+    /// The PEM framing is broken, or there is more than one block.
+    #[error("the PEM certificate {why}")]
+    PemMalformed {
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The bytes are not a DER X.509 certificate.
+    #[error("DER does not parse as an X.509 certificate: {0}")]
+    DerInvalid(#[source] X509Error),
+    /// Bytes follow the certificate's DER.
+    #[error("DER does not parse as an X.509 certificate: {len} bytes follow the certificate")]
+    DerTrailingData {
+        /// How many.
+        len: usize,
+    },
+
+    /// The attestation type is one this service does not accept for this kind of record.
+    #[error("{0}")]
+    UnsupportedAttestation(&'static str),
+    /// A member the attestation needs is absent or empty.
+    #[error("{member} is required")]
+    MissingMember {
+        /// JSON path of the member, e.g. `attestation.x509.clientCertificates.primary.certificate`.
+        member: &'static str,
+    },
+    /// The attestation has members that do not belong on this kind of record.
+    #[error("{0}")]
+    InvalidAttestation(&'static str),
+    /// A certificate of the enrollment does not parse.
+    #[error("{member}: {source}")]
+    InvalidCertificate {
+        /// JSON path of the certificate.
+        member: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: Box<AttestError>,
+    },
+}
