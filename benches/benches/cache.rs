@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use dps_benches::{fill_store, id};
 use dps_store::{Precondition, Store};
 
@@ -22,14 +22,10 @@ fn lookups(c: &mut Criterion) {
     let ids: Vec<String> = (0..4096).map(|i| id((i * 7919) % COUNT)).collect();
     let mut i = 0;
     group.bench_function("idle", |b| {
-        b.iter_batched(
-            || {
-                i = (i + 1) % ids.len();
-                &ids[i]
-            },
-            |id| store.cache().enrollment(id).is_some(),
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            store.cache().enrollment(black_box(&ids[i])).is_some()
+        })
     });
 
     // One writer (durable API-path writes) and a second reader run while we measure.
@@ -52,7 +48,9 @@ fn lookups(c: &mut Criterion) {
         })
     };
     let reader = {
-        let (store, stop, ids) = (store.clone(), Arc::clone(&stop), ids.clone());
+        // Other devices than the measured thread's, as two concurrent registrations would be.
+        let ids: Vec<String> = (0..4096).map(|i| id((i * 7919 + 1) % COUNT)).collect();
+        let (store, stop) = (store.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
             let mut hits = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -64,14 +62,10 @@ fn lookups(c: &mut Criterion) {
         })
     };
     group.bench_function("two_readers_one_writer", |b| {
-        b.iter_batched(
-            || {
-                i = (i + 1) % ids.len();
-                &ids[i]
-            },
-            |id| store.cache().enrollment(id).is_some(),
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            store.cache().enrollment(black_box(&ids[i])).is_some()
+        })
     });
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap_or(0);

@@ -7,27 +7,34 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dps_benches::{fill_store, rss_bytes};
+use dps_benches::{fill_store, live_heap_bytes, rss_bytes, CountingAlloc};
 use dps_store::Store;
 
 const COUNT: usize = 1_000_000;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 fn startup(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     fill_store(dir.path(), COUNT).unwrap_or_else(|e| panic!("fill: {e}"));
 
-    // Memory: RSS growth across one open, per enrollment (sled's own page cache included).
-    let before = rss_bytes();
+    // Memory per enrollment: live heap growth across one open (the cache, plus sled's own page
+    // cache of at most 64 MiB), and RSS growth for comparison.
+    let (heap_before, rss_before) = (live_heap_bytes(), rss_bytes());
     let started = Instant::now();
     let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("open: {e}"));
     let took = started.elapsed();
-    let grown = rss_bytes().saturating_sub(before);
+    let heap = live_heap_bytes().saturating_sub(heap_before);
+    let rss = rss_bytes().saturating_sub(rss_before);
     println!(
-        "open with {} enrollments: {:.2} s, RSS +{} MiB = {} bytes per enrollment",
+        "open with {} enrollments: {:.2} s; live heap +{} MiB = {} B/enrollment; RSS +{} MiB = {} B/enrollment",
         store.cache().enrollment_count(),
         took.as_secs_f64(),
-        grown / (1024 * 1024),
-        grown / COUNT
+        heap >> 20,
+        heap / COUNT,
+        rss >> 20,
+        rss / COUNT
     );
     drop(store);
 

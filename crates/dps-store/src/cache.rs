@@ -21,17 +21,21 @@ pub(crate) fn lower(id: &str) -> Cow<'_, str> {
     }
 }
 
+/// aHash: several times faster than SipHash on short ids and still keyed per process, so peers
+/// cannot pick registration ids that collide (the ids come from the network).
+type Map<K, V> = DashMap<K, V, ahash::RandomState>;
+
 /// A map from an index value (thumbprint, subject) to the keys of the groups that have it.
-type MultiIndex = DashMap<Box<str>, Vec<Box<str>>>;
+type MultiIndex = Map<Box<str>, Vec<Box<str>>>;
 
 /// Lock-free (sharded) lookup tables over all records.
 #[derive(Default)]
 pub struct Cache {
-    enrollments: DashMap<Box<str>, Arc<IndividualEnrollment>>,
-    groups: DashMap<Box<str>, Arc<EnrollmentGroup>>,
+    enrollments: Map<Box<str>, Arc<IndividualEnrollment>>,
+    groups: Map<Box<str>, Arc<EnrollmentGroup>>,
     groups_by_thumbprint: MultiIndex,
     groups_by_subject: MultiIndex,
-    registrations: DashMap<Box<str>, Arc<RegistrationRecord>>,
+    registrations: Map<Box<str>, Arc<RegistrationRecord>>,
 }
 
 impl Cache {
@@ -171,5 +175,20 @@ fn drop_key(index: &MultiIndex, value: &str, key: &str) {
     };
     if now_empty {
         index.remove_if(value, |_, keys| keys.is_empty());
+    }
+}
+
+impl dps_types::EnrollmentLookup for Cache {
+    fn enrollment(&self, registration_id: &str) -> Option<Arc<IndividualEnrollment>> {
+        Cache::enrollment(self, registration_id)
+    }
+    fn groups_by_thumbprint(&self, sha256_hex: &str) -> Vec<Arc<EnrollmentGroup>> {
+        Cache::groups_by_thumbprint(self, sha256_hex)
+    }
+    fn groups_by_subject(&self, subject: &str) -> Vec<Arc<EnrollmentGroup>> {
+        Cache::groups_by_subject(self, subject)
+    }
+    fn symmetric_key_groups(&self) -> Vec<Arc<EnrollmentGroup>> {
+        Cache::symmetric_key_groups(self)
     }
 }

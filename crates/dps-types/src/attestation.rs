@@ -270,7 +270,7 @@ mod tests {
         s.fill_missing_keys();
         let a = Attestation::SymmetricKey(s.clone());
         let full = serde_json::to_string(&a).unwrap();
-        assert!(full.contains(s.primary_key.as_ref().unwrap().expose_base64()));
+        assert!(full.contains(&s.primary_key.as_ref().unwrap().expose_base64()));
         let red = serde_json::to_string(&a.redacted()).unwrap();
         assert_eq!(red, r#"{"type":"symmetricKey","symmetricKey":{}}"#);
     }

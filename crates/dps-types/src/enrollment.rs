@@ -171,9 +171,9 @@ pub struct IndividualEnrollment {
     /// The device id on the hub; the registration id when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<DeviceId>,
-    /// Read-only: the current registration record.
+    /// Read-only: the current registration record (boxed: absent in every stored record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration_state: Option<DeviceRegistrationState>,
+    pub registration_state: Option<Box<DeviceRegistrationState>>,
     /// Free-form device information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optional_device_information: Option<TwinCollection>,

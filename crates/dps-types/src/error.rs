@@ -71,6 +71,8 @@ pub enum ErrorCode {
     EnrollmentExists,
     /// An enrollment group with that id already exists.
     EnrollmentGroupExists,
+    /// The client did not send its request in time.
+    RequestTimeout,
     /// `If-Match` did not match the current etag.
     PreconditionFailed,
     /// The body exceeds the size limit.
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405001,
             ErrorCode::EnrollmentExists => 409201,
             ErrorCode::EnrollmentGroupExists => 409202,
+            ErrorCode::RequestTimeout => 408001,
             ErrorCode::PreconditionFailed => 412002,
             ErrorCode::PayloadTooLarge => 413001,
             ErrorCode::UnsupportedMediaType => 415001,
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::EnrollmentExists => "EnrollmentAlreadyExists",
             ErrorCode::EnrollmentGroupExists => "EnrollmentGroupAlreadyExists",
+            ErrorCode::RequestTimeout => "RequestTimeout",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
             ErrorCode::PayloadTooLarge => "RequestEntityTooLarge",
             ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",

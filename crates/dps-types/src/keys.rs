@@ -16,9 +16,11 @@ const MAX_EK_BYTES: usize = 2048;
 
 /// A base64 symmetric key of 16 to 64 bytes (individual enrollment key, group key or a
 /// device key derived from a group key).
+///
+/// Only the bytes are kept (the base64 text is made when needed): the cache holds two keys
+/// per enrollment, for up to millions of enrollments.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SymmetricKey {
-    text: Box<str>,
     bytes: Box<[u8]>,
 }
 
@@ -43,7 +45,6 @@ impl SymmetricKey {
             });
         }
         Ok(Self {
-            text: STANDARD.encode(bytes).into(),
             bytes: bytes.into(),
         })
     }
@@ -52,7 +53,6 @@ impl SymmetricKey {
     pub fn generate() -> Self {
         let bytes: [u8; MAX_KEY_BYTES] = std::array::from_fn(|_| rand::random());
         Self {
-            text: STANDARD.encode(bytes).into(),
             bytes: bytes.into(),
         }
     }
@@ -63,8 +63,8 @@ impl SymmetricKey {
     }
 
     /// The base64 text (only for places where DPS returns keys).
-    pub fn expose_base64(&self) -> &str {
-        &self.text
+    pub fn expose_base64(&self) -> String {
+        STANDARD.encode(&self.bytes)
     }
 }
 
@@ -76,7 +76,7 @@ impl std::fmt::Debug for SymmetricKey {
 
 impl Serialize for SymmetricKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
+        s.serialize_str(&self.expose_base64())
     }
 }
 
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn symmetric_key_debug_is_redacted() {
         let k = SymmetricKey::generate();
-        assert!(!format!("{k:?}").contains(k.expose_base64()));
+        assert!(!format!("{k:?}").contains(&k.expose_base64()));
     }
 
     #[test]

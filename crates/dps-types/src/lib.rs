@@ -16,10 +16,12 @@
 //! the one error enum of this crate.
 
 mod attestation;
+mod device;
 mod enrollment;
 mod error;
 mod ids;
 mod keys;
+mod lookup;
 mod registration;
 mod timestamp;
 mod wire_enum;
@@ -27,6 +29,10 @@ mod wire_enum;
 pub use attestation::{
     Attestation, AttestationType, SymmetricKeyAttestation, TpmAttestation, X509Attestation,
     X509CaReferences, X509CertificateInfo, X509CertificateWithInfo, X509Certificates,
+};
+pub use device::{
+    DeviceRegistration, DeviceRegistrationResult, RegistrationOperationStatus,
+    SymmetricKeyRegistrationResult, X509RegistrationResult,
 };
 pub use enrollment::{
     AllocationPolicy, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,
@@ -38,5 +44,6 @@ pub use enrollment::{
 pub use error::{ErrorCode, ErrorDetails, TypeError};
 pub use ids::{DeviceId, EnrollmentGroupId, Etag, HubName, IdScope, RegistrationId};
 pub use keys::{EndorsementKey, SymmetricKey};
+pub use lookup::EnrollmentLookup;
 pub use registration::{AssignedDeviceSubstatus, DeviceRegistrationState, RegistrationStatus};
 pub use timestamp::Timestamp;

@@ -1,0 +1,162 @@
+//! The HTTPS service API of the provisioning service: the enrollment-management REST API of
+//! Azure IoT Hub DPS (swagger `service.json`, api-version 2021-10-01, older versions accepted),
+//! authenticated with DPS service SAS tokens, served over rustls.
+//!
+//! What it does: [`router`] builds every operation (individual enrollments, enrollment groups,
+//! bulk operations, queries with paging, device registration states) over a
+//! [`dps_store::Store`], checking each request's `SharedAccessSignature` against the configured
+//! [`SharedAccessPolicy`]s and their [`Rights`]. It is lenient where real clients differ (path
+//! case, trailing slashes, quoted or bare `If-Match`, any `api-version`, explicit nulls,
+//! unknown members) and strict where it matters (ids, keys, certificates, body size, time).
+//! [`serve`] runs any such router on a TCP listener: a connection limit, a TLS handshake
+//! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`].
+//!
+//! What it must never do: create or change a registration (devices register through the
+//! registrar; this API only reads and deletes registration records); log a token, a
+//! signature or a key; return keys or certificate text anywhere but the
+//! attestation-mechanism operation; panic on anything a peer sends.
+//!
+//! Main types: [`ApiState`] (store, service host, policies), [`SharedAccessPolicy`],
+//! [`Rights`], [`HttpLimits`], and the crate's one error enum [`ApiError`], which renders as a
+//! DPS `ProvisioningServiceErrorDetails` response.
+
+mod auth;
+mod bulk;
+mod error;
+mod extract;
+mod normalize;
+mod registrations;
+mod resource;
+mod server;
+
+use std::sync::Arc;
+
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use dps_store::Store;
+use dps_types::{EnrollmentGroup, IndividualEnrollment};
+use tower::Layer;
+
+pub use auth::{Rights, SharedAccessPolicy};
+pub use error::ApiError;
+pub use server::{serve, HttpLimits};
+
+/// Default largest request body: DPS messages are at most 96 KB, and an enrollment with two
+/// PEM certificates is under 10 KB; 256 KiB leaves room without letting a client make the
+/// server buffer much.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What the handlers share: the store, who this service is, and who may call it. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct ApiState {
+    store: Store,
+    service_host: Arc<str>,
+    policies: Arc<[SharedAccessPolicy]>,
+    max_body_bytes: usize,
+}
+
+impl ApiState {
+    /// `service_host` is the host name clients sign their tokens for, e.g. `localhost:8443`
+    /// or `mydps.example.com` (a leading `https://` and trailing `/` are ignored).
+    pub fn new(store: Store, service_host: &str, policies: Vec<SharedAccessPolicy>) -> ApiState {
+        let host = service_host.trim().to_ascii_lowercase();
+        let host = host
+            .strip_prefix("https://")
+            .or_else(|| host.strip_prefix("http://"))
+            .unwrap_or(&host)
+            .trim_end_matches('/');
+        ApiState {
+            store,
+            service_host: host.into(),
+            policies: policies.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Sets the largest request body the JSON operations accept (413 above it).
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> ApiState {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The host name tokens must be signed for (lower case, no scheme).
+    pub fn service_host(&self) -> &str {
+        &self.service_host
+    }
+
+    pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
+        &self.policies
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+/// Every operation of the DPS service API. Paths are matched case-insensitively and with or
+/// without a trailing slash (see `normalize.rs`); the `api-version` query parameter is
+/// accepted with any value or none. Unknown paths answer 404 and known paths with another
+/// method 405, both with a DPS error body.
+///
+/// A path `/{enrollments|enrollmentGroups}/query` is always the query operation for `POST`;
+/// a record whose id is exactly `query` (lower case) cannot be read, replaced or deleted
+/// through the single-record operations (bulk operations still reach it).
+pub fn router(state: ApiState) -> Router {
+    type Enrollment = IndividualEnrollment;
+    type Group = EnrollmentGroup;
+    let api = Router::new()
+        .route("/enrollments", post(bulk::run::<Enrollment>))
+        .route("/enrollments/query", post(resource::query::<Enrollment>))
+        .route(
+            "/enrollments/{id}",
+            get(resource::get::<Enrollment>)
+                .put(resource::put::<Enrollment>)
+                .delete(resource::delete::<Enrollment>),
+        )
+        .route(
+            "/enrollments/{id}/attestationmechanism",
+            post(resource::attestation_mechanism::<Enrollment>),
+        )
+        .route("/enrollmentGroups", post(bulk::run::<Group>))
+        .route("/enrollmentGroups/query", post(resource::query::<Group>))
+        .route(
+            "/enrollmentGroups/{id}",
+            get(resource::get::<Group>)
+                .put(resource::put::<Group>)
+                .delete(resource::delete::<Group>),
+        )
+        .route(
+            "/enrollmentGroups/{id}/attestationmechanism",
+            post(resource::attestation_mechanism::<Group>),
+        )
+        .route(
+            "/registrations/{id}",
+            get(registrations::get).delete(registrations::delete),
+        )
+        .route("/registrations/{id}/query", post(registrations::query))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    // Routing happens inside `api`; the rewrite must come before it, so it wraps the whole
+    // router instead of being one of its layers.
+    let normalized = tower::util::MapRequestLayer::new(normalize::normalize_request).layer(api);
+    Router::new().fallback_service(normalized)
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: error::truncated(uri.path()),
+    }
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}

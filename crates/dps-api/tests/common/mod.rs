@@ -1,0 +1,172 @@
+//! A store in a temporary directory, an API router over it with two policies, and helpers to
+//! send authenticated requests without a socket.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use dps_api::{router, ApiState, Rights, SharedAccessPolicy};
+use dps_attest::SasToken;
+use dps_store::Store;
+use dps_types::{SymmetricKey, Timestamp};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const HOST: &str = "localhost:8443";
+
+pub struct Api {
+    pub app: Router,
+    pub store: Store,
+    pub owner: SharedAccessPolicy,
+    pub reader: SharedAccessPolicy,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_default()
+    }
+}
+
+pub fn policy(name: &str, rights: Rights) -> SharedAccessPolicy {
+    SharedAccessPolicy {
+        name: name.into(),
+        primary_key: SymmetricKey::generate(),
+        secondary_key: Some(SymmetricKey::generate()),
+        rights,
+    }
+}
+
+pub fn token_for(policy: &SharedAccessPolicy, audience: &str, expiry: i64) -> String {
+    SasToken::generate(audience, &policy.primary_key, Some(&policy.name), expiry)
+}
+
+pub fn in_an_hour() -> i64 {
+    Timestamp::now().unix() + 3600
+}
+
+impl Api {
+    pub fn new() -> Api {
+        Self::with_max_body(dps_api::DEFAULT_MAX_BODY_BYTES)
+    }
+
+    pub fn with_max_body(max_body_bytes: usize) -> Api {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store opens");
+        let owner = policy("provisioningserviceowner", Rights::ALL);
+        let reader = policy(
+            "enrollmentread",
+            Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
+        );
+        let state = ApiState::new(store.clone(), HOST, vec![owner.clone(), reader.clone()])
+            .with_max_body_bytes(max_body_bytes);
+        Api {
+            app: router(state),
+            store,
+            owner,
+            reader,
+            _dir: dir,
+        }
+    }
+
+    pub fn owner_token(&self) -> String {
+        token_for(&self.owner, HOST, in_an_hour())
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "response is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A request with the owner's token and, when there is a body, a JSON content type.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Request<Body> {
+        self.raw(
+            method,
+            path,
+            &self.owner_token(),
+            &[],
+            body.map(Value::to_string),
+        )
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Request<Body> {
+        let mut builder = Request::builder().method(method).uri(path);
+        if !authorization.is_empty() {
+            builder = builder.header("authorization", authorization);
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            builder = builder.header("content-type", "application/json; charset=utf-8");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(body.map_or_else(Body::empty, Body::from))
+            .expect("request")
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.send(self.request(method, path, body.as_ref())).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let token = self.owner_token();
+        self.send(self.raw(method, path, &token, headers, body.map(|b| b.to_string())))
+            .await
+    }
+}

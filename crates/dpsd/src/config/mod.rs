@@ -1,0 +1,372 @@
+//! `dpsd` configuration: parsed once into typed values; every bad key is reported in one
+//! message. Sources, later ones winning: defaults, the TOML file (`--config`), `DPSD_*`
+//! environment variables, command-line flags. `config/dpsd.toml` documents every key.
+
+mod reader;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dps_types::{HubName, IdScope, SymmetricKey};
+
+use reader::Reader;
+pub use reader::{env_name, ByteSize, ENV_PREFIX};
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store, the PKI and the generated credentials live.
+    pub data_dir: PathBuf,
+    /// Identity of this service.
+    pub service: ServiceConfig,
+    /// The HTTPS management listener.
+    pub api: ApiConfig,
+    /// Shared access policies in addition to the generated owner policy.
+    pub policies: Vec<PolicyConfig>,
+    /// IoT hubs devices can be assigned to.
+    pub linked_hubs: Vec<LinkedHubConfig>,
+    /// `tracing` filter, e.g. `info` or `dpsd=debug,info`.
+    pub log: String,
+}
+
+/// `[service]`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The host name clients use for the service API, the SAS audience (`sr`).
+    pub host_name: String,
+    /// Fixed ID scope; generated on first start (and kept in `<data>/id-scope`) when absent.
+    pub id_scope: Option<IdScope>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM); the generated development one when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM); the generated development one when absent.
+    pub tls_key: Option<PathBuf>,
+    /// Connections beyond this are closed at once.
+    pub max_connections: u32,
+    /// Deadline for the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Deadline for a request's headers.
+    pub header_read_timeout: Duration,
+    /// Deadline for a whole request, body included.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body: ByteSize,
+}
+
+/// One `[[policies]]` entry.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Policy name (`skn` of the SAS token).
+    pub name: String,
+    /// Primary key.
+    pub primary_key: SymmetricKey,
+    /// Secondary key.
+    pub secondary_key: Option<SymmetricKey>,
+    /// Rights.
+    pub rights: dps_api::Rights,
+}
+
+/// One `[[linked_hubs]]` entry.
+#[derive(Debug, Clone)]
+pub struct LinkedHubConfig {
+    /// Hub host name.
+    pub host_name: HubName,
+    /// Weight for the hashed policy, 1 to 1000.
+    pub allocation_weight: u32,
+    /// Whether allocation policies may pick this hub.
+    pub apply_allocation_policy: bool,
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--host-name`.
+    pub host_name: Option<String>,
+    /// `--log`.
+    pub log: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// One or more keys are wrong; every one is listed.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Allocation weights DPS allows (`how-to-manage-linked-iot-hubs.md`).
+const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+
+impl Config {
+    /// Defaults only (what `dpsd serve` uses with no config at all).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_table(toml::Table::new(), std::iter::empty(), &Flags::default())
+    }
+
+    /// Loads `file` (if any), then applies `env` (`DPSD_*` pairs) and `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Self, ConfigError> {
+        let table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+        };
+        Self::from_table(table, env, flags)
+    }
+
+    fn from_table(
+        mut root: toml::Table,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Self, ConfigError> {
+        let mut flag_list = Vec::new();
+        let mut flag = |path, value: &Option<String>, name| {
+            if let Some(v) = value {
+                flag_list.push((path, v.clone(), name));
+            }
+        };
+        flag(
+            "data_dir",
+            &flags.data_dir.as_ref().map(|p| p.display().to_string()),
+            "--data-dir",
+        );
+        flag("api.listen", &flags.listen, "--listen");
+        flag("service.host_name", &flags.host_name, "--host-name");
+        flag("log", &flags.log, "--log");
+        let mut r = Reader::new(
+            env.into_iter().filter(|(k, _)| k != "DPSD_CONFIG"),
+            flag_list,
+        );
+
+        let data_dir = r.take(&mut root, "", "data_dir", PathBuf::from("./data"));
+        let log = r.take(&mut root, "", "log", "info".to_owned());
+
+        let mut t = r.table(&mut root, "", "service");
+        let host_name = r.take(&mut t, "service", "host_name", "localhost:8443".to_owned());
+        let scope_text = r.take(&mut t, "service", "id_scope", String::new());
+        let id_scope = match scope_text.as_str() {
+            "" => None,
+            text => IdScope::parse(text)
+                .map_err(|e| r.error("service.id_scope", e))
+                .ok(),
+        };
+        r.finish_table(t, "service");
+
+        let mut t = r.table(&mut root, "", "api");
+        let api = ApiConfig {
+            listen: r.take(
+                &mut t,
+                "api",
+                "listen",
+                SocketAddr::from(([0, 0, 0, 0], 8443)),
+            ),
+            tls_cert: Some(r.take(&mut t, "api", "tls_cert", PathBuf::new()))
+                .filter(|p| !p.as_os_str().is_empty()),
+            tls_key: Some(r.take(&mut t, "api", "tls_key", PathBuf::new()))
+                .filter(|p| !p.as_os_str().is_empty()),
+            max_connections: r.take(&mut t, "api", "max_connections", 4096),
+            tls_handshake_timeout: r.take(
+                &mut t,
+                "api",
+                "tls_handshake_timeout",
+                Duration::from_secs(10),
+            ),
+            header_read_timeout: r.take(
+                &mut t,
+                "api",
+                "header_read_timeout",
+                Duration::from_secs(10),
+            ),
+            request_timeout: r.take(&mut t, "api", "request_timeout", Duration::from_secs(30)),
+            max_body: r.take(&mut t, "api", "max_body", ByteSize(256 * 1024)),
+        };
+        if api.tls_cert.is_some() != api.tls_key.is_some() {
+            r.error(
+                "api.tls_cert",
+                "tls_cert and tls_key must be given together",
+            );
+        }
+        r.finish_table(t, "api");
+
+        let mut policies = Vec::new();
+        for (i, mut t) in r.tables(&mut root, "", "policies").into_iter().enumerate() {
+            let p = format!("policies[{i}]");
+            let name = r.take(&mut t, &p, "name", String::new());
+            if name.is_empty() {
+                r.error(&p, "a policy needs a name");
+            }
+            let primary = r.take(&mut t, &p, "primary_key", String::new());
+            let secondary = r.take(&mut t, &p, "secondary_key", String::new());
+            let rights = r.take(&mut t, &p, "rights", String::new());
+            let primary_key = SymmetricKey::parse(&primary)
+                .map_err(|e| r.error(&format!("{p}.primary_key"), e))
+                .ok();
+            let secondary_key = match secondary.as_str() {
+                "" => None,
+                s => SymmetricKey::parse(s)
+                    .map_err(|e| r.error(&format!("{p}.secondary_key"), e))
+                    .ok(),
+            };
+            let rights = dps_api::Rights::parse_list(&rights)
+                .map_err(|e| r.error(&format!("{p}.rights"), e))
+                .ok();
+            r.finish_table(t, &p);
+            if let (Some(primary_key), Some(rights)) = (primary_key, rights) {
+                policies.push(PolicyConfig {
+                    name,
+                    primary_key,
+                    secondary_key,
+                    rights,
+                });
+            }
+        }
+
+        let mut linked_hubs = Vec::new();
+        for (i, mut t) in r
+            .tables(&mut root, "", "linked_hubs")
+            .into_iter()
+            .enumerate()
+        {
+            let p = format!("linked_hubs[{i}]");
+            let host = r.take(&mut t, &p, "host_name", String::new());
+            let allocation_weight = r.take(&mut t, &p, "allocation_weight", 1u32);
+            let apply_allocation_policy = r.take(&mut t, &p, "apply_allocation_policy", true);
+            if !WEIGHT_RANGE.contains(&allocation_weight) {
+                r.error(&format!("{p}.allocation_weight"), "must be from 1 to 1000");
+            }
+            let host_name = HubName::parse(&host)
+                .map_err(|e| r.error(&format!("{p}.host_name"), e))
+                .ok();
+            r.finish_table(t, &p);
+            if let Some(host_name) = host_name {
+                linked_hubs.push(LinkedHubConfig {
+                    host_name,
+                    allocation_weight,
+                    apply_allocation_policy,
+                });
+            }
+        }
+
+        r.finish_table(root, "");
+        let errors = r.finish();
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Config {
+            data_dir,
+            service: ServiceConfig {
+                host_name,
+                id_scope,
+            },
+            api,
+            policies,
+            linked_hubs,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)], flags: &Flags) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_table(table, env, flags)
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.api.listen.port(), 8443);
+        assert_eq!(c.api.max_body, ByteSize(256 * 1024));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let flags = Flags {
+            data_dir: Some("/flag".into()),
+            ..Default::default()
+        };
+        let c = parse(
+            "data_dir = \"/file\"\n[api]\nlisten = \"127.0.0.1:1\"",
+            &[
+                ("DPSD_DATA_DIR", "/env"),
+                ("DPSD_API_LISTEN", "127.0.0.1:2"),
+            ],
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        assert_eq!(c.api.listen.port(), 2);
+    }
+
+    #[test]
+    fn every_bad_key_is_named_at_once() {
+        let text = r#"
+            colour = "blue"
+            [api]
+            max_connections = "many"
+            request_timeout = "30"
+            [[linked_hubs]]
+            host_name = "bad host"
+            allocation_weight = 0
+        "#;
+        let err = parse(text, &[("DPSD_NOPE", "1")], &Flags::default())
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "colour: unknown key",
+            "api.max_connections",
+            "api.request_timeout",
+            "linked_hubs[0].host_name",
+            "linked_hubs[0].allocation_weight",
+            "DPSD_NOPE",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in:\n{err}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `dpsd` started in-process with no configuration, used as a new user would use it.
+
+mod common;
+
+use common::{start_in, ServiceClient};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn first_start_creates_pki_scope_and_credentials_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_in(dir.path()).await;
+    for file in [
+        "pki/ca.pem",
+        "pki/server.pem",
+        "pki/server-key.pem",
+        "id-scope",
+        "service-connection-string",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    let scope = std::fs::read_to_string(dir.path().join("id-scope")).unwrap();
+    assert_eq!(scope.trim(), running.id_scope.as_str());
+    let conn = std::fs::read_to_string(dir.path().join("service-connection-string")).unwrap();
+    assert_eq!(conn.trim(), running.connection_string);
+    assert!(conn.contains("SharedAccessKeyName=provisioningserviceowner"));
+
+    let client = ServiceClient::new(
+        &running.connection_string,
+        &running.ca_file,
+        running.api_addr,
+    );
+    let put = client
+        .request(Method::PUT, "/enrollments/first-device")
+        .json(&json!({"registrationId": "first-device", "attestation": {"type": "symmetricKey"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["registrationId"], "first-device");
+    assert_eq!(body["provisioningStatus"], "enabled");
+
+    let unsigned = client
+        .http
+        .get(format!("{}/enrollments/first-device", client.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    running.shutdown().await.unwrap();
+
+    // A restart keeps the scope, the key and the data.
+    let again = start_in(dir.path()).await;
+    assert_eq!(again.id_scope, running_scope(&scope));
+    assert_eq!(again.connection_string, conn.trim());
+    let client = ServiceClient::new(&again.connection_string, &again.ca_file, again.api_addr);
+    let get = client
+        .request(Method::GET, "/enrollments/first-device")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    again.shutdown().await.unwrap();
+}
+
+fn running_scope(text: &str) -> dps_types::IdScope {
+    dps_types::IdScope::parse(text.trim()).unwrap()
+}
