@@ -112,7 +112,7 @@ async fn apply<R: Resource>(state: &ApiState, mode: BulkMode, item: Value) -> Re
         }
         (BulkMode::Update | BulkMode::Delete, _) => Precondition::Any,
     };
-    item.prepare().map_err(ApiError::InvalidAttestation)?;
+    crate::resource::complete_and_prepare(store, &mut item)?;
     let id = item.id().clone();
     R::put(store, item, &pre)
         .await

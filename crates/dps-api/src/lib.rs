@@ -55,6 +55,7 @@ pub struct ApiState {
     service_host: Arc<str>,
     policies: Arc<[SharedAccessPolicy]>,
     max_body_bytes: usize,
+    registrar: Option<dps_registrar::Registrar>,
 }
 
 impl ApiState {
@@ -72,7 +73,14 @@ impl ApiState {
             service_host: host.into(),
             policies: policies.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            registrar: None,
         }
+    }
+
+    /// Adds the registration service, whose failed-attempt diagnostics the API serves.
+    pub fn with_registrar(mut self, registrar: dps_registrar::Registrar) -> ApiState {
+        self.registrar = Some(registrar);
+        self
     }
 
     /// Sets the largest request body the JSON operations accept (413 above it).
@@ -98,9 +106,14 @@ impl ApiState {
     pub(crate) fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
+
+    pub(crate) fn registrar(&self) -> Option<&dps_registrar::Registrar> {
+        self.registrar.as_ref()
+    }
 }
 
-/// Every operation of the DPS service API. Paths are matched case-insensitively and with or
+/// Every operation of the DPS service API, plus two that DPS lacks (failed-attempt
+/// diagnostics: `GET /registrations/{id}/attempts` and `GET /diagnostics/failures`). Paths are matched case-insensitively and with or
 /// without a trailing slash (see `normalize.rs`); the `api-version` query parameter is
 /// accepted with any value or none. Unknown paths answer 404 and known paths with another
 /// method 405, both with a DPS error body.
@@ -141,6 +154,8 @@ pub fn router(state: ApiState) -> Router {
             get(registrations::get).delete(registrations::delete),
         )
         .route("/registrations/{id}/query", post(registrations::query))
+        .route("/registrations/{id}/attempts", get(registrations::attempts))
+        .route("/diagnostics/failures", get(registrations::failure_counts))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

@@ -7,9 +7,14 @@ use axum::extract::Request;
 use axum::http::{Method, Uri};
 
 /// The first segment of every route, as the spec spells it.
-const ROOTS: [&str; 3] = ["enrollments", "enrollmentGroups", "registrations"];
+const ROOTS: [&str; 4] = [
+    "enrollments",
+    "enrollmentGroups",
+    "registrations",
+    "diagnostics",
+];
 /// The fixed third segments.
-const ACTIONS: [&str; 2] = ["query", "attestationmechanism"];
+const ACTIONS: [&str; 3] = ["query", "attestationmechanism", "attempts"];
 
 /// Rewrites the request's path to its canonical form (see [`canonical_path`]).
 pub(crate) fn normalize_request(mut request: Request) -> Request {

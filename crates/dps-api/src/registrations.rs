@@ -66,3 +66,33 @@ pub(crate) async fn query(
         found.continuation.as_deref(),
     )
 }
+
+/// `GET /registrations/{id}/attempts` (not in DPS): the device's recent failed registration
+/// attempts with their precise reasons, oldest first. Devices only ever see a generic 401.
+pub(crate) async fn attempts(
+    _: Authorized<RegistrationStatusRead>,
+    State(state): State<ApiState>,
+    IdPath(id): IdPath<RegistrationId>,
+) -> Result<Response, ApiError> {
+    let attempts = state
+        .registrar()
+        .map(|r| r.diagnostics().attempts(id.as_str()))
+        .unwrap_or_default();
+    json(&serde_json::json!({ "registrationId": id, "attempts": attempts }))
+}
+
+/// `GET /diagnostics/failures` (not in DPS): failed registration attempts since start,
+/// counted per reason.
+pub(crate) async fn failure_counts(
+    _: Authorized<RegistrationStatusRead>,
+    State(state): State<ApiState>,
+) -> Result<Response, ApiError> {
+    let counts: serde_json::Map<String, serde_json::Value> = state
+        .registrar()
+        .map(|r| r.diagnostics().counts())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(reason, n)| (reason.to_owned(), n.into()))
+        .collect();
+    json(&serde_json::json!({ "failures": counts }))
+}

@@ -11,8 +11,9 @@ use dps_attest::AttestError;
 use dps_store::{Page, Precondition, Store, StoreError};
 use dps_types::{
     Attestation, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,
-    BulkEnrollmentOperationError, BulkEnrollmentOperationResult, EnrollmentGroup,
-    EnrollmentGroupId, Etag, IndividualEnrollment, QuerySpecification, RegistrationId,
+    BulkEnrollmentOperationError, BulkEnrollmentOperationResult, DeviceRegistrationState,
+    EnrollmentGroup, EnrollmentGroupId, Etag, IndividualEnrollment, QuerySpecification,
+    RegistrationId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,11 +49,15 @@ pub(crate) trait Resource: Serialize + DeserializeOwned + Send + Sync + 'static 
     fn etag(&self) -> Option<&Etag>;
     /// The attestation mechanism, keys and certificates included.
     fn attestation(&self) -> &Attestation;
+    /// The same, to complete a request from the stored record.
+    fn attestation_mut(&mut self) -> &mut Attestation;
     /// Drops what clients may not set and checks and completes the attestation (certificates
     /// parsed, their `info` filled in).
     fn prepare(&mut self) -> Result<(), AttestError>;
     /// The record as responses show it: no keys, no certificate text.
     fn redacted(&self) -> Self;
+    /// The record as a create or replace answers: keys included, no certificate text.
+    fn write_response(&self) -> Self;
     /// The record as a read shows it: redacted, plus what reads add.
     fn view(&self, _store: &Store) -> Self {
         self.redacted()
@@ -125,6 +130,9 @@ impl Resource for IndividualEnrollment {
     fn attestation(&self) -> &Attestation {
         &self.attestation
     }
+    fn attestation_mut(&mut self) -> &mut Attestation {
+        &mut self.attestation
+    }
     fn prepare(&mut self) -> Result<(), AttestError> {
         self.registration_state = None;
         dps_attest::prepare_individual(self)
@@ -132,11 +140,17 @@ impl Resource for IndividualEnrollment {
     fn redacted(&self) -> Self {
         IndividualEnrollment::redacted(self)
     }
+    fn write_response(&self) -> Self {
+        IndividualEnrollment::write_response(self)
+    }
     fn view(&self, store: &Store) -> Self {
         let mut view = self.redacted();
-        view.registration_state = store
-            .registration(&self.registration_id)
-            .map(|record| Box::new(record.state.clone()));
+        // DPS shows an `unassigned` state for an enrollment no device has registered with.
+        let state = match store.registration(&self.registration_id) {
+            Some(record) => record.state.clone(),
+            None => DeviceRegistrationState::unassigned(self.registration_id.clone()),
+        };
+        view.registration_state = Some(Box::new(state));
         view
     }
     fn not_found(id: &RegistrationId) -> ApiError {
@@ -203,11 +217,17 @@ impl Resource for EnrollmentGroup {
     fn attestation(&self) -> &Attestation {
         &self.attestation
     }
+    fn attestation_mut(&mut self) -> &mut Attestation {
+        &mut self.attestation
+    }
     fn prepare(&mut self) -> Result<(), AttestError> {
         dps_attest::prepare_group(self)
     }
     fn redacted(&self) -> Self {
         EnrollmentGroup::redacted(self)
+    }
+    fn write_response(&self) -> Self {
+        EnrollmentGroup::write_response(self)
     }
     fn not_found(id: &EnrollmentGroupId) -> ApiError {
         ApiError::GroupNotFound(id.to_string())
@@ -305,11 +325,23 @@ pub(crate) async fn put<R: Resource>(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let mut item: R = item_from_body(&id, body)?;
-    item.prepare().map_err(ApiError::InvalidAttestation)?;
+    complete_and_prepare(state.store(), &mut item)?;
     let stored = R::put(state.store(), item, &pre)
         .await
         .map_err(|e| R::put_error(e, &id))?;
-    json(&stored.redacted())
+    json(&stored.write_response())
+}
+
+/// Fills certificate text a get-modify-put left out from the stored record, then validates.
+pub(crate) fn complete_and_prepare<R: Resource>(
+    store: &Store,
+    item: &mut R,
+) -> Result<(), ApiError> {
+    if let Some(stored) = R::load(store, item.id()) {
+        item.attestation_mut()
+            .restore_certificates_from(stored.attestation());
+    }
+    item.prepare().map_err(ApiError::InvalidAttestation)
 }
 
 /// `DELETE /{resource}/{id}`: 204, with `If-Match` only when the etag matches.

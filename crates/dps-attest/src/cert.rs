@@ -40,6 +40,7 @@ pub struct ParsedCertificate {
     info: X509CertificateInfo,
     common_name: Option<String>,
     is_ca: bool,
+    client_auth: bool,
 }
 
 impl ParsedCertificate {
@@ -47,18 +48,7 @@ impl ParsedCertificate {
     /// ignored, as RFC 7468 allows; a second block is refused), or bare base64 of the DER
     /// (line breaks allowed), as the portal accepts.
     pub fn parse(text: &str) -> Result<Self, AttestError> {
-        if text.len() > MAX_CERTIFICATE_TEXT {
-            return Err(AttestError::CertificateTooLarge {
-                len: text.len(),
-                max: MAX_CERTIFICATE_TEXT,
-            });
-        }
-        let der = if text.contains(PEM_BEGIN) {
-            pem_to_der(text)?
-        } else {
-            decode_base64(text).ok_or(AttestError::CertificateNotRecognized)?
-        };
-        Self::parse_der(&der)
+        Self::parse_der(&der_from_text(text)?)
     }
 
     /// Parses one DER certificate; trailing bytes are refused.
@@ -80,10 +70,19 @@ impl ParsedCertificate {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned);
+        // RFC 5280 §4.2.1.12: without the extension any use is allowed; with it, clientAuth
+        // must be listed (anyExtendedKeyUsage is not enough, as in rustls-webpki). A malformed
+        // or repeated extension allows nothing.
+        let client_auth = match cert.extended_key_usage() {
+            Ok(None) => true,
+            Ok(Some(eku)) => eku.value.client_auth,
+            Err(_) => false,
+        };
         Ok(Self {
             info: info(&cert, der),
             common_name,
             is_ca: cert.is_ca(),
+            client_auth,
             der: der.to_vec(),
         })
     }
@@ -96,6 +95,22 @@ impl ParsedCertificate {
     /// The `X509CertificateInfo` DPS returns for this certificate.
     pub fn info(&self) -> X509CertificateInfo {
         self.info.clone()
+    }
+
+    /// The `X509CertificateInfo`, borrowed.
+    pub fn info_ref(&self) -> &X509CertificateInfo {
+        &self.info
+    }
+
+    /// The first subject common name, borrowed.
+    pub fn common_name_ref(&self) -> Option<&str> {
+        self.common_name.as_deref()
+    }
+
+    /// Whether the certificate may authenticate a TLS client: it has no extended key usage
+    /// extension, or the extension lists `clientAuth`.
+    pub fn allows_client_auth(&self) -> bool {
+        self.client_auth
     }
 
     /// The first subject common name, when it is a string. For a device certificate this is
@@ -138,6 +153,22 @@ fn info(cert: &X509Certificate<'_>, der: &[u8]) -> X509CertificateInfo {
     }
 }
 
+/// The DER of certificate text: one PEM `CERTIFICATE` block, or bare base64 of the DER.
+/// Nothing is parsed beyond the framing.
+pub(crate) fn der_from_text(text: &str) -> Result<Vec<u8>, AttestError> {
+    if text.len() > MAX_CERTIFICATE_TEXT {
+        return Err(AttestError::CertificateTooLarge {
+            len: text.len(),
+            max: MAX_CERTIFICATE_TEXT,
+        });
+    }
+    if text.contains(PEM_BEGIN) {
+        pem_to_der(text)
+    } else {
+        decode_base64(text).ok_or(AttestError::CertificateNotRecognized)
+    }
+}
+
 /// The DER inside the one `CERTIFICATE` block of `text`.
 fn pem_to_der(text: &str) -> Result<Vec<u8>, AttestError> {
     let malformed = |why| AttestError::PemMalformed { why };
@@ -175,7 +206,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::STANDARD;
-    use dps_test_util::{DeviceOptions, Signer, TestPki, Validity};
+    use dps_test_util::{DeviceOptions, Eku, Signer, TestPki, Validity};
 
     use super::*;
 
@@ -199,7 +230,25 @@ mod tests {
         assert!(info.not_before_utc < Timestamp::now() && Timestamp::now() < info.not_after_utc);
         assert_eq!(parsed.common_name().as_deref(), Some("my-device"));
         assert!(!parsed.is_ca());
+        assert!(parsed.allows_client_auth());
         assert_eq!(parsed.der(), device.der.as_slice());
+    }
+
+    #[test]
+    fn extended_key_usage_decides_client_auth() {
+        let pki = TestPki::new();
+        let with = |eku| {
+            let options = DeviceOptions {
+                eku,
+                ..Default::default()
+            };
+            ParsedCertificate::parse_der(&pki.device_with("d", options).der)
+                .unwrap()
+                .allows_client_auth()
+        };
+        assert!(with(Eku::ClientAuth));
+        assert!(with(Eku::Absent));
+        assert!(!with(Eku::ServerAuthOnly));
     }
 
     #[test]

@@ -111,6 +111,14 @@ pub enum AttestError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A TLS client presented more certificates than [`crate::MAX_CHAIN_CERTS`].
+    #[error("the client presented {len} certificates; at most {max} are accepted")]
+    ChainTooLong {
+        /// Certificates presented, leaf included.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The bytes are not a DER X.509 certificate.
     #[error("DER does not parse as an X.509 certificate: {0}")]
     DerInvalid(#[source] X509Error),

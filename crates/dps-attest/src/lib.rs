@@ -4,22 +4,42 @@
 //! What it does: parses and verifies `SharedAccessSignature` tokens and derives group device
 //! keys ([`sas`]); parses X.509 certificates and computes the `X509CertificateInfo` DPS shows
 //! ([`cert`]); validates the attestation of every enrollment before it is stored
-//! ([`enrollment`]). Later: the rustls client-certificate verifier, chain verification and the
-//! `AttestedDevice` proof type that only this crate can build.
+//! ([`enrollment`]); proves a TLS client holds its certificate's key ([`PossessionVerifier`]);
+//! and attests devices, by SAS token ([`attest_sas`]) or certificate chain ([`attest_x509`]),
+//! against the enrollments an [`EnrollmentLookup`](dps_types::EnrollmentLookup) shows, into an
+//! [`AttestedDevice`] or a [`Refusal`] with a bounded [`FailureReason`].
 //!
 //! What it must never do: touch the store or the network, panic on anything a peer sent, or
 //! put a key or a signature into an error message or a `Debug` string. Time comes in as an
-//! argument (`now_unix`) so tests and callers control the clock.
+//! argument (`now_unix`, `now`) so tests and callers control the clock; no state outlives a
+//! call.
 //!
-//! Main types: [`SasToken`], [`ParsedCertificate`], and [`AttestError`], the one error enum of
-//! this crate.
+//! Main types: [`AttestedDevice`], the proof type only this crate can build;
+//! [`FailureReason`] and [`Refusal`]; [`PossessionVerifier`]; [`SasToken`];
+//! [`ParsedCertificate`]; and [`AttestError`], the error enum of credential and enrollment
+//! parsing.
 
 pub mod cert;
+mod device;
 pub mod enrollment;
 mod error;
+mod refusal;
 pub mod sas;
+mod symmetric_key;
+mod verifier;
+mod x509;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use cert::ParsedCertificate;
+pub use device::{AttestedDevice, MatchedEnrollment};
 pub use enrollment::{prepare_group, prepare_individual};
 pub use error::AttestError;
+pub use refusal::{FailureReason, Refusal};
+/// The clock type of [`attest_x509`], re-exported so callers need not name rustls.
+pub use rustls::pki_types::UnixTime;
 pub use sas::{derive_device_key, SasToken};
+pub use symmetric_key::attest_sas;
+pub use verifier::PossessionVerifier;
+pub use x509::{attest_x509, MAX_CHAIN_CERTS};

@@ -3,14 +3,20 @@
 //! What it does: [`TestPki`] builds a throw-away PKI with rcgen — a root CA and an intermediate
 //! CA (both ECDSA P-256) — and issues device certificates from it ([`TestPki::device`],
 //! [`TestPki::device_with`] for expired, not-yet-valid, self-signed, root-signed or RSA-2048
-//! variants). [`TestCa`] is one CA of such a PKI, or an unrelated one
-//! ([`TestPki::unrelated_ca`]) for "wrong CA" tests.
+//! variants, or without the clientAuth extended key usage) and a TLS server certificate
+//! ([`TestPki::server`]). [`TestCa`] is one CA of such a PKI, or an unrelated one
+//! ([`TestPki::unrelated_ca`]) for "wrong CA" tests. [`MemoryLookup`] is an
+//! `EnrollmentLookup` over plain vectors, for attestation tests and benchmarks.
 //!
 //! What it must never do: be a runtime dependency of any shipped crate (only
 //! `[dev-dependencies]` name it). Because it only runs inside tests, it panics on failure
 //! instead of returning errors: a PKI that cannot be built is a broken test environment.
 //!
-//! Main types: [`TestPki`], [`TestCa`], [`DeviceCert`], [`DeviceOptions`].
+//! Main types: [`TestPki`], [`TestCa`], [`DeviceCert`], [`DeviceOptions`], [`MemoryLookup`].
+
+mod lookup;
+
+pub use lookup::MemoryLookup;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -31,6 +37,9 @@ pub struct DeviceCert {
     pub chain_pem: String,
     /// The leaf certificate, DER.
     pub der: Vec<u8>,
+    /// [`DeviceCert::chain_pem`] as DER, one entry per certificate, leaf first: what a TLS
+    /// client sends.
+    pub chain_der: Vec<Vec<u8>>,
 }
 
 /// Which key signs a device certificate.
@@ -78,6 +87,19 @@ impl Validity {
     }
 }
 
+/// The extended key usage extension of a device certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Eku {
+    /// `clientAuth` (the normal case).
+    #[default]
+    ClientAuth,
+    /// Only `serverAuth`: an extension that is present but does not allow client
+    /// authentication.
+    ServerAuthOnly,
+    /// No extended key usage extension at all (any use is allowed).
+    Absent,
+}
+
 /// Variations of a device certificate; `DeviceOptions::default()` is what
 /// [`TestPki::device`] issues.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +110,8 @@ pub struct DeviceOptions {
     pub key: KeyKind,
     /// The validity window.
     pub validity: Validity,
+    /// The extended key usage.
+    pub eku: Eku,
 }
 
 /// One certificate authority: its certificate and the key that signs with it.
@@ -96,6 +120,8 @@ pub struct TestCa {
     /// PEMs of this CA and the CAs above it, excluding the root: what a device signed by this
     /// CA appends to its own certificate.
     chain_below_root: String,
+    /// The same certificates, DER.
+    chain_below_root_der: Vec<Vec<u8>>,
 }
 
 impl TestCa {
@@ -107,18 +133,28 @@ impl TestCa {
         Self {
             issuer,
             chain_below_root: String::new(),
+            chain_below_root_der: Vec::new(),
         }
     }
 
     /// An intermediate CA (ECDSA P-256, path length 0) signed by `parent`.
     pub fn intermediate(common_name: &str, parent: &TestCa) -> Self {
-        let params = ca_params(common_name, BasicConstraints::Constrained(0));
+        Self::intermediate_with_path_len(common_name, parent, 0)
+    }
+
+    /// An intermediate CA (ECDSA P-256) signed by `parent` that may have `path_len` more CA
+    /// levels below it (use 1 to hang another intermediate under it).
+    pub fn intermediate_with_path_len(common_name: &str, parent: &TestCa, path_len: u8) -> Self {
+        let params = ca_params(common_name, BasicConstraints::Constrained(path_len));
         let issuer = CertifiedIssuer::signed_by(params, ecdsa_key(), &parent.issuer)
             .expect("rcgen cannot sign an intermediate CA");
         let chain_below_root = format!("{}{}", issuer.pem(), parent.chain_below_root);
+        let mut chain_below_root_der = vec![issuer.der().to_vec()];
+        chain_below_root_der.extend(parent.chain_below_root_der.iter().cloned());
         Self {
             issuer,
             chain_below_root,
+            chain_below_root_der,
         }
     }
 
@@ -136,14 +172,40 @@ impl TestCa {
     /// is ignored: the signer is this CA.
     pub fn issue(&self, common_name: &str, options: DeviceOptions) -> DeviceCert {
         let key = device_key(options.key);
-        let cert = leaf_params(common_name, options.validity)
+        let cert = leaf_params(common_name, options.validity, options.eku)
             .signed_by(&key, &self.issuer)
             .expect("rcgen cannot sign a device certificate");
+        self.leaf(&cert, &key)
+    }
+
+    /// Issues a TLS server certificate (ECDSA P-256, serverAuth) for `dns_name`, with the name
+    /// as CN and as a DNS subject alternative name.
+    pub fn issue_server(&self, dns_name: &str) -> DeviceCert {
+        let key = ecdsa_key();
+        let mut params = CertificateParams::new(vec![dns_name.to_owned()])
+            .expect("rcgen refuses the server DNS name");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, dns_name);
+        (params.not_before, params.not_after) = Validity::Current.window();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("rcgen cannot sign a server certificate");
+        self.leaf(&cert, &key)
+    }
+
+    fn leaf(&self, cert: &rcgen::Certificate, key: &KeyPair) -> DeviceCert {
+        let mut chain_der = vec![cert.der().to_vec()];
+        chain_der.extend(self.chain_below_root_der.iter().cloned());
         DeviceCert {
             chain_pem: format!("{}{}", cert.pem(), self.chain_below_root),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             der: cert.der().to_vec(),
+            chain_der,
         }
     }
 }
@@ -184,6 +246,12 @@ impl TestPki {
             Signer::Root => self.root.issue(common_name, options),
             Signer::SelfSigned => self_signed_device(common_name, options),
         }
+    }
+
+    /// A TLS server certificate for `dns_name` signed by the intermediate; a client trusts it
+    /// with [`TestPki::root_pem`] as its root.
+    pub fn server(&self, dns_name: &str) -> DeviceCert {
+        self.intermediate.issue_server(dns_name)
     }
 
     /// The root CA.
@@ -252,7 +320,7 @@ fn ca_params(common_name: &str, constraints: BasicConstraints) -> CertificatePar
     params
 }
 
-fn leaf_params(common_name: &str, validity: Validity) -> CertificateParams {
+fn leaf_params(common_name: &str, validity: Validity, eku: Eku) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -261,14 +329,18 @@ fn leaf_params(common_name: &str, validity: Validity) -> CertificateParams {
     (params.not_before, params.not_after) = validity.window();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = match eku {
+        Eku::ClientAuth => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Eku::ServerAuthOnly => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Eku::Absent => Vec::new(),
+    };
     params.use_authority_key_identifier_extension = true;
     params
 }
 
 fn self_signed_device(common_name: &str, options: DeviceOptions) -> DeviceCert {
     let key = device_key(options.key);
-    let mut params = leaf_params(common_name, options.validity);
+    let mut params = leaf_params(common_name, options.validity, options.eku);
     // A self-signed certificate has no separate authority to point at.
     params.use_authority_key_identifier_extension = false;
     let cert = params
@@ -279,6 +351,7 @@ fn self_signed_device(common_name: &str, options: DeviceOptions) -> DeviceCert {
         chain_pem: cert.pem(),
         key_pem: key.serialize_pem(),
         der: cert.der().to_vec(),
+        chain_der: vec![cert.der().to_vec()],
     }
 }
 
@@ -300,6 +373,10 @@ mod tests {
         assert!(device.chain_pem.ends_with(&pki.intermediate_pem()));
         assert!(device.key_pem.contains("PRIVATE KEY"));
         assert!(!device.der.is_empty());
+        assert_eq!(
+            device.chain_der,
+            vec![device.der.clone(), pki.intermediate().der()]
+        );
     }
 
     #[test]
@@ -331,5 +408,23 @@ mod tests {
         );
         assert!(rsa.der.len() > root_signed.der.len(), "RSA keys are bigger");
         assert_ne!(TestPki::unrelated_ca().pem(), pki.root_pem());
+        let no_eku = pki.device_with(
+            "d4",
+            DeviceOptions {
+                eku: Eku::Absent,
+                ..Default::default()
+            },
+        );
+        assert!(
+            no_eku.der.len() < pki.device("d0").der.len(),
+            "no EKU extension"
+        );
+        let server = pki.server("localhost");
+        assert_eq!(server.chain_der.len(), 2);
+        let second = TestCa::intermediate_with_path_len("Second", pki.root(), 1);
+        let third = TestCa::intermediate("Third", &second);
+        let deep = third.issue("d5", DeviceOptions::default());
+        assert_eq!(deep.chain_der.len(), 3);
+        assert_eq!(pem_blocks(&deep.chain_pem), 3);
     }
 }

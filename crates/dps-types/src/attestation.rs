@@ -46,7 +46,16 @@ impl Attestation {
         }
     }
 
-    /// The mechanism as DPS shows it in enrollment responses: symmetric keys removed and
+    /// The mechanism as DPS answers a create or replace: keys included (DPS returns the keys it
+    /// was given or generated), certificates reduced to their `info`.
+    pub fn without_certificate_text(&self) -> Self {
+        match self {
+            Attestation::X509(_) => self.redacted(),
+            other => other.clone(),
+        }
+    }
+
+    /// The mechanism as DPS shows it in enrollment reads: symmetric keys removed and
     /// certificates reduced to their `info` (the attestation-mechanism operation is the only
     /// place that returns keys).
     pub fn redacted(&self) -> Self {
@@ -66,6 +75,42 @@ impl Attestation {
                 ca_references: x.ca_references.clone(),
             })),
             other => other.clone(),
+        }
+    }
+}
+
+impl Attestation {
+    /// Restores certificate text a client left out because it echoed a read: enrollment
+    /// responses carry only a certificate's `info`, so a get-modify-put sends `info` without
+    /// `certificate`. Each such slot takes the stored certificate whose SHA-256 thumbprint its
+    /// `info` names; anything else is left for validation to refuse.
+    pub fn restore_certificates_from(&mut self, stored: &Attestation) {
+        let (Attestation::X509(new), Attestation::X509(old)) = (self, stored) else {
+            return;
+        };
+        let pairs = [
+            (&mut new.client_certificates, &old.client_certificates),
+            (&mut new.signing_certificates, &old.signing_certificates),
+        ];
+        for (new_set, old_set) in pairs {
+            let (Some(new_set), Some(old_set)) = (new_set.as_mut(), old_set.as_ref()) else {
+                continue;
+            };
+            for slot in [&mut new_set.primary, &mut new_set.secondary]
+                .into_iter()
+                .flatten()
+            {
+                if slot.certificate.is_some() {
+                    continue;
+                }
+                let Some(wanted) = slot.info.as_ref().map(|i| &i.sha256_thumbprint) else {
+                    continue;
+                };
+                slot.certificate = old_set
+                    .iter()
+                    .find(|c| c.info.as_ref().map(|i| &i.sha256_thumbprint) == Some(wanted))
+                    .and_then(|c| c.certificate.clone());
+            }
         }
     }
 }
@@ -116,6 +161,9 @@ impl From<Attestation> for AttestationWire {
             Attestation::None => {}
             Attestation::Tpm(t) => w.tpm = Some(t),
             Attestation::X509(x) => w.x509 = Some(x),
+            // DPS omits the member when it shows no keys (GET, query, webhook requests).
+            Attestation::SymmetricKey(s)
+                if s.primary_key.is_none() && s.secondary_key.is_none() => {}
             Attestation::SymmetricKey(s) => w.symmetric_key = Some(s),
         }
         w
@@ -260,7 +308,7 @@ mod tests {
         let a: Attestation = serde_json::from_str(r#"{"type":"SYMMETRICKEY"}"#).unwrap();
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
-            r#"{"type":"symmetricKey","symmetricKey":{}}"#
+            r#"{"type":"symmetricKey"}"#
         );
     }
 
@@ -272,6 +320,6 @@ mod tests {
         let full = serde_json::to_string(&a).unwrap();
         assert!(full.contains(&s.primary_key.as_ref().unwrap().expose_base64()));
         let red = serde_json::to_string(&a.redacted()).unwrap();
-        assert_eq!(red, r#"{"type":"symmetricKey","symmetricKey":{}}"#);
+        assert_eq!(red, r#"{"type":"symmetricKey"}"#);
     }
 }

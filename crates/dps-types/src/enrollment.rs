@@ -147,7 +147,15 @@ macro_rules! stamp_impl {
                 }
             }
 
-            /// The record as enrollment responses show it (no keys, no certificate text).
+            /// The record as DPS answers a create or replace: with its keys, without certificate
+            /// text.
+            pub fn write_response(&self) -> Self {
+                let mut copy = self.clone();
+                copy.attestation = self.attestation.without_certificate_text();
+                copy
+            }
+
+            /// The record as reads show it (no keys, no certificate text).
             pub fn redacted(&self) -> Self {
                 let mut copy = self.clone();
                 copy.attestation = self.attestation.redacted();
@@ -325,7 +333,7 @@ mod tests {
         let out = serde_json::to_value(&e).unwrap();
         assert_eq!(
             out,
-            serde_json::json!({"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{}}})
+            serde_json::json!({"registrationId":"dev-1","attestation":{"type":"symmetricKey"}})
         );
     }
 

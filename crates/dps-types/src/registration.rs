@@ -72,3 +72,22 @@ pub struct DeviceRegistrationState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
 }
+
+impl DeviceRegistrationState {
+    /// The state of an enrollment no device has registered with yet.
+    pub fn unassigned(registration_id: RegistrationId) -> Self {
+        Self {
+            registration_id,
+            created_date_time_utc: None,
+            assigned_hub: None,
+            device_id: None,
+            status: Some(RegistrationStatus::Unassigned),
+            substatus: None,
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: None,
+            etag: None,
+            payload: None,
+        }
+    }
+}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dps_types::IdScope;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 pub use config::{Config, ConfigError, Flags};
 pub use credentials::OWNER_POLICY;
@@ -58,6 +58,9 @@ pub enum DpsdError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] dps_store::StoreError),
+    /// The registration service could not be created.
+    #[error("registration service: {0}")]
+    Registrar(#[source] dps_registrar::RegistrarError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -82,6 +85,10 @@ impl DpsdError {
 pub struct Running {
     /// Where the HTTPS API listens (the real port when configured with port 0).
     pub api_addr: SocketAddr,
+    /// Where the MQTT device listener listens.
+    pub mqtt_addr: SocketAddr,
+    /// The registration service (diagnostics, store).
+    pub registrar: dps_registrar::Registrar,
     /// The service's ID scope.
     pub id_scope: IdScope,
     /// The owner policy's connection string.
@@ -90,15 +97,18 @@ pub struct Running {
     pub ca_file: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
-    stop: oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     api: tokio::task::JoinHandle<std::io::Result<()>>,
+    mqtt: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and returns when all is closed.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.stop.send(());
-        self.api.await.map_err(std::io::Error::other)?
+        let _ = self.stop.send(true);
+        let (api, mqtt) = tokio::join!(self.api, self.mqtt);
+        api.map_err(std::io::Error::other)??;
+        mqtt.map_err(std::io::Error::other)?
     }
 }
 
@@ -129,19 +139,47 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         .tls_key
         .clone()
         .unwrap_or_else(|| pki.server_key.clone());
-    let tls = tls_config(&cert, &key)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let api_tls = tls_config(&cert, &key, None, &provider)?;
+    let mqtt_tls = tls_config(
+        &cert,
+        &key,
+        Some(Arc::new(dps_attest::PossessionVerifier::new(
+            provider.clone(),
+        ))),
+        &provider,
+    )?;
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|source| DpsdError::Bind {
-            addr: config.api.listen,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| DpsdError::Bind {
-        addr: config.api.listen,
-        source,
-    })?;
+    let mut registrar_config = dps_registrar::RegistrarConfig::new(
+        id_scope.clone(),
+        config
+            .linked_hubs
+            .iter()
+            .map(|h| dps_registrar::LinkedHub {
+                host_name: h.host_name.clone(),
+                allocation_weight: h.allocation_weight,
+                apply_allocation_policy: h.apply_allocation_policy,
+            })
+            .collect(),
+    );
+    registrar_config.default_allocation_policy = config.registration.default_allocation_policy;
+    registrar_config.webhook_timeout = config.registration.webhook_timeout;
+    registrar_config.max_in_flight = config.registration.max_in_flight as usize;
+    let registrar = dps_registrar::Registrar::new(store.clone(), registrar_config)
+        .map_err(DpsdError::Registrar)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+
+    let api_listener = bind(config.api.listen).await?;
+    let api_addr = local_addr(&api_listener, config.api.listen)?;
     let state = dps_api::ApiState::new(store, &config.service.host_name, policies)
+        .with_registrar(registrar.clone())
         .with_max_body_bytes(config.api.max_body.0);
     let limits = dps_api::HttpLimits {
         max_connections: config.api.max_connections as usize,
@@ -151,29 +189,71 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_body_bytes: config.api.max_body.0,
         ..dps_api::HttpLimits::default()
     };
-    let (stop, stopped) = oneshot::channel::<()>();
     let api = tokio::spawn(dps_api::serve(
-        listener,
-        tls,
+        api_listener,
+        api_tls,
         dps_api::router(state),
         limits,
-        async move {
-            let _ = stopped.await;
-        },
+        until_stopped(),
     ));
+
+    let mqtt_listener = bind(config.mqtt.listen).await?;
+    let mqtt_addr = local_addr(&mqtt_listener, config.mqtt.listen)?;
+    let m = &config.mqtt;
+    let mqtt_limits = dps_mqtt::MqttLimits {
+        max_connections: m.max_connections as usize,
+        tls_handshake_timeout: m.tls_handshake_timeout,
+        connect_timeout: m.connect_timeout,
+        max_packet_size: m.max_packet.0,
+        max_requests_per_connection: m.max_requests_per_connection,
+        max_operations_per_connection: m.max_operations_per_connection as usize,
+        ..dps_mqtt::MqttLimits::default()
+    };
+    let mqtt = tokio::spawn(dps_mqtt::serve(
+        mqtt_listener,
+        mqtt_tls,
+        registrar.clone(),
+        mqtt_limits,
+        until_stopped(),
+    ));
+
     Ok(Running {
         api_addr,
+        mqtt_addr,
+        registrar,
         id_scope,
         connection_string: owner.connection_string,
         ca_file: pki.ca_cert,
         data_dir: data.clone(),
         stop,
         api,
+        mqtt,
     })
 }
 
-/// A rustls server configuration from PEM files (chain and key).
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, DpsdError> {
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, DpsdError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DpsdError::Bind { addr, source })
+}
+
+fn local_addr(
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, DpsdError> {
+    listener
+        .local_addr()
+        .map_err(|source| DpsdError::Bind { addr, source })
+}
+
+/// A rustls server configuration from PEM files (chain and key), asking for client
+/// certificates when a verifier is given (the device listeners).
+pub fn tls_config(
+    cert: &Path,
+    key: &Path,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<rustls::ServerConfig>, DpsdError> {
     let cert_pem = std::fs::read(cert).map_err(|e| DpsdError::io(cert, e))?;
     let key_pem = std::fs::read(key).map_err(|e| DpsdError::io(key, e))?;
     let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
@@ -188,13 +268,20 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| DpsdError::Tls(format!("{}: {e}", key.display())))?
         .ok_or_else(|| DpsdError::Tls(format!("{}: no private key in the file", key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| DpsdError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| DpsdError::Tls(e.to_string()))?;
+    // ALPN only for HTTP; MQTT clients (paho, the C SDK) send none.
+    let http = client_verifier.is_none();
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| DpsdError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if http {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
     Ok(Arc::new(config))
 }

@@ -35,6 +35,9 @@ enum Command {
         /// HTTPS API listen address [default: 0.0.0.0:8443] (config `api.listen`).
         #[arg(long)]
         listen: Option<String>,
+        /// MQTT device listener address [default: 0.0.0.0:8883] (config `mqtt.listen`).
+        #[arg(long)]
+        mqtt_listen: Option<String>,
         /// Service host name used in the connection string and SAS audience (config `service.host_name`).
         #[arg(long)]
         host_name: Option<String>,
@@ -49,12 +52,14 @@ fn main() -> ExitCode {
         config,
         data_dir,
         listen,
+        mqtt_listen,
         host_name,
         log,
     } = Cli::parse().command;
     let flags = Flags {
         data_dir,
         listen,
+        mqtt_listen,
         host_name,
         log,
     };
@@ -94,8 +99,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // not stop the service.
     let data = running.data_dir.display();
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  ID scope        {}\n  trust this CA   {}\n  connection      {}\n  (also in {data}/service-connection-string and {data}/id-scope)\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  ID scope        {}\n  trust this CA   {}\n  connection      {}\n  (also in {data}/service-connection-string and {data}/id-scope)\n",
         running.api_addr,
+        running.mqtt_addr,
         running.id_scope,
         running.ca_file.display(),
         running.connection_string,

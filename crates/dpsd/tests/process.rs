@@ -63,7 +63,9 @@ fn spawn(data: &Path) -> (Child, SocketAddr) {
             return (child, addr.parse().unwrap());
         }
     }
-    panic!("dpsd exited before serving");
+    let _ = child.kill();
+    let status = child.wait();
+    panic!("dpsd exited before serving: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

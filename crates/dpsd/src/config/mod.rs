@@ -22,6 +22,10 @@ pub struct Config {
     pub service: ServiceConfig,
     /// The HTTPS management listener.
     pub api: ApiConfig,
+    /// The MQTT device listener.
+    pub mqtt: MqttConfig,
+    /// Registration behaviour.
+    pub registration: RegistrationConfig,
     /// Shared access policies in addition to the generated owner policy.
     pub policies: Vec<PolicyConfig>,
     /// IoT hubs devices can be assigned to.
@@ -60,6 +64,36 @@ pub struct ApiConfig {
     pub max_body: ByteSize,
 }
 
+/// `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Listen address (MQTT over TLS).
+    pub listen: SocketAddr,
+    /// Connections beyond this are closed before the TLS handshake.
+    pub max_connections: u32,
+    /// Deadline for the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Deadline for CONNECT after the handshake.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet.
+    pub max_packet: ByteSize,
+    /// Register and poll requests per connection.
+    pub max_requests_per_connection: u32,
+    /// Registrations running at once per connection.
+    pub max_operations_per_connection: u32,
+}
+
+/// `[registration]`.
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// Policy for enrollments that name none.
+    pub default_allocation_policy: dps_types::AllocationPolicy,
+    /// Deadline for a custom allocation webhook.
+    pub webhook_timeout: Duration,
+    /// Registrations in progress at once; beyond this devices are asked to retry (429).
+    pub max_in_flight: u32,
+}
+
 /// One `[[policies]]` entry.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -91,6 +125,8 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     /// `--listen`.
     pub listen: Option<String>,
+    /// `--mqtt-listen`.
+    pub mqtt_listen: Option<String>,
     /// `--host-name`.
     pub host_name: Option<String>,
     /// `--log`.
@@ -172,6 +208,7 @@ impl Config {
             "--data-dir",
         );
         flag("api.listen", &flags.listen, "--listen");
+        flag("mqtt.listen", &flags.mqtt_listen, "--mqtt-listen");
         flag("service.host_name", &flags.host_name, "--host-name");
         flag("log", &flags.log, "--log");
         let mut r = Reader::new(
@@ -180,6 +217,9 @@ impl Config {
         );
 
         let data_dir = r.take(&mut root, "", "data_dir", PathBuf::from("./data"));
+        if data_dir.as_os_str().is_empty() {
+            r.error("data_dir", "must not be empty");
+        }
         let log = r.take(&mut root, "", "log", "info".to_owned());
 
         let mut t = r.table(&mut root, "", "service");
@@ -228,6 +268,54 @@ impl Config {
             );
         }
         r.finish_table(t, "api");
+
+        let mut t = r.table(&mut root, "", "mqtt");
+        let mqtt = MqttConfig {
+            listen: r.take(
+                &mut t,
+                "mqtt",
+                "listen",
+                SocketAddr::from(([0, 0, 0, 0], 8883)),
+            ),
+            max_connections: r.take(&mut t, "mqtt", "max_connections", 16384),
+            tls_handshake_timeout: r.take(
+                &mut t,
+                "mqtt",
+                "tls_handshake_timeout",
+                Duration::from_secs(10),
+            ),
+            connect_timeout: r.take(&mut t, "mqtt", "connect_timeout", Duration::from_secs(10)),
+            max_packet: r.take(&mut t, "mqtt", "max_packet", ByteSize(96 * 1024)),
+            max_requests_per_connection: r.take(&mut t, "mqtt", "max_requests_per_connection", 64),
+            max_operations_per_connection: r.take(
+                &mut t,
+                "mqtt",
+                "max_operations_per_connection",
+                4,
+            ),
+        };
+        r.finish_table(t, "mqtt");
+
+        let mut t = r.table(&mut root, "", "registration");
+        let policy_text = r.take(
+            &mut t,
+            "registration",
+            "default_allocation_policy",
+            "hashed".to_owned(),
+        );
+        let registration = RegistrationConfig {
+            default_allocation_policy: dps_types::AllocationPolicy::parse(&policy_text)
+                .map_err(|e| r.error("registration.default_allocation_policy", e))
+                .unwrap_or(dps_types::AllocationPolicy::Hashed),
+            webhook_timeout: r.take(
+                &mut t,
+                "registration",
+                "webhook_timeout",
+                Duration::from_secs(10),
+            ),
+            max_in_flight: r.take(&mut t, "registration", "max_in_flight", 4096),
+        };
+        r.finish_table(t, "registration");
 
         let mut policies = Vec::new();
         for (i, mut t) in r.tables(&mut root, "", "policies").into_iter().enumerate() {
@@ -300,6 +388,8 @@ impl Config {
                 id_scope,
             },
             api,
+            mqtt,
+            registration,
             policies,
             linked_hubs,
             log,
@@ -323,6 +413,13 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.api.listen.port(), 8443);
         assert_eq!(c.api.max_body, ByteSize(256 * 1024));
+    }
+
+    #[test]
+    fn documented_file_matches_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/dpsd.toml");
+        let loaded = Config::load(Some(&file), std::iter::empty(), &Flags::default()).unwrap();
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::defaults().unwrap()));
     }
 
     #[test]

@@ -29,10 +29,11 @@ impl FromConfig for String {
     }
 }
 
+/// A path; empty text is an empty path, which optional keys read as "not set".
 impl FromConfig for PathBuf {
     const EXPECTED: &'static str = "a path";
     fn from_text(s: &str) -> Option<Self> {
-        (!s.is_empty()).then(|| PathBuf::from(s))
+        Some(PathBuf::from(s))
     }
 }
 

@@ -1,0 +1,176 @@
+//! Symmetric-key attestation (dps-protocol.md §2.2, §9.1): a device's SAS token against its
+//! individual enrollment's keys, or against the device keys derived from each symmetric-key
+//! enrollment group's keys.
+
+use std::sync::Arc;
+
+use dps_types::{
+    Attestation, AttestationType, EnrollmentGroup, EnrollmentLookup, IdScope, SymmetricKey,
+    SymmetricKeyAttestation,
+};
+
+use crate::refusal::{parse_claimed_id, quoted};
+use crate::{
+    derive_device_key, AttestedDevice, FailureReason, MatchedEnrollment, Refusal, SasToken,
+};
+
+/// The path between ID scope and registration id in a device token's `sr`.
+const REGISTRATIONS: &str = "/registrations/";
+
+/// Attests a device by the SAS token it sent as password (MQTT) or `Authorization` (HTTP).
+///
+/// Checks, in order: the token parses; the claimed registration id is valid; the token has
+/// not expired at `now_unix` (seconds since the Unix epoch, beyond
+/// [`crate::sas::CLOCK_SKEW_SECS`]); its decoded `sr` is `{id_scope}/registrations/{claimed id}`
+/// (any letter case). Then the individual enrollment with that id, if there is one, decides
+/// alone: a symmetric-key enrollment whose primary or secondary key signed the token (enabled
+/// or not), any other attestation type is refused. Without one, each symmetric-key group is
+/// tried in lookup order with the device keys derived from its primary and secondary key for
+/// the id as the device spelled it; the first that verifies wins.
+///
+/// Cost: one HMAC set per candidate key; with `g` symmetric-key groups a refused token costs
+/// up to `4g` (two derived keys and, to name [`FailureReason::DerivedKeyExpected`], two group
+/// keys), bounded by the number of groups the service holds.
+pub fn attest_sas(
+    password: &str,
+    id_scope: &IdScope,
+    claimed_registration_id: &str,
+    lookup: &dyn EnrollmentLookup,
+    now_unix: i64,
+) -> Result<AttestedDevice, Refusal> {
+    let token = SasToken::parse(password)
+        .map_err(|e| Refusal::new(FailureReason::SasMalformed, e.to_string()))?;
+    let registration_id = parse_claimed_id(claimed_registration_id)?;
+    token
+        .check_expiry(now_unix)
+        .map_err(|e| Refusal::new(FailureReason::SasExpired, e.to_string()))?;
+    let claimed = registration_id.as_str();
+    if !is_device_resource(token.resource_decoded(), id_scope, claimed) {
+        return Err(Refusal::new(
+            FailureReason::SasWrongResource,
+            format!(
+                "the token's sr is {}; this device must sign {}",
+                quoted(token.resource_decoded()),
+                quoted(&format!("{}{REGISTRATIONS}{claimed}", id_scope.as_str()))
+            ),
+        ));
+    }
+
+    if let Some(enrollment) = lookup.enrollment(claimed) {
+        let Attestation::SymmetricKey(keys) = &enrollment.attestation else {
+            return Err(Refusal::new(
+                FailureReason::WrongAttestationType,
+                format!(
+                    "individual enrollment {} uses {} attestation, but the device sent a SAS \
+                     token",
+                    quoted(enrollment.registration_id.as_str()),
+                    enrollment.attestation.kind()
+                ),
+            ));
+        };
+        if !signed_with_any(&token, keys_of(keys)) {
+            return Err(Refusal::new(
+                FailureReason::SasSignatureMismatch,
+                format!(
+                    "the token is signed with neither the primary nor the secondary key of \
+                     individual enrollment {}",
+                    quoted(enrollment.registration_id.as_str())
+                ),
+            ));
+        }
+        return Ok(AttestedDevice::new(
+            registration_id,
+            MatchedEnrollment::Individual(enrollment),
+            AttestationType::SymmetricKey,
+            None,
+            None,
+        ));
+    }
+
+    let groups = lookup.symmetric_key_groups();
+    let groups: Vec<(&Arc<EnrollmentGroup>, &SymmetricKeyAttestation)> = groups
+        .iter()
+        .filter_map(|g| match &g.attestation {
+            Attestation::SymmetricKey(keys) => Some((g, keys)),
+            _ => None,
+        })
+        .collect();
+    if groups.is_empty() {
+        return Err(Refusal::new(
+            FailureReason::NoEnrollment,
+            format!(
+                "no individual enrollment has registration id {} and there is no \
+                 symmetric-key enrollment group",
+                quoted(claimed)
+            ),
+        ));
+    }
+    for (group, keys) in &groups {
+        let mut derived = keys_of(keys).map(|k| derive_device_key(k, claimed));
+        if derived.any(|key| token.verify_signature(&key).is_ok()) {
+            return Ok(AttestedDevice::new(
+                registration_id,
+                MatchedEnrollment::Group(Arc::clone(group)),
+                AttestationType::SymmetricKey,
+                None,
+                None,
+            ));
+        }
+    }
+    if let Some((group, _)) = groups
+        .iter()
+        .find(|(_, keys)| signed_with_any(&token, keys_of(keys)))
+    {
+        return Err(Refusal::new(
+            FailureReason::DerivedKeyExpected,
+            format!(
+                "the token is signed with a key of enrollment group {} itself; sign with \
+                 HMAC-SHA256(group key, {})",
+                quoted(group.enrollment_group_id.as_str()),
+                quoted(claimed)
+            ),
+        ));
+    }
+    Err(Refusal::new(
+        FailureReason::SasSignatureMismatch,
+        format!(
+            "no individual enrollment has registration id {}, and the token is signed with no \
+             device key derived from the {} symmetric-key enrollment groups",
+            quoted(claimed),
+            groups.len()
+        ),
+    ))
+}
+
+/// Whether `resource` is `{scope}/registrations/{registration_id}`, ignoring ASCII case.
+fn is_device_resource(resource: &str, scope: &IdScope, registration_id: &str) -> bool {
+    let resource = resource.as_bytes();
+    let parts = [
+        scope.as_str().as_bytes(),
+        REGISTRATIONS.as_bytes(),
+        registration_id.as_bytes(),
+    ];
+    if resource.len() != parts.iter().map(|p| p.len()).sum::<usize>() {
+        return false;
+    }
+    let mut rest = resource;
+    parts.iter().all(|part| {
+        let (head, tail) = rest.split_at(part.len());
+        rest = tail;
+        head.eq_ignore_ascii_case(part)
+    })
+}
+
+/// The primary and secondary key, those present.
+fn keys_of(keys: &SymmetricKeyAttestation) -> impl Iterator<Item = &SymmetricKey> {
+    keys.primary_key.iter().chain(keys.secondary_key.iter())
+}
+
+/// Whether any of `keys` signed the token; stops at the first that did.
+fn signed_with_any<'k>(token: &SasToken, keys: impl IntoIterator<Item = &'k SymmetricKey>) -> bool {
+    keys.into_iter()
+        .any(|key| token.verify_signature(key).is_ok())
+}
+
+#[cfg(test)]
+mod tests;

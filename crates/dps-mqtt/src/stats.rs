@@ -1,0 +1,127 @@
+//! Connection and refusal counters: plain atomics, cheap to bump on the hot path, read as a
+//! [`MqttStats`] snapshot. Every counter is a fixed name (no device id, no address), so when
+//! they become metrics their labels stay bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A handle on the counters of one MQTT frontend; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct MqttCounters {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
+    pub(crate) tls_timeouts: AtomicU64,
+    pub(crate) connect_timeouts: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) bad_connects: AtomicU64,
+    pub(crate) not_authorized: AtomicU64,
+    pub(crate) malformed_packets: AtomicU64,
+    pub(crate) oversized_packets: AtomicU64,
+    pub(crate) protocol_violations: AtomicU64,
+    pub(crate) io_errors: AtomicU64,
+    pub(crate) registrations_started: AtomicU64,
+    pub(crate) registrations_busy: AtomicU64,
+    pub(crate) registrations_failed: AtomicU64,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MqttStats {
+    /// TCP connections given a slot.
+    pub accepted: u64,
+    /// TCP connections closed at once because every slot was taken (before TLS).
+    pub shed: u64,
+    /// `accept()` failures (e.g. out of file descriptors).
+    pub accept_errors: u64,
+    /// Connections holding a slot now.
+    pub active: u64,
+    /// TLS handshakes that failed.
+    pub tls_failures: u64,
+    /// TLS handshakes that did not finish in time.
+    pub tls_timeouts: u64,
+    /// Connections closed for sending no CONNECT in time.
+    pub connect_timeouts: u64,
+    /// Connections closed for silence beyond 1.5 × keep-alive.
+    pub idle_timeouts: u64,
+    /// CONNECTs refused before attestation: bad username, client id ≠ registration id, or
+    /// another ID scope (CONNACK 2, 4 or 5).
+    pub bad_connects: u64,
+    /// CONNECTs refused by attestation (CONNACK 5).
+    pub not_authorized: u64,
+    /// Connections closed for bytes that are not MQTT 3.1.1.
+    pub malformed_packets: u64,
+    /// Connections closed for a packet over the size limit.
+    pub oversized_packets: u64,
+    /// Connections closed for breaking MQTT or DPS rules (unknown topic, a packet only a
+    /// server sends, QoS 2, data before CONNECT, ...).
+    pub protocol_violations: u64,
+    /// Connections that ended on a read or write error or timeout.
+    pub io_errors: u64,
+    /// Registrations handed to the registrar.
+    pub registrations_started: u64,
+    /// Registrations the registrar refused as busy.
+    pub registrations_busy: u64,
+    /// Registrations that failed on our side (store error, a panic).
+    pub registrations_failed: u64,
+}
+
+impl MqttCounters {
+    /// Reads every counter (each atomically; the set is not one consistent instant).
+    pub fn snapshot(&self) -> MqttStats {
+        let c = &self.inner;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MqttStats {
+            accepted: get(&c.accepted),
+            shed: get(&c.shed),
+            accept_errors: get(&c.accept_errors),
+            active: get(&c.active),
+            tls_failures: get(&c.tls_failures),
+            tls_timeouts: get(&c.tls_timeouts),
+            connect_timeouts: get(&c.connect_timeouts),
+            idle_timeouts: get(&c.idle_timeouts),
+            bad_connects: get(&c.bad_connects),
+            not_authorized: get(&c.not_authorized),
+            malformed_packets: get(&c.malformed_packets),
+            oversized_packets: get(&c.oversized_packets),
+            protocol_violations: get(&c.protocol_violations),
+            io_errors: get(&c.io_errors),
+            registrations_started: get(&c.registrations_started),
+            registrations_busy: get(&c.registrations_busy),
+            registrations_failed: get(&c.registrations_failed),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &Counters {
+        &self.inner
+    }
+}
+
+/// Adds one.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a connection as active for as long as it lives.
+pub(crate) struct ActiveGuard(MqttCounters);
+
+impl ActiveGuard {
+    pub(crate) fn new(counters: &MqttCounters) -> Self {
+        bump(&counters.get().active);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.get().active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

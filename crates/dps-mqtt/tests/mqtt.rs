@@ -1,0 +1,443 @@
+//! The MQTT frontend over real TLS on 127.0.0.1: registrations as the DPS SDKs do them, and
+//! misbehaving or unauthorized devices, each of which must leave the server serving others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sas_token, unix_now, username, Server, HUB};
+use dps_mqtt::MqttLimits;
+use dps_test_util::{DeviceOptions, TestPki, Validity};
+use dps_types::SymmetricKey;
+use serde_json::json;
+
+#[tokio::test]
+async fn symmetric_key_individual_registers_then_polls_assigned() {
+    let server = Server::start().await;
+    let key = server.enroll_sas("sym-dev-1", json!({})).await;
+    let mut device = server.sas_device("sym-dev-1", &key).await;
+
+    let registered = device
+        .register(
+            "3f2a",
+            json!({"payload": null, "registrationId": "sym-dev-1"}),
+        )
+        .await;
+    assert_eq!(
+        registered.topic,
+        "$dps/registrations/res/202/?$rid=3f2a&retry-after=1"
+    );
+    let operation_id = registered.body["operationId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        registered.body["registrationState"]["registrationId"],
+        "sym-dev-1"
+    );
+
+    let mut polled = device.poll("7", &operation_id).await;
+    while polled.status == 202 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        polled = device.poll("7", &operation_id).await;
+    }
+    assert_eq!(polled.topic, "$dps/registrations/res/200/?$rid=7");
+    let state = &polled.body["registrationState"];
+    assert_eq!(polled.body["status"], "assigned");
+    assert_eq!(state["assignedHub"], HUB);
+    assert_eq!(state["deviceId"], "sym-dev-1");
+    assert_eq!(state["registrationId"], "sym-dev-1");
+    assert_eq!(state["substatus"], "initialAssignment");
+
+    // An unknown operation is a 404 with ProvisioningServiceErrorDetails.
+    let unknown = device.poll("8", "4.0000000000000000.nope").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.body["errorCode"].as_i64().unwrap() / 1000, 404);
+
+    let stats = server.stats();
+    assert_eq!(stats.registrations_started, 1);
+    assert_eq!(stats.active, 1);
+}
+
+#[tokio::test]
+async fn symmetric_key_group_device_with_a_derived_key() {
+    let server = Server::start().await;
+    let group_key = SymmetricKey::generate();
+    server
+        .enroll_group(json!({"enrollmentGroupId": "sym-group",
+            "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": group_key.expose_base64()}}}))
+        .await;
+    let derived = dps_attest::derive_device_key(&group_key, "grp-sensor-9");
+    let mut device = server.sas_device("grp-sensor-9", &derived).await;
+    let body = device
+        .register_until_done(json!({"registrationId": "grp-sensor-9"}))
+        .await;
+    assert_eq!(body["status"], "assigned");
+    assert_eq!(body["registrationState"]["deviceId"], "grp-sensor-9");
+    assert_eq!(body["registrationState"]["assignedHub"], HUB);
+    assert_eq!(
+        body["registrationState"]["symmetricKey"]["enrollmentGroupId"],
+        "sym-group"
+    );
+
+    // The group key itself is not the device's key.
+    let mut wrong = server.tls(None).await;
+    let token = sas_token("grp-sensor-10", &group_key, unix_now() + 3600);
+    assert_eq!(
+        wrong
+            .connect("grp-sensor-10", &username("grp-sensor-10"), Some(&token))
+            .await,
+        Some(5)
+    );
+    wrong.assert_closed().await;
+}
+
+#[tokio::test]
+async fn x509_device_through_an_intermediate_group() {
+    let server = Server::start().await;
+    server
+        .enroll_group(json!({"enrollmentGroupId": "x509-group",
+            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": server.pki.intermediate_pem()}}}}}))
+        .await;
+    let cert = server.pki.device("x509-dev-1");
+    let mut device = server.tls(Some(&cert)).await;
+    // No password: X.509 devices authenticate with the TLS client certificate.
+    assert_eq!(
+        device
+            .connect("x509-dev-1", &username("x509-dev-1"), None)
+            .await,
+        Some(0)
+    );
+    device.subscribe().await;
+    let body = device
+        .register_until_done(json!({"registrationId": "x509-dev-1"}))
+        .await;
+    assert_eq!(body["status"], "assigned");
+    assert_eq!(body["registrationState"]["deviceId"], "x509-dev-1");
+    assert_eq!(
+        body["registrationState"]["x509"]["enrollmentGroupId"],
+        "x509-group"
+    );
+}
+
+#[tokio::test]
+async fn refused_credentials_get_connack_5_and_the_server_keeps_serving() {
+    let server = Server::start().await;
+    server
+        .enroll_group(json!({"enrollmentGroupId": "x509-group",
+            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": server.pki.intermediate_pem()}}}}}))
+        .await;
+    let key = server.enroll_sas("sym-dev-2", json!({})).await;
+
+    // Wrong key.
+    let mut client = server.tls(None).await;
+    let token = sas_token("sym-dev-2", &SymmetricKey::generate(), unix_now() + 3600);
+    assert_eq!(
+        client
+            .connect("sym-dev-2", &username("sym-dev-2"), Some(&token))
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // Expired token (beyond the tolerated clock skew).
+    let mut client = server.tls(None).await;
+    let token = sas_token("sym-dev-2", &key, unix_now() - 3600);
+    assert_eq!(
+        client
+            .connect("sym-dev-2", &username("sym-dev-2"), Some(&token))
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // A certificate from a CA no group knows.
+    let stranger = TestPki::new().device("x509-dev-2");
+    let mut client = server.tls(Some(&stranger)).await;
+    assert_eq!(
+        client
+            .connect("x509-dev-2", &username("x509-dev-2"), None)
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // A good certificate whose CN is not the id the device claims.
+    let cert = server.pki.device("x509-dev-3");
+    let mut client = server.tls(Some(&cert)).await;
+    assert_eq!(
+        client
+            .connect("x509-dev-4", &username("x509-dev-4"), None)
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // An expired certificate.
+    let expired = server.pki.device_with(
+        "x509-dev-5",
+        DeviceOptions {
+            validity: Validity::Expired,
+            ..DeviceOptions::default()
+        },
+    );
+    let mut client = server.tls(Some(&expired)).await;
+    assert_eq!(
+        client
+            .connect("x509-dev-5", &username("x509-dev-5"), None)
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // Neither a password nor a certificate.
+    let mut client = server.tls(None).await;
+    assert_eq!(
+        client
+            .connect("x509-dev-6", &username("x509-dev-6"), None)
+            .await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // Client id that is not the username's registration id; a username of another scope.
+    let mut client = server.tls(None).await;
+    let token = sas_token("sym-dev-2", &key, unix_now() + 3600);
+    assert_eq!(
+        client
+            .connect("someone-else", &username("sym-dev-2"), Some(&token))
+            .await,
+        Some(2)
+    );
+    client.assert_closed().await;
+    let mut client = server.tls(None).await;
+    let other_scope = "0ne99999999/registrations/sym-dev-2/api-version=2019-03-31";
+    assert_eq!(
+        client.connect("sym-dev-2", other_scope, Some(&token)).await,
+        Some(5)
+    );
+    client.assert_closed().await;
+
+    // Each refusal was recorded with its precise reason (the device only saw CONNACK 5).
+    let mut sym = server.refusals("sym-dev-2");
+    sym.sort_unstable();
+    assert_eq!(sym, ["sas_expired", "sas_signature_mismatch"]);
+    assert_eq!(server.refusals("x509-dev-2"), ["unknown_ca"]);
+    assert_eq!(server.refusals("x509-dev-4"), ["cn_mismatch"]);
+    assert_eq!(server.refusals("x509-dev-5"), ["certificate_expired"]);
+    assert_eq!(server.refusals("x509-dev-6"), ["no_client_certificate"]);
+
+    let stats = server.stats();
+    assert_eq!(stats.not_authorized, 6, "{stats:?}");
+    assert_eq!(stats.bad_connects, 2, "{stats:?}");
+    server.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn disabled_enrollment_polls_to_disabled() {
+    let server = Server::start().await;
+    let key = server
+        .enroll_sas("sym-off", json!({"provisioningStatus": "disabled"}))
+        .await;
+    let mut device = server.sas_device("sym-off", &key).await;
+    let body = device
+        .register_until_done(json!({"registrationId": "sym-off"}))
+        .await;
+    assert_eq!(body["status"], "disabled");
+    assert_eq!(body["registrationState"]["registrationId"], "sym-off");
+}
+
+#[tokio::test]
+async fn malformed_register_body_is_answered_400() {
+    let server = Server::start().await;
+    let key = server.enroll_sas("sym-dev-7", json!({})).await;
+    let mut device = server.sas_device("sym-dev-7", &key).await;
+    let topic = "$dps/registrations/PUT/iotdps-register/?$rid=1";
+    let answer = device.request(topic, b"{\"registrationId\": ").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.body["errorCode"], 400001);
+    // The connection stays usable.
+    let body = device
+        .register_until_done(json!({"registrationId": "sym-dev-7"}))
+        .await;
+    assert_eq!(body["status"], "assigned");
+}
+
+#[tokio::test]
+async fn broken_peers_are_closed_alone() {
+    let server = Server::start().await;
+    let key = server.enroll_sas("sym-dev-8", json!({})).await;
+
+    // Garbage after the TLS handshake.
+    let mut garbage = server.tls(None).await;
+    garbage
+        .send_raw(b"\x16\x03\x01\x02\x00\x01 this is not MQTT")
+        .await;
+    garbage.assert_closed().await;
+
+    // Not even TLS.
+    let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut plain,
+        b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00",
+    )
+    .await
+    .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut sink),
+    )
+    .await
+    .expect("the server closes a non-TLS connection");
+
+    // A packet over 96 KiB after a good CONNECT: the header alone gets the connection closed.
+    let mut big = server.sas_device("sym-dev-8", &key).await;
+    let size = 200 * 1024;
+    let mut header = vec![0x32];
+    let mut len = size;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        header.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    header.extend_from_slice(&[0u8; 1024]);
+    big.send_raw(&header).await;
+    big.assert_closed().await;
+
+    // A client that never sends CONNECT is closed after the connect timeout (500 ms here).
+    let mut silent = server.tls(None).await;
+    let started = tokio::time::Instant::now();
+    silent.assert_closed().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An unknown topic closes the connection: DPS is not a broker.
+    let mut stray = server.sas_device("sym-dev-8", &key).await;
+    let publish =
+        dps_mqtt::codec::build_publish(Some(3), b"devices/sym-dev-8/messages/events/", b"{}")
+            .unwrap();
+    stray
+        .send(rumqttd::protocol::Packet::Publish(publish, None))
+        .await;
+    stray.assert_closed().await;
+
+    let stats = server.stats();
+    assert_eq!(stats.malformed_packets, 1, "{stats:?}");
+    assert_eq!(stats.tls_failures, 1, "{stats:?}");
+    assert_eq!(stats.oversized_packets, 1, "{stats:?}");
+    assert_eq!(stats.connect_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.protocol_violations, 1, "{stats:?}");
+    server.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn load_is_shed_before_tls_and_shutdown_drains() {
+    let mut server = Server::with_limits(MqttLimits {
+        max_connections: 1,
+        ..MqttLimits::default()
+    })
+    .await;
+    let key = server.enroll_sas("sym-dev-9", json!({})).await;
+    let mut holder = server.sas_device("sym-dev-9", &key).await;
+
+    // The only slot is taken: the next TCP connection is closed before any TLS byte.
+    let mut shed = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut shed, &mut first),
+    )
+    .await
+    .expect("a shed connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(server.stats().shed, 1);
+
+    // The holder still works; once it leaves, the slot is free again.
+    let body = holder
+        .register_until_done(json!({"registrationId": "sym-dev-9"}))
+        .await;
+    assert_eq!(body["status"], "assigned");
+    holder
+        .send(rumqttd::protocol::Packet::Disconnect(
+            rumqttd::protocol::Disconnect {
+                reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+        .await;
+    holder.assert_closed().await;
+    for _ in 0..500 {
+        if server.stats().active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = server.sas_device("sym-dev-9", &key).await;
+
+    // Shutdown: the open connection may finish (it closes itself here), then serve returns.
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again
+            .send(rumqttd::protocol::Packet::Disconnect(
+                rumqttd::protocol::Disconnect {
+                    reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            ))
+            .await;
+        again.assert_closed().await;
+    };
+    tokio::join!(server.stop(), stop);
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_busy_registrar_is_answered_429_on_poll() {
+    // A registrar with no capacity answers every registration "busy".
+    let server = Server::with(MqttLimits::default(), 0).await;
+    let key = server.enroll_sas("sym-busy", json!({})).await;
+    let mut device = server.sas_device("sym-busy", &key).await;
+    let registered = device
+        .register("1", json!({"registrationId": "sym-busy"}))
+        .await;
+    assert_eq!(registered.status, 202);
+    let operation_id = registered.body["operationId"].as_str().unwrap().to_owned();
+
+    // Each poll after a busy attempt gets 429 with the registrar's retry-after; the poll
+    // after that starts the registration again (202), as every SDK re-polls after a 429.
+    let mut seen = Vec::new();
+    for attempt in 0..6 {
+        let polled = device.poll(&attempt.to_string(), &operation_id).await;
+        if polled.status == 429 {
+            assert_eq!(polled.body["errorCode"], 429001);
+            assert!(polled.retry_after.is_some());
+        }
+        seen.push(polled.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains(&429) && seen.contains(&202), "{seen:?}");
+    assert!(server.stats().registrations_busy >= 2);
+}
+
+#[tokio::test]
+async fn shutdown_aborts_connections_after_the_drain_timeout() {
+    let mut server = Server::with_limits(MqttLimits {
+        drain_timeout: Duration::from_millis(200),
+        ..MqttLimits::default()
+    })
+    .await;
+    let key = server.enroll_sas("sym-idle", json!({})).await;
+    let mut idle = server.sas_device("sym-idle", &key).await;
+    let started = tokio::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    idle.assert_closed().await;
+    assert_eq!(server.stats().active, 0);
+}

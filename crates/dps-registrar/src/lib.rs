@@ -1,0 +1,433 @@
+//! The registration service: what happens after a device has proved who it is.
+//!
+//! What it does: [`Registrar::register`] takes an [`AttestedDevice`] (only `dps-attest` can
+//! make one, so no caller can skip attestation), refuses disabled enrollments, picks a hub by
+//! the enrollment's allocation policy (static, hashed, geoLatency, custom webhook) and its
+//! reprovision policy, writes the registration record durably, and returns the
+//! `registrationState` the device is told. Failed attempts, including attestation refusals
+//! that frontends report with [`Registrar::record_refusal`], are kept with their precise
+//! reasons in [`Diagnostics`].
+//!
+//! What it must never do: parse protocol bytes (frontends do), or read enrollments anywhere
+//! but the store's cache.
+//!
+//! Main types: [`Registrar`], [`RegistrarConfig`], [`LinkedHub`], [`Diagnostics`],
+//! [`RegistrarError`].
+
+mod allocation;
+mod diagnostics;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dps_attest::{AttestedDevice, MatchedEnrollment, Refusal};
+use dps_store::{RegistrationRecord, Store};
+use dps_types::{
+    AllocationPolicy, AssignedDeviceSubstatus, AttestationType, DeviceId, DeviceRegistrationResult,
+    DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope,
+    RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, X509RegistrationResult,
+};
+use tokio::sync::Semaphore;
+
+pub use allocation::{weighted_rendezvous, LinkedHub};
+pub use diagnostics::{Diagnostics, FailedAttempt, RegistrarReason, Transport};
+pub use webhook::WebhookError;
+
+use allocation::{AllocationInput, NoHub};
+
+/// Error code DPS and the C SDK use for "no IoT hub could be assigned" (`DPS_HUB_ERROR_NO_HUB`).
+pub const ERROR_NO_HUB: i32 = 400208;
+/// Seconds a device is asked to wait when the registrar is saturated.
+const BUSY_RETRY_AFTER_SECS: u32 = 2;
+
+/// Registrar settings.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// The service's ID scope.
+    pub id_scope: IdScope,
+    /// Hubs devices can be assigned to.
+    pub linked_hubs: Vec<LinkedHub>,
+    /// Policy for enrollments that name none (DPS's service default is hashed).
+    pub default_allocation_policy: AllocationPolicy,
+    /// Deadline for a custom allocation webhook (devices give up after 30 s).
+    pub webhook_timeout: Duration,
+    /// Registrations in progress at once; beyond this devices get 429 with retry-after.
+    pub max_in_flight: usize,
+}
+
+impl RegistrarConfig {
+    /// Defaults for everything but the scope and hubs.
+    pub fn new(id_scope: IdScope, linked_hubs: Vec<LinkedHub>) -> Self {
+        Self {
+            id_scope,
+            linked_hubs,
+            default_allocation_policy: AllocationPolicy::Hashed,
+            webhook_timeout: Duration::from_secs(10),
+            max_in_flight: 4096,
+        }
+    }
+}
+
+/// Why a registration did not produce an answer for the device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrarError {
+    /// Too many registrations in progress; the device should retry.
+    #[error("too many registrations in progress; retry after {retry_after_secs} s")]
+    Busy {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// The registration record could not be written.
+    #[error("the registration record could not be stored")]
+    Store(#[source] dps_store::StoreError),
+    /// The webhook HTTP client could not be built.
+    #[error("cannot create the allocation webhook client")]
+    Setup(#[source] reqwest::Error),
+}
+
+/// The registration service. Cheap to clone.
+#[derive(Clone)]
+pub struct Registrar {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: RegistrarConfig,
+    http: reqwest::Client,
+    in_flight: Semaphore,
+    diagnostics: Diagnostics,
+}
+
+/// The enrollment fields registration reads, whichever kind matched.
+struct Matched<'a> {
+    enabled: bool,
+    allocation: AllocationInput<'a>,
+    reprovision: dps_types::ReprovisionPolicy,
+    webhook: Option<&'a dps_types::CustomAllocationDefinition>,
+    group_id: Option<&'a EnrollmentGroupId>,
+    device_id: DeviceId,
+}
+
+impl Registrar {
+    /// A registrar over `store`.
+    pub fn new(store: Store, config: RegistrarConfig) -> Result<Self, RegistrarError> {
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(RegistrarError::Setup)?;
+        let in_flight = Semaphore::new(config.max_in_flight);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                http,
+                in_flight,
+                diagnostics: Diagnostics::default(),
+            }),
+        })
+    }
+
+    /// The service's ID scope.
+    pub fn id_scope(&self) -> &IdScope {
+        &self.inner.config.id_scope
+    }
+
+    /// Enrollment lookups for attestation (the store's cache).
+    pub fn lookup(&self) -> &dyn EnrollmentLookup {
+        self.inner.store.cache()
+    }
+
+    /// The store (for the registration-state API).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The linked hubs.
+    pub fn linked_hubs(&self) -> &[LinkedHub] {
+        &self.inner.config.linked_hubs
+    }
+
+    /// Failed attempts and their counts.
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.inner.diagnostics
+    }
+
+    /// Records an attestation refusal (the device itself only learns "unauthorized").
+    pub fn record_refusal(
+        &self,
+        claimed_registration_id: &str,
+        transport: Transport,
+        refusal: &Refusal,
+    ) {
+        tracing::debug!(reason = refusal.reason.label(), "registration refused");
+        self.inner.diagnostics.record(
+            claimed_registration_id,
+            FailedAttempt {
+                time_utc: Timestamp::now(),
+                transport,
+                reason: refusal.reason.label(),
+                detail: refusal.detail.clone(),
+            },
+        );
+    }
+
+    /// Registers an attested device: the returned state is `assigned` (the record is durable
+    /// by then), `disabled`, or `failed` with an error code and message.
+    pub async fn register(
+        &self,
+        device: &AttestedDevice,
+        transport: Transport,
+        payload: Option<serde_json::Value>,
+    ) -> Result<DeviceRegistrationResult, RegistrarError> {
+        let Ok(_permit) = self.inner.in_flight.try_acquire() else {
+            return Err(RegistrarError::Busy {
+                retry_after_secs: BUSY_RETRY_AFTER_SECS,
+            });
+        };
+        let m = matched(device);
+        let mut result = base_result(device, &m);
+        if !m.enabled {
+            self.fail(
+                device,
+                transport,
+                RegistrarReason::EnrollmentDisabled,
+                "the enrollment is disabled".into(),
+            );
+            result.status = RegistrationStatus::Disabled;
+            return Ok(result);
+        }
+
+        let previous = self.inner.store.registration(device.registration_id());
+        let current_hub = previous
+            .as_ref()
+            .filter(|p| p.state.status == Some(RegistrationStatus::Assigned))
+            .and_then(|p| p.state.assigned_hub.clone());
+        let (hub, webhook_payload) = match (&current_hub, m.reprovision.update_hub_assignment) {
+            (Some(hub), false) => (hub.clone(), None),
+            _ => match self
+                .allocate(device, &m, previous.as_deref(), payload.as_ref())
+                .await
+            {
+                Ok(found) => found,
+                Err((reason, message)) => {
+                    self.fail(device, transport, reason, message.clone());
+                    result.status = RegistrationStatus::Failed;
+                    result.error_code = Some(ERROR_NO_HUB);
+                    result.error_message = Some(message);
+                    return Ok(result);
+                }
+            },
+        };
+        let substatus = match (
+            &current_hub,
+            previous.as_ref().and_then(|p| p.state.substatus),
+        ) {
+            (None, _) => AssignedDeviceSubstatus::InitialAssignment,
+            (Some(old), _) if *old != hub && m.reprovision.migrate_device_data => {
+                AssignedDeviceSubstatus::DeviceDataMigrated
+            }
+            (Some(old), _) if *old != hub => AssignedDeviceSubstatus::DeviceDataReset,
+            (Some(_), _)
+                if !m.reprovision.migrate_device_data && m.reprovision.update_hub_assignment =>
+            {
+                AssignedDeviceSubstatus::DeviceDataReset
+            }
+            (Some(_), before) => before.unwrap_or(AssignedDeviceSubstatus::InitialAssignment),
+        };
+
+        let now = Timestamp::now();
+        let record = RegistrationRecord {
+            state: DeviceRegistrationState {
+                registration_id: device.registration_id().clone(),
+                created_date_time_utc: previous
+                    .as_ref()
+                    .and_then(|p| p.state.created_date_time_utc)
+                    .or(Some(now)),
+                assigned_hub: Some(hub),
+                device_id: Some(m.device_id.clone()),
+                status: Some(RegistrationStatus::Assigned),
+                substatus: Some(substatus),
+                error_code: None,
+                error_message: None,
+                last_updated_date_time_utc: Some(now),
+                etag: None,
+                payload: webhook_payload,
+            },
+            enrollment_group_id: m.group_id.cloned(),
+        };
+        let stored = self
+            .inner
+            .store
+            .put_registration(record)
+            .await
+            .map_err(RegistrarError::Store)?;
+        let s = &stored.state;
+        result.status = RegistrationStatus::Assigned;
+        result.created_date_time_utc = s.created_date_time_utc;
+        result.assigned_hub = s.assigned_hub.clone();
+        result.device_id = s.device_id.clone();
+        result.substatus = s.substatus;
+        result.last_updated_date_time_utc = s.last_updated_date_time_utc;
+        result.etag = s.etag.clone();
+        result.payload = s.payload.clone();
+        Ok(result)
+    }
+
+    async fn allocate(
+        &self,
+        device: &AttestedDevice,
+        m: &Matched<'_>,
+        previous: Option<&RegistrationRecord>,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<(HubName, Option<serde_json::Value>), (RegistrarReason, String)> {
+        let config = &self.inner.config;
+        let policy = m
+            .allocation
+            .policy
+            .unwrap_or(config.default_allocation_policy);
+        if policy != AllocationPolicy::Custom {
+            return allocation::choose(
+                policy,
+                &m.allocation,
+                &config.linked_hubs,
+                &device.registration_id().key(),
+            )
+            .map(|hub| (hub, None))
+            .map_err(|e: NoHub| (RegistrarReason::NoHub, e.to_string()));
+        }
+        let Some(def) = m.webhook else {
+            return Err((
+                RegistrarReason::WebhookFailed,
+                "custom allocation without a webhook definition".into(),
+            ));
+        };
+        let offered: Vec<HubName> = allocation::candidates(&m.allocation, &config.linked_hubs)
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        let (group, individual) = match device.enrollment() {
+            MatchedEnrollment::Group(g) => (Some(g.redacted()), None),
+            MatchedEnrollment::Individual(e) => (None, Some(e.redacted())),
+        };
+        let current = previous.filter(|p| p.state.status == Some(RegistrationStatus::Assigned));
+        let empty = || Some(serde_json::json!({}));
+        let request = webhook::AllocationRequest {
+            enrollment_group: group,
+            individual_enrollment: individual,
+            device_runtime_context: webhook::DeviceRuntimeContext {
+                registration_id: device.registration_id().as_str(),
+                current_iot_hub_host_name: current
+                    .and_then(|p| p.state.assigned_hub.as_ref())
+                    .map(HubName::as_str),
+                current_device_id: current
+                    .and_then(|p| p.state.device_id.as_ref())
+                    .map(DeviceId::as_str),
+                symmetric_key: (device.method() == AttestationType::SymmetricKey)
+                    .then(empty)
+                    .flatten(),
+                x509: (device.method() == AttestationType::X509)
+                    .then(empty)
+                    .flatten(),
+                payload,
+            },
+            linked_hubs: offered.iter().map(HubName::as_str).collect(),
+        };
+        webhook::call(
+            &self.inner.http,
+            &def.webhook_url,
+            config.webhook_timeout,
+            &request,
+            &offered,
+        )
+        .await
+        .map(|a| (a.hub, a.payload))
+        .map_err(|e| (RegistrarReason::WebhookFailed, e.to_string()))
+    }
+
+    fn fail(
+        &self,
+        device: &AttestedDevice,
+        transport: Transport,
+        reason: RegistrarReason,
+        detail: String,
+    ) {
+        self.inner.diagnostics.record(
+            device.registration_id().as_str(),
+            FailedAttempt {
+                time_utc: Timestamp::now(),
+                transport,
+                reason: reason.label(),
+                detail,
+            },
+        );
+    }
+}
+
+fn matched(device: &AttestedDevice) -> Matched<'_> {
+    match device.enrollment() {
+        MatchedEnrollment::Individual(e) => Matched {
+            enabled: e.is_enabled(),
+            allocation: AllocationInput {
+                policy: e.allocation_policy,
+                iot_hub_host_name: e.iot_hub_host_name.as_ref(),
+                iot_hubs: e.iot_hubs.as_deref().unwrap_or_default(),
+            },
+            reprovision: e.reprovision_policy.unwrap_or_default(),
+            webhook: e.custom_allocation_definition.as_ref(),
+            group_id: None,
+            device_id: e.effective_device_id(),
+        },
+        MatchedEnrollment::Group(g) => Matched {
+            enabled: g.is_enabled(),
+            allocation: AllocationInput {
+                policy: g.allocation_policy,
+                iot_hub_host_name: g.iot_hub_host_name.as_ref(),
+                iot_hubs: g.iot_hubs.as_deref().unwrap_or_default(),
+            },
+            reprovision: g.reprovision_policy.unwrap_or_default(),
+            webhook: g.custom_allocation_definition.as_ref(),
+            group_id: Some(&g.enrollment_group_id),
+            device_id: DeviceId::from(device.registration_id()),
+        },
+    }
+}
+
+/// The device-facing result before allocation: identity and attestation details.
+fn base_result(device: &AttestedDevice, m: &Matched<'_>) -> DeviceRegistrationResult {
+    let (x509, symmetric_key) = match device.method() {
+        AttestationType::X509 => (
+            Some(X509RegistrationResult {
+                certificate_info: m.group_id.and(device.certificate_info().cloned()),
+                enrollment_group_id: m.group_id.cloned(),
+                signing_certificate_info: m
+                    .group_id
+                    .and(device.signing_certificate_info().cloned()),
+            }),
+            None,
+        ),
+        AttestationType::SymmetricKey if m.group_id.is_some() => (
+            None,
+            Some(SymmetricKeyRegistrationResult {
+                enrollment_group_id: m.group_id.cloned(),
+            }),
+        ),
+        _ => (None, None),
+    };
+    DeviceRegistrationResult {
+        x509,
+        symmetric_key,
+        registration_id: device.registration_id().clone(),
+        created_date_time_utc: None,
+        assigned_hub: None,
+        device_id: None,
+        status: RegistrationStatus::Assigning,
+        substatus: None,
+        error_code: None,
+        error_message: None,
+        last_updated_date_time_utc: None,
+        etag: None,
+        payload: None,
+    }
+}

@@ -1,0 +1,132 @@
+//! The custom allocation policy: POST the DPS `AllocationRequest` to the enrollment's webhook
+//! and check its `AllocationResponse` (reference §8.4).
+
+use std::time::Duration;
+
+use dps_types::{EnrollmentGroup, HubName, IndividualEnrollment};
+use serde::{Deserialize, Serialize};
+
+/// The largest webhook response read; an allocation answer is a few hundred bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Why the webhook did not give a usable hub.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// Connection, TLS or timeout failure.
+    #[error("the allocation webhook could not be reached: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// A non-2xx status.
+    #[error("the allocation webhook answered HTTP {0}")]
+    Status(u16),
+    /// Larger than the bound.
+    #[error("the allocation webhook response is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    /// Not an `AllocationResponse`.
+    #[error("the allocation webhook response is not valid: {0}")]
+    Invalid(#[source] serde_json::Error),
+    /// The hub it named is not one of the candidates it was offered.
+    #[error(
+        "the allocation webhook chose '{0}', which is not one of the linked hubs it was offered"
+    )]
+    HubNotOffered(String),
+}
+
+/// The enrollment in the request: keys are never sent.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationRequest<'a> {
+    /// Present when the device matched a group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment_group: Option<EnrollmentGroup>,
+    /// Present when the device matched an individual enrollment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub individual_enrollment: Option<IndividualEnrollment>,
+    /// The device side.
+    pub device_runtime_context: DeviceRuntimeContext<'a>,
+    /// The hubs the webhook may choose from.
+    pub linked_hubs: Vec<&'a str>,
+}
+
+/// `deviceRuntimeContext`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRuntimeContext<'a> {
+    /// The registration id.
+    pub registration_id: &'a str,
+    /// Only on re-registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_iot_hub_host_name: Option<&'a str>,
+    /// Only on re-registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_device_id: Option<&'a str>,
+    /// `{}` for symmetric-key devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<serde_json::Value>,
+    /// `{}` for X.509 devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x509: Option<serde_json::Value>,
+    /// The device's payload, only when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<&'a serde_json::Value>,
+}
+
+/// `AllocationResponse`. Its `initialTwin` is not read: twins reach a hub only once the
+/// hub-side assignment feed exists.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationResponse {
+    /// The chosen hub (required).
+    pub iot_hub_host_name: String,
+    /// Returned to the device as `registrationState.payload`.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// What the webhook decided.
+#[derive(Debug)]
+pub struct Allocation {
+    /// The hub, checked against the offered ones.
+    pub hub: HubName,
+    /// The webhook's payload for the device.
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Calls `url` with `request` and validates the answer against `offered`.
+pub async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    request: &AllocationRequest<'_>,
+    offered: &[HubName],
+) -> Result<Allocation, WebhookError> {
+    let mut response = client
+        .post(url)
+        .timeout(timeout)
+        .json(request)
+        .send()
+        .await
+        .map_err(WebhookError::Unreachable)?;
+    if !response.status().is_success() {
+        return Err(WebhookError::Status(response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(WebhookError::Unreachable)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(WebhookError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let answer: AllocationResponse =
+        serde_json::from_slice(&body).map_err(WebhookError::Invalid)?;
+    let hub = HubName::parse(&answer.iot_hub_host_name)
+        .ok()
+        .filter(|h| offered.contains(h))
+        .ok_or_else(|| {
+            WebhookError::HubNotOffered(answer.iot_hub_host_name.chars().take(256).collect())
+        })?;
+    Ok(Allocation {
+        hub,
+        payload: answer.payload,
+    })
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"). On a fresh machine it installs what the
+# tests need, builds once, runs every Rust suite, then the Azure SDK compatibility tests
+# against the real dpsd binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python for the SDK tests: a virtualenv under target/ with pinned versions.
+venv=target/sdk-venv
+if [ ! -x "$venv/bin/pytest" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+fi
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked
+"$venv/bin/pytest" -q tests/sdk
