@@ -7,10 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Python for the SDK tests: a virtualenv under target/ with pinned versions.
 venv=target/sdk-venv
-if [ ! -x "$venv/bin/pytest" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
-fi
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# Quick when everything is already installed; brings an older venv up to the pins.
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
