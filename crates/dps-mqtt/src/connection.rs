@@ -116,6 +116,9 @@ pub(crate) struct Handler {
     /// session) with the operation id of each task.
     pub(crate) registrations: JoinSet<RegistrationOutcome>,
     pub(crate) operation_of_task: HashMap<tokio::task::Id, String>,
+    /// True once the server drains; a connection with no registration running then closes,
+    /// one with a registration running finishes it first (within the drain timeout).
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Handler {
@@ -137,6 +140,11 @@ impl Handler {
                     self.registration_done(done);
                 }
                 () = sleep_until(deadline) => self.session.handle_tick(now()),
+                // `wait_for` is cancel-safe; it returns at once while the flag is set.
+                true = draining(&mut self.draining), if self.registrations.is_empty() => {
+                    self.connection.shutdown().await;
+                    return Ok(CloseReason::ServerShutdown);
+                }
             }
         }
     }
@@ -263,10 +271,15 @@ fn unix_now() -> i64 {
 }
 
 /// Counts how a connection ended.
+/// Resolves to true once the server drains (false if the server is gone).
+async fn draining(flag: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    flag.wait_for(|d| *d).await.is_ok()
+}
+
 pub(crate) fn count_end(counters: &MqttCounters, end: &Result<CloseReason, MqttError>) {
     let c = counters.get();
     match end {
-        Ok(CloseReason::ClientDisconnected) => {}
+        Ok(CloseReason::ClientDisconnected | CloseReason::ServerShutdown) => {}
         Ok(CloseReason::ConnectTimeout) => bump(&c.connect_timeouts),
         Ok(CloseReason::IdleTimeout) => bump(&c.idle_timeouts),
         Ok(

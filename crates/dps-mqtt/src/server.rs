@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dps_registrar::Registrar;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -125,6 +125,7 @@ pub async fn serve_with_counters(
             registrar,
             limits,
             counters,
+            draining: watch::channel(false).0,
         }),
         connections: JoinSet::new(),
     };
@@ -139,6 +140,8 @@ struct Shared {
     registrar: Registrar,
     limits: MqttLimits,
     counters: MqttCounters,
+    /// Set when the server starts draining: idle connections close at once.
+    draining: watch::Sender<bool>,
 }
 
 /// The accept loop.
@@ -214,6 +217,7 @@ impl Listener {
             ..
         } = self;
         drop(listener);
+        shared.draining.send_replace(true);
         let open = connections.len();
         let wait_all = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(shared.limits.drain_timeout, wait_all)
@@ -276,6 +280,7 @@ async fn run_connection(tcp: TcpStream, shared: &Shared) -> Result<CloseReason, 
         device: None,
         registrations: JoinSet::new(),
         operation_of_task: Default::default(),
+        draining: shared.draining.subscribe(),
     };
     handler.run().await
 }

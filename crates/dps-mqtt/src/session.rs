@@ -157,6 +157,8 @@ pub enum CloseReason {
     UnknownTopic,
     /// The device broke MQTT or DPS rules (named for logs).
     ProtocolViolation(&'static str),
+    /// The server is shutting down and the connection had no registration running.
+    ServerShutdown,
 }
 
 impl CloseReason {
@@ -172,6 +174,7 @@ impl CloseReason {
             CloseReason::NotAuthorized => "not_authorized",
             CloseReason::UnknownTopic => "unknown_topic",
             CloseReason::ProtocolViolation(_) => "protocol_violation",
+            CloseReason::ServerShutdown => "server_shutdown",
         }
     }
 }

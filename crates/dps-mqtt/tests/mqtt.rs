@@ -427,9 +427,9 @@ async fn a_busy_registrar_is_answered_429_on_poll() {
 }
 
 #[tokio::test]
-async fn shutdown_aborts_connections_after_the_drain_timeout() {
+async fn shutdown_closes_idle_connections_without_waiting_for_the_drain_timeout() {
     let mut server = Server::with_limits(MqttLimits {
-        drain_timeout: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(30),
         ..MqttLimits::default()
     })
     .await;
@@ -437,7 +437,10 @@ async fn shutdown_aborts_connections_after_the_drain_timeout() {
     let mut idle = server.sas_device("sym-idle", &key).await;
     let started = tokio::time::Instant::now();
     server.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an idle device (e.g. one whose registration failed) must not hold shutdown for the drain timeout"
+    );
     idle.assert_closed().await;
     assert_eq!(server.stats().active, 0);
 }
