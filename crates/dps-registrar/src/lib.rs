@@ -415,19 +415,11 @@ fn base_result(device: &AttestedDevice, m: &Matched<'_>) -> DeviceRegistrationRe
         ),
         _ => (None, None),
     };
-    DeviceRegistrationResult {
-        x509,
-        symmetric_key,
-        registration_id: device.registration_id().clone(),
-        created_date_time_utc: None,
-        assigned_hub: None,
-        device_id: None,
-        status: RegistrationStatus::Assigning,
-        substatus: None,
-        error_code: None,
-        error_message: None,
-        last_updated_date_time_utc: None,
-        etag: None,
-        payload: None,
-    }
+    let mut result = DeviceRegistrationResult::new(
+        device.registration_id().clone(),
+        RegistrationStatus::Assigning,
+    );
+    result.x509 = x509;
+    result.symmetric_key = symmetric_key;
+    result
 }

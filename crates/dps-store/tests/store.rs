@@ -219,19 +219,8 @@ async fn registration_records_are_queryable_by_group() {
         ("b", None),
         ("c", Some(group.clone())),
     ] {
-        let state = DeviceRegistrationState {
-            registration_id: rid(id),
-            created_date_time_utc: None,
-            assigned_hub: None,
-            device_id: None,
-            status: Some(RegistrationStatus::Assigned),
-            substatus: None,
-            error_code: None,
-            error_message: None,
-            last_updated_date_time_utc: None,
-            etag: None,
-            payload: None,
-        };
+        let mut state = DeviceRegistrationState::unassigned(rid(id));
+        state.status = Some(RegistrationStatus::Assigned);
         let stored = store
             .put_registration(RegistrationRecord {
                 state,

@@ -104,27 +104,37 @@ pub struct RegistrationOperationStatus {
     pub registration_state: Option<DeviceRegistrationResult>,
 }
 
+impl DeviceRegistrationResult {
+    /// A result with only its id and status; the rest is filled as registration proceeds.
+    pub fn new(registration_id: RegistrationId, status: RegistrationStatus) -> Self {
+        Self {
+            x509: None,
+            symmetric_key: None,
+            registration_id,
+            created_date_time_utc: None,
+            assigned_hub: None,
+            device_id: None,
+            status,
+            substatus: None,
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: None,
+            etag: None,
+            payload: None,
+        }
+    }
+}
+
 impl RegistrationOperationStatus {
     /// The answer while assignment is in progress.
     pub fn assigning(operation_id: String, registration_id: RegistrationId) -> Self {
         Self {
             operation_id,
             status: RegistrationStatus::Assigning,
-            registration_state: Some(DeviceRegistrationResult {
-                x509: None,
-                symmetric_key: None,
+            registration_state: Some(DeviceRegistrationResult::new(
                 registration_id,
-                created_date_time_utc: None,
-                assigned_hub: None,
-                device_id: None,
-                status: RegistrationStatus::Assigning,
-                substatus: None,
-                error_code: None,
-                error_message: None,
-                last_updated_date_time_utc: None,
-                etag: None,
-                payload: None,
-            }),
+                RegistrationStatus::Assigning,
+            )),
         }
     }
 }

@@ -152,21 +152,13 @@ fn register(s: &mut Session, now: Instant) -> String {
 }
 
 fn assigned(id: &str) -> DeviceRegistrationResult {
-    DeviceRegistrationResult {
-        x509: None,
-        symmetric_key: None,
-        registration_id: RegistrationId::parse(id).unwrap(),
-        created_date_time_utc: None,
-        assigned_hub: Some(HubName::parse("hub1.azure-devices.net").unwrap()),
-        device_id: Some(DeviceId::parse(id).unwrap()),
-        status: RegistrationStatus::Assigned,
-        substatus: None,
-        error_code: None,
-        error_message: None,
-        last_updated_date_time_utc: None,
-        etag: None,
-        payload: None,
-    }
+    let mut result = DeviceRegistrationResult::new(
+        RegistrationId::parse(id).unwrap(),
+        RegistrationStatus::Assigned,
+    );
+    result.assigned_hub = Some(HubName::parse("hub1.azure-devices.net").unwrap());
+    result.device_id = Some(DeviceId::parse(id).unwrap());
+    result
 }
 
 #[test]
