@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages: Chromium and its WebDriver for the portal's browser tests.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver
+fi
+
 # Python for the SDK tests: a virtualenv under target/ with pinned versions.
 venv=target/sdk-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -178,6 +178,8 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
 
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener, config.api.listen)?;
+    let portal =
+        dps_portal::PortalState::new(store.clone(), Some(registrar.clone()), policies.clone());
     let state = dps_api::ApiState::new(store, &config.service.host_name, policies)
         .with_registrar(registrar.clone())
         .with_max_body_bytes(config.api.max_body.0);
@@ -192,7 +194,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let api = tokio::spawn(dps_api::serve(
         api_listener,
         api_tls,
-        dps_api::router(state),
+        with_portal(dps_api::router(state), portal),
         limits,
         until_stopped(),
     ));
@@ -229,6 +231,12 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         api,
         mqtt,
     })
+}
+
+/// The operator portal under `/portal` (`/portal` itself redirects to `/portal/`); every
+/// other path goes to the service API.
+fn with_portal(api: axum::Router, portal: dps_portal::PortalState) -> axum::Router {
+    dps_portal::mount(portal).fallback_service(api)
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, DpsdError> {

@@ -419,7 +419,10 @@ mod tests {
     fn documented_file_matches_the_defaults() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/dpsd.toml");
         let loaded = Config::load(Some(&file), std::iter::empty(), &Flags::default()).unwrap();
-        assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::defaults().unwrap()));
+        assert_eq!(
+            format!("{loaded:?}"),
+            format!("{:?}", Config::defaults().unwrap())
+        );
     }
 
     #[test]

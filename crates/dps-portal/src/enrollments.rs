@@ -1,0 +1,851 @@
+//! "Manage enrollments": the two tabs (enrollment groups, individual enrollments) with search
+//! and paging, the add forms, the details/update form (saved with the etag it was opened
+//! with) and delete with a confirmation page.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use dps_api::Rights;
+use dps_store::{Page as StorePage, Precondition, StoreError};
+use dps_types::{
+    Attestation, EnrollmentGroup, EnrollmentGroupId, IndividualEnrollment, RegistrationId,
+    X509CertificateInfo,
+};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use crate::form::{self, EnrollmentForm, FieldErrors, FormData, REPROVISION_CHOICES};
+use crate::html::{csrf, field_error, page, when, Nav, Page, PortalError};
+use crate::session::Auth;
+use crate::{PortalState, BASE};
+
+/// Rows per list page.
+const PAGE_ROWS: usize = 25;
+/// Records read from the store per query while filtering.
+const SCAN_BATCH: usize = 200;
+/// Records examined per list request at most; past that the page offers "continue" so one
+/// request stays cheap however many records there are.
+const MAX_SCAN: usize = 20_000;
+
+/// Which tab, and the path segment of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Groups,
+    Individual,
+}
+
+impl Kind {
+    fn parse(segment: &str) -> Result<Kind, PortalError> {
+        match segment {
+            "groups" => Ok(Kind::Groups),
+            "individual" => Ok(Kind::Individual),
+            _ => Err(PortalError::NotFound),
+        }
+    }
+
+    fn segment(self) -> &'static str {
+        match self {
+            Kind::Groups => "groups",
+            Kind::Individual => "individual",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Groups => "enrollment group",
+            Kind::Individual => "individual enrollment",
+        }
+    }
+}
+
+/// Query of the list page.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    tab: Option<String>,
+    q: Option<String>,
+    after: Option<String>,
+    saved: Option<String>,
+    deleted: Option<String>,
+}
+
+/// One page of records whose id contains `needle` (lower case), starting after `after`.
+fn filtered<T>(
+    query: impl Fn(usize, Option<&str>) -> Result<StorePage<Arc<T>>, StoreError>,
+    key: impl Fn(&T) -> String,
+    needle: &str,
+    after: Option<&str>,
+) -> Result<(Vec<Arc<T>>, Option<String>), StoreError> {
+    let mut rows = Vec::new();
+    let mut token = after.map(str::to_owned);
+    let mut scanned = 0;
+    loop {
+        let page = query(SCAN_BATCH, token.as_deref())?;
+        for item in page.items {
+            scanned += 1;
+            let k = key(&item);
+            if k.contains(needle) {
+                rows.push(item);
+                if rows.len() == PAGE_ROWS {
+                    return Ok((rows, Some(k)));
+                }
+            }
+            token = Some(k);
+        }
+        if page.continuation.is_none() {
+            return Ok((rows, None));
+        }
+        if scanned >= MAX_SCAN {
+            return Ok((rows, token));
+        }
+    }
+}
+
+fn attestation_label(a: &Attestation) -> &'static str {
+    match a {
+        Attestation::None => "None",
+        Attestation::Tpm(_) => "TPM",
+        Attestation::X509(x) if x.ca_references.is_some() => "X.509 (CA reference)",
+        Attestation::X509(x) if x.signing_certificates.is_some() => "X.509 (CA certificate)",
+        Attestation::X509(_) => "X.509",
+        Attestation::SymmetricKey(_) => "Symmetric key",
+    }
+}
+
+fn hubs_label(
+    policy: Option<dps_types::AllocationPolicy>,
+    hubs: Option<&[dps_types::HubName]>,
+) -> String {
+    let policy = policy.map(|p| p.as_str()).unwrap_or("service default");
+    match hubs {
+        Some(h) if !h.is_empty() => {
+            let names: Vec<_> = h.iter().map(|h| h.as_str()).collect();
+            format!("{policy}: {}", names.join(", "))
+        }
+        _ => format!("{policy}: all linked hubs"),
+    }
+}
+
+/// `GET /enrollments`.
+pub(crate) async fn list(
+    State(state): State<PortalState>,
+    auth: Auth,
+    Query(query): Query<ListQuery>,
+) -> Result<Page, PortalError> {
+    let kind = match query.tab.as_deref() {
+        Some("individual") => Kind::Individual,
+        _ => Kind::Groups,
+    };
+    let q = query.q.as_deref().unwrap_or_default().trim();
+    let needle = q.to_ascii_lowercase();
+    let after = query.after.as_deref().filter(|a| !a.is_empty());
+    let store = state.store();
+    let (rows, next) = match kind {
+        Kind::Groups => {
+            let (items, next) = filtered(
+                |n, c| store.query_groups(n, c),
+                |g: &EnrollmentGroup| g.enrollment_group_id.key(),
+                &needle,
+                after,
+            )?;
+            let rows = html! {
+                @for g in &items {
+                    @let id = g.enrollment_group_id.as_str();
+                    tr {
+                        td { a href={(BASE) "/groups/" (id)} { (id) } }
+                        td { (attestation_label(&g.attestation)) }
+                        td { (hubs_label(g.allocation_policy, g.iot_hubs.as_deref())) }
+                        td { (status_badge(g.is_enabled())) }
+                        td { (when(g.last_updated_date_time_utc.as_ref())) }
+                        td.row-actions { (row_actions(&auth, Kind::Groups, id)) }
+                    }
+                }
+            };
+            (if items.is_empty() { None } else { Some(rows) }, next)
+        }
+        Kind::Individual => {
+            let (items, next) = filtered(
+                |n, c| store.query_enrollments(n, c),
+                |e: &IndividualEnrollment| e.registration_id.key(),
+                &needle,
+                after,
+            )?;
+            let rows = html! {
+                @for e in &items {
+                    @let id = e.registration_id.as_str();
+                    tr {
+                        td { a href={(BASE) "/individual/" (id)} { (id) } }
+                        td { (attestation_label(&e.attestation)) }
+                        td { (hubs_label(e.allocation_policy, e.iot_hubs.as_deref())) }
+                        td { (status_badge(e.is_enabled())) }
+                        td { (when(e.last_updated_date_time_utc.as_ref())) }
+                        td.row-actions { (row_actions(&auth, Kind::Individual, id)) }
+                    }
+                }
+            };
+            (if items.is_empty() { None } else { Some(rows) }, next)
+        }
+    };
+    let tab = kind.segment();
+    let body = html! {
+        h1 { "Manage enrollments" }
+        @if let Some(id) = &query.saved { p.notice role="status" { "Saved " (id) "." } }
+        @if let Some(id) = &query.deleted { p.notice role="status" { "Deleted " (id) "." } }
+        nav.tabs aria-label="Enrollment kind" {
+            a href={(BASE) "/enrollments?tab=groups"} aria-current=[(kind == Kind::Groups).then_some("page")] { "Enrollment groups" }
+            a href={(BASE) "/enrollments?tab=individual"} aria-current=[(kind == Kind::Individual).then_some("page")] { "Individual enrollments" }
+        }
+        div.toolbar {
+            form.search method="get" action={(BASE) "/enrollments"} role="search" {
+                input type="hidden" name="tab" value=(tab);
+                label for="q" { "Search by id" }
+                input #q type="search" name="q" value=(q) placeholder="part of the id";
+                button type="submit" { "Search" }
+            }
+            @if auth.can_write() {
+                @match kind {
+                    Kind::Groups => a.button.primary href={(BASE) "/groups/new"} { "+ Add enrollment group" },
+                    Kind::Individual => a.button.primary href={(BASE) "/individual/new"} { "+ Add individual enrollment" },
+                }
+            }
+        }
+        @if let Some(rows) = rows {
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { @if kind == Kind::Groups { "Group name" } @else { "Registration ID" } }
+                        th scope="col" { "Attestation" }
+                        th scope="col" { "Hub assignment" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "Last updated" }
+                        th scope="col" { span.visually-hidden { "Actions" } }
+                    } }
+                    tbody { (rows) }
+                }
+            }
+        } @else {
+            p.empty { "No " (kind.noun()) "s" @if !q.is_empty() { " match “" (q) "”" } "." }
+        }
+        @if let Some(next) = next {
+            p.pager { a href={(BASE) "/enrollments?tab=" (tab) "&q=" (query_escape(q)) "&after=" (query_escape(&next))} { "Next page →" } }
+        }
+    };
+    Ok(Page(page(
+        "Manage enrollments",
+        Some((&auth, Nav::Enrollments)),
+        body,
+    )))
+}
+
+/// Percent-encodes everything but unreserved characters, for a query-string value.
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn status_badge(enabled: bool) -> Markup {
+    html! {
+        @if enabled { span.status.on { "Enabled" } } @else { span.status.off { "Disabled" } }
+    }
+}
+
+fn row_actions(auth: &Auth, kind: Kind, id: &str) -> Markup {
+    html! {
+        @if auth.can_write() {
+            a href={(BASE) "/" (kind.segment()) "/" (id) "/delete"} aria-label={"Delete " (id)} { "Delete" }
+        }
+    }
+}
+
+/// `GET /groups/new`.
+pub(crate) async fn new_group(
+    State(state): State<PortalState>,
+    auth: Auth,
+) -> Result<Page, PortalError> {
+    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
+    let form = EnrollmentForm {
+        mechanism: "x509".into(),
+        ..EnrollmentForm::default()
+    };
+    Ok(form_page(
+        &state,
+        &auth,
+        Kind::Groups,
+        None,
+        &form,
+        &FieldErrors::new(),
+        None,
+    ))
+}
+
+/// `GET /individual/new`.
+pub(crate) async fn new_individual(
+    State(state): State<PortalState>,
+    auth: Auth,
+) -> Result<Page, PortalError> {
+    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
+    let form = EnrollmentForm {
+        mechanism: "x509".into(),
+        ..EnrollmentForm::default()
+    };
+    Ok(form_page(
+        &state,
+        &auth,
+        Kind::Individual,
+        None,
+        &form,
+        &FieldErrors::new(),
+        None,
+    ))
+}
+
+fn writable(auth: &Auth, data: &FormData) -> Result<(), PortalError> {
+    auth.check_csrf(data)?;
+    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")
+}
+
+fn saved(kind: Kind, id: &str) -> Response {
+    Redirect::to(&format!(
+        "{BASE}/enrollments?tab={}&saved={id}",
+        kind.segment()
+    ))
+    .into_response()
+}
+
+/// `POST /groups/new`.
+pub(crate) async fn create_group(
+    State(state): State<PortalState>,
+    auth: Auth,
+    data: FormData,
+) -> Result<Response, PortalError> {
+    writable(&auth, &data)?;
+    let form = EnrollmentForm::from_data(&data);
+    let mut errors = match form::new_group(&form) {
+        Ok(group) => {
+            let id = group.enrollment_group_id.to_string();
+            match state
+                .store()
+                .put_group(group, &Precondition::MustNotExist)
+                .await
+            {
+                Ok(_) => return Ok(saved(Kind::Groups, &id)),
+                Err(StoreError::AlreadyExists) => FieldErrors::from([(
+                    "id",
+                    format!("an enrollment group named {id} already exists"),
+                )]),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(errors) => errors,
+    };
+    errors
+        .entry("form")
+        .or_insert_with(|| "Please correct the marked fields.".into());
+    Ok(form_page(&state, &auth, Kind::Groups, None, &form, &errors, None).into_response())
+}
+
+/// `POST /individual/new`.
+pub(crate) async fn create_individual(
+    State(state): State<PortalState>,
+    auth: Auth,
+    data: FormData,
+) -> Result<Response, PortalError> {
+    writable(&auth, &data)?;
+    let form = EnrollmentForm::from_data(&data);
+    let mut errors = match form::new_individual(&form) {
+        Ok(enrollment) => {
+            let id = enrollment.registration_id.to_string();
+            let field = if form.mechanism == "x509" {
+                "primary_cert"
+            } else {
+                "id"
+            };
+            match state
+                .store()
+                .put_enrollment(enrollment, &Precondition::MustNotExist)
+                .await
+            {
+                Ok(_) => return Ok(saved(Kind::Individual, &id)),
+                Err(StoreError::AlreadyExists) => FieldErrors::from([(
+                    field,
+                    format!("an individual enrollment with registration id {id} already exists"),
+                )]),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(errors) => errors,
+    };
+    errors
+        .entry("form")
+        .or_insert_with(|| "Please correct the marked fields.".into());
+    Ok(form_page(&state, &auth, Kind::Individual, None, &form, &errors, None).into_response())
+}
+
+/// What the details page shows about a stored record besides its form.
+struct Summary {
+    attestation: Attestation,
+    created: Option<dps_types::Timestamp>,
+    updated: Option<dps_types::Timestamp>,
+    registration: Option<Markup>,
+}
+
+fn group_summary(g: &EnrollmentGroup) -> Summary {
+    Summary {
+        attestation: g.attestation.redacted(),
+        created: g.created_date_time_utc,
+        updated: g.last_updated_date_time_utc,
+        registration: None,
+    }
+}
+
+fn individual_summary(state: &PortalState, e: &IndividualEnrollment) -> Summary {
+    let record = state.store().registration(&e.registration_id);
+    let id = e.registration_id.as_str();
+    Summary {
+        attestation: e.attestation.redacted(),
+        created: e.created_date_time_utc,
+        updated: e.last_updated_date_time_utc,
+        registration: Some(html! {
+            @match record.as_deref() {
+                Some(r) => p {
+                    "Registration: " (r.state.status.map(|s| s.as_str()).unwrap_or("—"))
+                    @if let Some(hub) = &r.state.assigned_hub { " to " (hub.as_str()) }
+                    " — " a href={(BASE) "/registrations/" (id)} { "registration record and failed attempts" }
+                },
+                None => p { "No device has registered yet. "
+                    a href={(BASE) "/registrations/" (id)} { "Failed attempts" } },
+            }
+        }),
+    }
+}
+
+fn load(
+    state: &PortalState,
+    kind: Kind,
+    id: &str,
+) -> Result<(EnrollmentForm, Summary), PortalError> {
+    match kind {
+        Kind::Groups => {
+            let id = EnrollmentGroupId::parse(id).map_err(|_| PortalError::NotFound)?;
+            let g = state.store().group(&id).ok_or(PortalError::NotFound)?;
+            Ok((EnrollmentForm::from_group(&g), group_summary(&g)))
+        }
+        Kind::Individual => {
+            let id = RegistrationId::parse(id).map_err(|_| PortalError::NotFound)?;
+            let e = state.store().enrollment(&id).ok_or(PortalError::NotFound)?;
+            Ok((
+                EnrollmentForm::from_individual(&e),
+                individual_summary(state, &e),
+            ))
+        }
+    }
+}
+
+/// `GET /{groups|individual}/{id}`.
+pub(crate) async fn details(
+    State(state): State<PortalState>,
+    auth: Auth,
+    Path((kind, id)): Path<(String, String)>,
+    Query(query): Query<ListQuery>,
+) -> Result<Page, PortalError> {
+    let kind = Kind::parse(&kind)?;
+    let (form, summary) = load(&state, kind, &id)?;
+    let mut errors = FieldErrors::new();
+    if query.saved.is_some() {
+        errors.insert("saved", "Saved.".into());
+    }
+    Ok(form_page(
+        &state,
+        &auth,
+        kind,
+        Some(&summary),
+        &form,
+        &errors,
+        None,
+    ))
+}
+
+/// `POST /{groups|individual}/{id}`: update with the etag the form was opened with.
+pub(crate) async fn update(
+    State(state): State<PortalState>,
+    auth: Auth,
+    Path((kind, id)): Path<(String, String)>,
+    data: FormData,
+) -> Result<Response, PortalError> {
+    let kind = Kind::parse(&kind)?;
+    writable(&auth, &data)?;
+    let mut form = EnrollmentForm::from_data(&data);
+    let (stored_form, summary) = load(&state, kind, &id)?;
+    form.id = stored_form.id;
+    form.mechanism = stored_form.mechanism;
+    let pre = Precondition::IfMatch(form.etag.clone());
+    let result = match kind {
+        Kind::Groups => {
+            let gid = EnrollmentGroupId::parse(&id).map_err(|_| PortalError::NotFound)?;
+            let stored = state.store().group(&gid).ok_or(PortalError::NotFound)?;
+            match form::update_group(&stored, &form) {
+                Ok(g) => state.store().put_group(g, &pre).await.map(drop),
+                Err(errors) => return Ok(invalid(&state, &auth, kind, &summary, &form, errors)),
+            }
+        }
+        Kind::Individual => {
+            let rid = RegistrationId::parse(&id).map_err(|_| PortalError::NotFound)?;
+            let stored = state
+                .store()
+                .enrollment(&rid)
+                .ok_or(PortalError::NotFound)?;
+            match form::update_individual(&stored, &form) {
+                Ok(e) => state.store().put_enrollment(e, &pre).await.map(drop),
+                Err(errors) => return Ok(invalid(&state, &auth, kind, &summary, &form, errors)),
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(
+            Redirect::to(&format!("{BASE}/{}/{}?saved=1", kind.segment(), form.id)).into_response(),
+        ),
+        Err(StoreError::PreconditionFailed) => {
+            let conflict = html! {
+                div.error.banner role="alert" {
+                    strong { "Not saved: this " (kind.noun()) " was changed by someone else since you opened it." }
+                    " Your changes are still in the form below. "
+                    a href={(BASE) "/" (kind.segment()) "/" (form.id)} { "Reload the current version" }
+                    " and make your changes again."
+                }
+            };
+            Ok(form_page(
+                &state,
+                &auth,
+                kind,
+                Some(&summary),
+                &form,
+                &FieldErrors::new(),
+                Some(conflict),
+            )
+            .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn invalid(
+    state: &PortalState,
+    auth: &Auth,
+    kind: Kind,
+    summary: &Summary,
+    form: &EnrollmentForm,
+    mut errors: FieldErrors,
+) -> Response {
+    errors.insert(
+        "form",
+        "Not saved: please correct the marked fields.".into(),
+    );
+    form_page(state, auth, kind, Some(summary), form, &errors, None).into_response()
+}
+
+/// `GET /{kind}/{id}/delete`: the confirmation page.
+pub(crate) async fn confirm_delete(
+    State(state): State<PortalState>,
+    auth: Auth,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Page, PortalError> {
+    let kind = Kind::parse(&kind)?;
+    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
+    let (form, _) = load(&state, kind, &id)?;
+    let body = html! {
+        section.card.narrow {
+            h1 { "Delete " (kind.noun()) "?" }
+            p { "Do you want to delete the " (kind.noun()) " " strong { (form.id) } "? Devices will no longer be able to register through it. Registration records are kept." }
+            div.actions {
+                form.inline method="post" action={(BASE) "/" (kind.segment()) "/" (form.id) "/delete"} {
+                    (csrf(&auth))
+                    button.danger type="submit" { "Yes, delete" }
+                }
+                a.button href={(BASE) "/" (kind.segment()) "/" (form.id)} { "No, keep it" }
+            }
+        }
+    };
+    Ok(Page(page("Delete", Some((&auth, Nav::Enrollments)), body)))
+}
+
+/// `POST /{kind}/{id}/delete`.
+pub(crate) async fn delete(
+    State(state): State<PortalState>,
+    auth: Auth,
+    Path((kind, id)): Path<(String, String)>,
+    data: FormData,
+) -> Result<Response, PortalError> {
+    let kind = Kind::parse(&kind)?;
+    writable(&auth, &data)?;
+    let result = match kind {
+        Kind::Groups => {
+            let id = EnrollmentGroupId::parse(&id).map_err(|_| PortalError::NotFound)?;
+            state.store().delete_group(&id, &Precondition::Any).await
+        }
+        Kind::Individual => {
+            let id = RegistrationId::parse(&id).map_err(|_| PortalError::NotFound)?;
+            state
+                .store()
+                .delete_enrollment(&id, &Precondition::Any)
+                .await
+        }
+    };
+    match result {
+        Ok(()) | Err(StoreError::NotFound) => Ok(Redirect::to(&format!(
+            "{BASE}/enrollments?tab={}&deleted={id}",
+            kind.segment()
+        ))
+        .into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cert_info(label: &str, info: &X509CertificateInfo) -> Markup {
+    html! {
+        div.cert {
+            h3 { (label) }
+            dl {
+                dt { "Subject" } dd { (info.subject_name) }
+                dt { "Issuer" } dd { (info.issuer_name) }
+                dt { "SHA-1 thumbprint" } dd.mono { (info.sha1_thumbprint) }
+                dt { "SHA-256 thumbprint" } dd.mono { (info.sha256_thumbprint) }
+                dt { "Valid from" } dd { (when(Some(&info.not_before_utc))) }
+                dt { "Valid until" } dd { (when(Some(&info.not_after_utc))) }
+                dt { "Serial number" } dd.mono { (info.serial_number) }
+            }
+        }
+    }
+}
+
+fn attestation_summary(a: &Attestation) -> Markup {
+    html! {
+        p { "Attestation: " strong { (attestation_label(a)) } }
+        @match a {
+            Attestation::X509(x) => {
+                @for set in [&x.client_certificates, &x.signing_certificates].into_iter().flatten() {
+                    @if let Some(info) = set.primary.as_ref().and_then(|c| c.info.as_ref()) { (cert_info("Primary certificate", info)) }
+                    @if let Some(info) = set.secondary.as_ref().and_then(|c| c.info.as_ref()) { (cert_info("Secondary certificate", info)) }
+                }
+                @if let Some(r) = &x.ca_references {
+                    p { "CA references: " (r.primary.as_deref().unwrap_or("—")) @if let Some(s) = &r.secondary { ", " (s) } }
+                }
+            }
+            Attestation::Tpm(_) => p.hint { "The endorsement key is stored; it is not shown here." },
+            Attestation::SymmetricKey(_) => p.hint { "The keys are not shown here; read them with the service API's attestation-mechanism operation." },
+            Attestation::None => {},
+        }
+    }
+}
+
+fn radio(name: &str, value: &str, current: &str, label: &str) -> Markup {
+    let id = format!("{name}-{value}");
+    html! {
+        div.choice {
+            input type="radio" id=(id) name=(name) value=(value) checked[current == value];
+            label for=(id) { (label) }
+        }
+    }
+}
+
+fn described(errors: &FieldErrors, name: &str) -> Option<String> {
+    errors.contains_key(name).then(|| format!("{name}-error"))
+}
+
+/// The add form (`summary` absent) or the details form of a stored record.
+fn form_page(
+    state: &PortalState,
+    auth: &Auth,
+    kind: Kind,
+    summary: Option<&Summary>,
+    f: &EnrollmentForm,
+    errors: &FieldErrors,
+    banner: Option<Markup>,
+) -> Page {
+    let adding = summary.is_none();
+    let can_write = auth.can_write();
+    let title = match (kind, adding) {
+        (Kind::Groups, true) => "Add enrollment group".to_owned(),
+        (Kind::Individual, true) => "Add individual enrollment".to_owned(),
+        (_, false) => f.id.clone(),
+    };
+    let action = if adding {
+        format!("{BASE}/{}/new", kind.segment())
+    } else {
+        format!("{BASE}/{}/{}", kind.segment(), f.id)
+    };
+    let mut hub_names: Vec<String> = state
+        .linked_hubs()
+        .iter()
+        .map(|h| h.host_name.as_str().to_owned())
+        .collect();
+    for h in f.iot_hubs.iter().chain(std::iter::once(&f.static_hub)) {
+        if !h.is_empty() && !hub_names.contains(h) {
+            hub_names.push(h.clone());
+        }
+    }
+    let e = |name: &str| field_error(errors.get(name), name);
+    let body = html! {
+        p.crumbs { a href={(BASE) "/enrollments?tab=" (kind.segment())} { "← Manage enrollments" } }
+        h1 { (title) }
+        @if let Some(banner) = banner { (banner) }
+        @if let Some(saved) = errors.get("saved") { p.notice role="status" { (saved) } }
+        @if let Some(message) = errors.get("form") { p.error.banner role="alert" { (message) } }
+        @if let Some(s) = summary {
+            section.card {
+                h2 { "Summary" }
+                (attestation_summary(&s.attestation))
+                p { "Created " (when(s.created.as_ref())) ", last updated " (when(s.updated.as_ref())) }
+                @if let Some(r) = &s.registration { (r) }
+            }
+        }
+        form.enrollment method="post" action=(action) enctype="multipart/form-data" novalidate {
+            (csrf(auth))
+            input type="hidden" name="etag" value=(f.etag);
+            fieldset.plain disabled[!can_write] {
+            @if adding {
+                section.card {
+                    h2 { "Registration and attestation" }
+                    @if kind == Kind::Groups {
+                        label for="id" { "Group name" span.req { " (required)" } }
+                        input #id name="id" value=(f.id) required aria-describedby=[described(errors, "id")];
+                        (e("id"))
+                    }
+                    fieldset {
+                        legend { "Attestation mechanism" }
+                        @if kind == Kind::Groups {
+                            (radio("mechanism", "x509", &f.mechanism, "Certificate (CA or intermediate)"))
+                        } @else {
+                            (radio("mechanism", "x509", &f.mechanism, "X.509 client certificate"))
+                            (radio("mechanism", "tpm", &f.mechanism, "TPM"))
+                        }
+                        (radio("mechanism", "symmetricKey", &f.mechanism, "Symmetric key"))
+                        (e("mechanism"))
+                    }
+                    @if kind == Kind::Individual {
+                        div data-for="tpm symmetricKey" {
+                            label for="id" { "Registration ID" }
+                            input #id name="id" value=(f.id) aria-describedby=[described(errors, "id")];
+                            p.hint { "For X.509 the registration ID is the certificate's common name (CN)." }
+                            (e("id"))
+                        }
+                    }
+                    fieldset data-for="x509" {
+                        legend { @if kind == Kind::Groups { "Certificates (CA or intermediate)" } @else { "Device certificates" } }
+                        label for="primary_cert" { "Primary certificate (.pem, .cer, .crt or .der)" }
+                        input #primary_cert type="file" name="primary_cert" accept=".pem,.cer,.crt,.der" aria-describedby=[described(errors, "primary_cert")];
+                        @if !f.primary_cert.is_empty() && !errors.contains_key("primary_cert") {
+                            input type="hidden" name="primary_cert_text" value=(f.primary_cert);
+                            p.hint { "A certificate was uploaded and is kept; choose a file to replace it." }
+                        }
+                        (e("primary_cert"))
+                        label for="secondary_cert" { "Secondary certificate (optional)" }
+                        input #secondary_cert type="file" name="secondary_cert" accept=".pem,.cer,.crt,.der";
+                        @if !f.secondary_cert.is_empty() && !errors.contains_key("secondary_cert") {
+                            input type="hidden" name="secondary_cert_text" value=(f.secondary_cert);
+                            p.hint { "A secondary certificate was uploaded and is kept." }
+                        }
+                        (e("secondary_cert"))
+                    }
+                    @if kind == Kind::Individual {
+                        fieldset data-for="tpm" {
+                            legend { "TPM" }
+                            label for="endorsement_key" { "Endorsement key (base64)" }
+                            textarea #endorsement_key name="endorsement_key" rows="3" aria-describedby=[described(errors, "endorsement_key")] { (f.endorsement_key) }
+                            (e("endorsement_key"))
+                        }
+                    }
+                    fieldset data-for="symmetricKey" {
+                        legend { "Symmetric keys" }
+                        div.choice {
+                            input #generate_keys type="checkbox" name="generate_keys" checked[f.generate_keys];
+                            label for="generate_keys" { "Auto-generate keys" }
+                        }
+                        label for="primary_key" { "Primary key (base64, when not auto-generated)" }
+                        input #primary_key name="primary_key" autocomplete="off" value=(f.primary_key) aria-describedby=[described(errors, "primary_key")];
+                        (e("primary_key"))
+                        label for="secondary_key" { "Secondary key" }
+                        input #secondary_key name="secondary_key" autocomplete="off" value=(f.secondary_key) aria-describedby=[described(errors, "secondary_key")];
+                        (e("secondary_key"))
+                    }
+                }
+            }
+            @if kind == Kind::Individual {
+                section.card {
+                    h2 { "Device" }
+                    label for="device_id" { "IoT Hub device ID (optional; the registration ID when empty)" }
+                    input #device_id name="device_id" value=(f.device_id) aria-describedby=[described(errors, "device_id")];
+                    (e("device_id"))
+                }
+            }
+            section.card {
+                h2 { "IoT hubs" }
+                label for="allocation_policy" { "How do you want to assign devices to hubs?" }
+                select #allocation_policy name="allocation_policy" aria-describedby=[described(errors, "allocation_policy")] {
+                    @for (value, label) in [("hashed", "Evenly weighted distribution"), ("geoLatency", "Lowest latency"), ("static", "Static configuration")] {
+                        option value=(value) selected[f.allocation_policy == value] { (label) }
+                    }
+                }
+                (e("allocation_policy"))
+                fieldset data-policy="hashed geoLatency" {
+                    legend { "IoT hubs this can be assigned to (none ticked: every linked hub)" }
+                    @if hub_names.is_empty() { p.hint { "No IoT hubs are linked to this service." } }
+                    @for (i, hub) in hub_names.iter().enumerate() {
+                        div.choice {
+                            input type="checkbox" id={"hub-" (i)} name="iot_hubs" value=(hub) checked[f.iot_hubs.contains(hub)];
+                            label for={"hub-" (i)} { (hub) }
+                        }
+                    }
+                    (e("iot_hubs"))
+                }
+                div data-policy="static" {
+                    label for="static_hub" { "IoT hub (static configuration)" }
+                    select #static_hub name="static_hub" aria-describedby=[described(errors, "static_hub")] {
+                        option value="" selected[f.static_hub.is_empty()] { "—" }
+                        @for hub in &hub_names {
+                            option value=(hub) selected[&f.static_hub == hub] { (hub) }
+                        }
+                    }
+                    (e("static_hub"))
+                }
+            }
+            section.card {
+                h2 { "Device settings" }
+                fieldset {
+                    legend { "Provisioning status" }
+                    (radio("status", "enabled", &f.status, "Enable this enrollment"))
+                    (radio("status", "disabled", &f.status, "Disable this enrollment"))
+                    (e("status"))
+                }
+                fieldset {
+                    legend { "Reprovision policy" }
+                    @for (value, label) in REPROVISION_CHOICES { (radio("reprovision", value, &f.reprovision, label)) }
+                    (e("reprovision"))
+                }
+                div.choice {
+                    input #iot_edge type="checkbox" name="iot_edge" checked[f.iot_edge];
+                    label for="iot_edge" { "IoT Edge device" }
+                }
+                label for="initial_twin" { "Initial device twin state (JSON: tags and properties.desired)" }
+                textarea #initial_twin.mono name="initial_twin" rows="8" spellcheck="false" aria-describedby=[described(errors, "initial_twin")] { (f.initial_twin) }
+                (e("initial_twin"))
+            }
+            }
+            div.actions {
+                @if can_write {
+                    button.primary type="submit" { "Save" }
+                }
+                a.button href={(BASE) "/enrollments?tab=" (kind.segment())} { @if can_write { "Cancel" } @else { "Back" } }
+                @if can_write && !adding {
+                    a.button.danger href={(BASE) "/" (kind.segment()) "/" (f.id) "/delete"} { "Delete" }
+                }
+            }
+        }
+    };
+    Page(page(&title, Some((auth, Nav::Enrollments)), body))
+}

@@ -1,0 +1,195 @@
+//! The operator web portal, served by `dpsd` under `/portal` on the HTTPS management listener:
+//! the Azure portal's "Manage enrollments" page (enrollment groups and individual enrollments:
+//! list, search, add, details, update, delete) plus what the Azure portal lacks: registration
+//! records, failed-attempt diagnostics, linked hubs and a dashboard.
+//!
+//! What it does: server-rendered HTML (compile-time `maud` templates), a small hand-written
+//! stylesheet and script (every form works without the script), sign-in with a shared access
+//! policy of the service API, a server-side session map (bounded, idle expiry) behind an
+//! `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token checked on every
+//! POST. Writes go through the same validation as the API (`dps_attest::prepare_*`) and the
+//! same store preconditions (an update carries the etag it was opened with).
+//!
+//! What it must never do: show a key or a private key (symmetric keys and certificate text are
+//! never rendered), let a policy without `EnrollmentWrite` change an enrollment (the buttons
+//! are hidden *and* the server refuses the POST), or load anything from a third party.
+//!
+//! Main types: [`PortalState`] and [`router`].
+
+mod charts;
+mod enrollments;
+mod form;
+mod html;
+mod operations;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::Redirect;
+use axum::routing::{get, post};
+use axum::Router;
+use dps_api::SharedAccessPolicy;
+use dps_registrar::{LinkedHub, Registrar};
+use dps_store::Store;
+
+use crate::charts::Samples;
+use crate::session::Sessions;
+
+/// Where [`router`] is mounted; every link and redirect the portal renders starts with it.
+pub const BASE: &str = "/portal";
+
+/// Largest form the portal accepts (certificate uploads included). A CA or device certificate
+/// is a few KiB; 256 KiB leaves room for a long chain or a large initial twin and matches the
+/// API's default body limit.
+pub const MAX_FORM_BYTES: usize = 256 * 1024;
+
+/// Sessions idle longer than this are signed out (the Azure portal's default is similar).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Sessions kept at once. An operator portal has a handful of users; 1024 bounds memory
+/// (about 200 B each) even when someone signs in in a loop, evicting the least recently used.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+
+/// What every handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct PortalState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    registrar: Option<Registrar>,
+    policies: Vec<SharedAccessPolicy>,
+    linked_hubs: Vec<LinkedHub>,
+    sessions: Sessions,
+    samples: Samples,
+}
+
+impl PortalState {
+    /// The portal over `store`, signing in with `policies` (the API's shared access policies).
+    /// With a registrar, linked hubs, diagnostics and the dashboard come from it.
+    pub fn new(
+        store: Store,
+        registrar: Option<Registrar>,
+        policies: impl Into<Vec<SharedAccessPolicy>>,
+    ) -> PortalState {
+        Self::with_limits(
+            store,
+            registrar,
+            policies,
+            DEFAULT_IDLE_TIMEOUT,
+            DEFAULT_MAX_SESSIONS,
+        )
+    }
+
+    /// [`PortalState::new`] with another idle timeout and session bound (tests use short ones).
+    pub fn with_limits(
+        store: Store,
+        registrar: Option<Registrar>,
+        policies: impl Into<Vec<SharedAccessPolicy>>,
+        idle_timeout: Duration,
+        max_sessions: usize,
+    ) -> PortalState {
+        let linked_hubs = registrar
+            .as_ref()
+            .map(|r| r.linked_hubs().to_vec())
+            .unwrap_or_default();
+        PortalState {
+            inner: Arc::new(Inner {
+                store,
+                registrar,
+                policies: policies.into(),
+                linked_hubs,
+                sessions: Sessions::new(idle_timeout, max_sessions),
+                samples: Samples::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn registrar(&self) -> Option<&Registrar> {
+        self.inner.registrar.as_ref()
+    }
+
+    pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
+        &self.inner.policies
+    }
+
+    pub(crate) fn linked_hubs(&self) -> &[LinkedHub] {
+        &self.inner.linked_hubs
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    pub(crate) fn samples(&self) -> &Samples {
+        &self.inner.samples
+    }
+}
+
+/// The portal's routes, relative to where it is mounted (`.nest("/portal", router(state))`).
+///
+/// When called inside a tokio runtime it also starts the dashboard's sampler, a task that
+/// reads the registrar's failure counters every 10 s and stops when the router is dropped.
+pub fn router(state: PortalState) -> Router {
+    charts::spawn_sampler(&state);
+    Router::new()
+        .route("/static/portal.css", get(html::stylesheet))
+        .route("/static/portal.js", get(html::script))
+        .route(
+            "/signin",
+            get(session::signin_page).post(session::signin_submit),
+        )
+        .route("/signout", post(session::signout))
+        .route("/enrollments", get(enrollments::list))
+        .route(
+            "/groups/new",
+            get(enrollments::new_group).post(enrollments::create_group),
+        )
+        .route(
+            "/individual/new",
+            get(enrollments::new_individual).post(enrollments::create_individual),
+        )
+        .route(
+            "/{kind}/{id}",
+            get(enrollments::details).post(enrollments::update),
+        )
+        .route(
+            "/{kind}/{id}/delete",
+            get(enrollments::confirm_delete).post(enrollments::delete),
+        )
+        .route("/registrations", get(operations::registrations))
+        .route("/registrations/{id}", get(operations::registration))
+        .route(
+            "/registrations/{id}/delete",
+            get(operations::confirm_delete_registration).post(operations::delete_registration),
+        )
+        .route("/hubs", get(operations::hubs))
+        .route("/dashboard", get(operations::dashboard))
+        .fallback(html::not_found)
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(state)
+}
+
+/// [`router`] nested under [`BASE`], with `/portal` and `/portal/` redirecting to the start
+/// page. Give it the API as fallback: `mount(state).fallback_service(api)`.
+pub fn mount(state: PortalState) -> Router {
+    Router::new()
+        .route(BASE, get(redirect_to_portal))
+        .route(
+            &format!("{BASE}/"),
+            get(|| async { Redirect::to(&format!("{BASE}/enrollments")) }),
+        )
+        .nest(BASE, router(state))
+}
+
+/// Redirects `/portal` (no slash) to `/portal/`.
+pub async fn redirect_to_portal() -> Redirect {
+    Redirect::permanent(&format!("{BASE}/"))
+}

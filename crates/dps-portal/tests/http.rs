@@ -1,0 +1,401 @@
+//! The portal over HTTP without a browser or socket: sign-in, session cookie, CSRF, rights,
+//! validation that keeps typed values, and the etag conflict — through `oneshot`.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use dps_api::{Rights, SharedAccessPolicy};
+use dps_portal::PortalState;
+use dps_store::{Precondition, Store};
+use dps_types::{EnrollmentGroupId, SymmetricKey};
+use tower::ServiceExt;
+
+struct Portal {
+    app: Router,
+    store: Store,
+    owner_key: String,
+    reader_key: String,
+    _dir: tempfile::TempDir,
+}
+
+fn portal() -> Portal {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let owner = SymmetricKey::generate();
+    let reader = SymmetricKey::generate();
+    let policies = vec![
+        SharedAccessPolicy {
+            name: "owner".into(),
+            primary_key: owner.clone(),
+            secondary_key: None,
+            rights: Rights::ALL,
+        },
+        SharedAccessPolicy {
+            name: "reader".into(),
+            primary_key: reader.clone(),
+            secondary_key: None,
+            rights: Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
+        },
+    ];
+    let state = PortalState::new(store.clone(), None, policies);
+    let app = dps_portal::mount(state);
+    Portal {
+        app,
+        store,
+        owner_key: owner.expose_base64(),
+        reader_key: reader.expose_base64(),
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    location: Option<String>,
+    cookies: Vec<String>,
+    body: String,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let location = res
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let cookies = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        location,
+        cookies,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn encode(pairs: &[(&str, &str)]) -> String {
+    // Only what the tests send: unreserved characters pass, the rest is percent-encoded.
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn post(path: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> Request<Body> {
+    let mut b =
+        Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::from(encode(pairs))).unwrap()
+}
+
+/// The value of the first hidden input named `name` in `html`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in page"))
+        + marker.len();
+    html[start..start + html[start..].find('"').unwrap()]
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// Signs in; returns the session cookie pair and the CSRF token.
+async fn sign_in(p: &Portal, policy: &str, key: &str) -> (String, String) {
+    let form = send(&p.app, get("/portal/signin", None)).await;
+    let token = hidden(&form.body, "csrf");
+    let signin_cookie = cookie_pair(&form.cookies[0]);
+    let res = send(
+        &p.app,
+        post(
+            "/portal/signin",
+            Some(&signin_cookie),
+            &[("csrf", &token), ("policy", policy), ("key", key)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    let session = res
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("dps_portal_session="))
+        .expect("session cookie");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/portal"] {
+        assert!(session.contains(attr), "{session}");
+    }
+    let cookie = cookie_pair(session);
+    let page = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    (cookie, hidden(&page.body, "csrf"))
+}
+
+fn group_form<'a>(csrf: &'a str, id: &'a str, twin: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("csrf", csrf),
+        ("id", id),
+        ("mechanism", "symmetricKey"),
+        ("generate_keys", "on"),
+        ("allocation_policy", "hashed"),
+        ("status", "enabled"),
+        ("reprovision", "migrate"),
+        ("initial_twin", twin),
+    ]
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_sign_in_checks_key_and_form_token() {
+    let p = portal();
+    let res = send(&p.app, get("/portal/enrollments", None)).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert_eq!(res.location.as_deref(), Some("/portal/signin"));
+    let res = send(&p.app, get("/portal", None)).await;
+    assert_eq!(res.location.as_deref(), Some("/portal/"));
+    let res = send(&p.app, get("/portal/", None)).await;
+    assert_eq!(res.location.as_deref(), Some("/portal/enrollments"));
+
+    let form = send(&p.app, get("/portal/signin", None)).await;
+    let token = hidden(&form.body, "csrf");
+    let signin_cookie = cookie_pair(&form.cookies[0]);
+    // Wrong key: no session, the typed policy name stays.
+    let res = send(
+        &p.app,
+        post(
+            "/portal/signin",
+            Some(&signin_cookie),
+            &[
+                ("csrf", &token),
+                ("policy", "owner"),
+                ("key", &p.reader_key),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("wrong key"), "{}", res.body);
+    assert!(res.body.contains("value=\"owner\""));
+    assert!(!res
+        .cookies
+        .iter()
+        .any(|c| c.starts_with("dps_portal_session")));
+    // Right key without the sign-in cookie (a cross-site form post): refused.
+    let res = send(
+        &p.app,
+        post(
+            "/portal/signin",
+            None,
+            &[("csrf", &token), ("policy", "owner"), ("key", &p.owner_key)],
+        ),
+    )
+    .await;
+    assert!(res.body.contains("expired"), "{}", res.body);
+    assert!(!res
+        .cookies
+        .iter()
+        .any(|c| c.starts_with("dps_portal_session")));
+
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    let res = send(
+        &p.app,
+        post("/portal/signout", Some(&cookie), &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let res = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
+    assert_eq!(
+        res.location.as_deref(),
+        Some("/portal/signin"),
+        "signed out"
+    );
+}
+
+#[tokio::test]
+async fn every_post_needs_the_session_csrf_token() {
+    let p = portal();
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    let (_, other_csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    for token in ["", "0000", other_csrf.as_str()] {
+        let res = send(
+            &p.app,
+            post(
+                "/portal/groups/new",
+                Some(&cookie),
+                &group_form(token, "g1", ""),
+            ),
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "token {token:?}");
+    }
+    assert!(p
+        .store
+        .group(&EnrollmentGroupId::parse("g1").unwrap())
+        .is_none());
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&cookie),
+            &group_form(&csrf, "g1", ""),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    assert!(p
+        .store
+        .group(&EnrollmentGroupId::parse("g1").unwrap())
+        .is_some());
+}
+
+#[tokio::test]
+async fn validation_errors_keep_what_was_typed() {
+    let p = portal();
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    let twin = r#"{"tags":{"site":"north"},"reported":1}"#;
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&cookie),
+            &group_form(&csrf, "typed-name", twin),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("initial_twin-error"), "{}", res.body);
+    assert!(res.body.contains("value=\"typed-name\""));
+    assert!(
+        res.body.contains("&quot;site&quot;:&quot;north&quot;")
+            || res.body.contains("\"site\":\"north\"")
+    );
+    assert!(p
+        .store
+        .group(&EnrollmentGroupId::parse("typed-name").unwrap())
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_read_only_policy_sees_no_buttons_and_cannot_post() {
+    let p = portal();
+    let (owner, owner_csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&owner),
+            &group_form(&owner_csrf, "g1", ""),
+        ),
+    )
+    .await;
+    let (cookie, csrf) = sign_in(&p, "reader", &p.reader_key).await;
+    let list = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
+    assert!(list.body.contains("g1"));
+    assert!(!list.body.contains("Add enrollment group"));
+    assert!(!list.body.contains("/delete"));
+    let details = send(&p.app, get("/portal/groups/g1", Some(&cookie))).await;
+    assert!(!details.body.contains(">Save<") && !details.body.contains(">Delete<"));
+    assert!(details.body.contains("<fieldset class=\"plain\" disabled"));
+
+    let res = send(&p.app, get("/portal/groups/new", Some(&cookie))).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&cookie),
+            &group_form(&csrf, "g2", ""),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/g1/delete",
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(p
+        .store
+        .group(&EnrollmentGroupId::parse("g1").unwrap())
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_stale_etag_is_reported_not_overwritten() {
+    let p = portal();
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&cookie),
+            &group_form(&csrf, "g1", ""),
+        ),
+    )
+    .await;
+    let opened = send(&p.app, get("/portal/groups/g1", Some(&cookie))).await;
+    let etag = hidden(&opened.body, "etag");
+
+    // Someone else changes it meanwhile.
+    let id = EnrollmentGroupId::parse("g1").unwrap();
+    let mut other = (*p.store.group(&id).unwrap()).clone();
+    other.provisioning_status = Some(dps_types::ProvisioningStatus::Disabled);
+    p.store.put_group(other, &Precondition::Any).await.unwrap();
+
+    let mut form = group_form(&csrf, "g1", r#"{"tags":{"mine":true}}"#);
+    form.push(("etag", &etag));
+    let res = send(&p.app, post("/portal/groups/g1", Some(&cookie), &form)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("changed by someone else"), "{}", res.body);
+    let stored = p.store.group(&id).unwrap();
+    assert!(stored.initial_twin.is_none(), "not overwritten");
+    assert!(!stored.is_enabled());
+
+    // With the current etag the same save goes through.
+    let fresh = send(&p.app, get("/portal/groups/g1", Some(&cookie))).await;
+    let etag = hidden(&fresh.body, "etag");
+    let mut form = group_form(&csrf, "g1", r#"{"tags":{"mine":true}}"#);
+    form.push(("etag", &etag));
+    let res = send(&p.app, post("/portal/groups/g1", Some(&cookie), &form)).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    let stored = p.store.group(&id).unwrap();
+    assert!(stored.initial_twin.is_some());
+    assert!(
+        matches!(stored.attestation, dps_types::Attestation::SymmetricKey(ref k) if k.primary_key.is_some()),
+        "keys kept"
+    );
+}
