@@ -37,47 +37,20 @@ fn require_read(auth: &Auth) -> Result<(), PortalError> {
     }
 }
 
-/// Every registration record reachable from an individual enrollment or a group, up to
-/// [`MAX_RECORDS`]; `true` when the bound cut the list short.
+/// Every registration record, up to [`MAX_RECORDS`]; `true` when the bound cut the list
+/// short.
 fn all_records(state: &PortalState) -> Result<(Vec<Arc<RegistrationRecord>>, bool), StoreError> {
     let store = state.store();
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page = store.query_enrollments(BATCH, token.as_deref())?;
-        out.extend(
-            page.items
-                .iter()
-                .filter_map(|e| store.registration(&e.registration_id)),
-        );
+        let page = store.query_all_registrations(BATCH, token.as_deref())?;
+        out.extend(page.items);
         if out.len() >= MAX_RECORDS {
             return Ok((out, true));
         }
         match page.continuation {
             Some(t) => token = Some(t),
-            None => break,
-        }
-    }
-    let mut groups: Option<String> = None;
-    loop {
-        let page = store.query_groups(BATCH, groups.as_deref())?;
-        for g in &page.items {
-            let mut token: Option<String> = None;
-            loop {
-                let records =
-                    store.query_registrations(&g.enrollment_group_id, BATCH, token.as_deref())?;
-                out.extend(records.items);
-                if out.len() >= MAX_RECORDS {
-                    return Ok((out, true));
-                }
-                match records.continuation {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
-        }
-        match page.continuation {
-            Some(t) => groups = Some(t),
             None => return Ok((out, false)),
         }
     }

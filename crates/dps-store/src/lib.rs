@@ -190,6 +190,15 @@ impl Store {
         self.delete::<RegistrationRecord>(&id.key(), pre).await
     }
 
+    /// A page of every registration record, in registration id order.
+    pub fn query_all_registrations(
+        &self,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<Page<Arc<RegistrationRecord>>, StoreError> {
+        self.query(page_size, continuation, |_| true)
+    }
+
     /// A page of the registration records of devices that registered through `group`.
     pub fn query_registrations(
         &self,
