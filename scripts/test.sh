@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"). On a fresh machine it installs what the
-# tests need, builds once, runs every Rust suite, then the Azure SDK compatibility tests
-# against the real dpsd binary.
+# tests need, builds once, runs every Rust suite, then the Azure SDK compatibility tests (the
+# official Python and Node.js SDKs, unchanged) against the real dpsd binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +22,4 @@ venv=target/sdk-venv
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
 "$venv/bin/pytest" -q tests/sdk
+tests/sdk-node/run.sh
