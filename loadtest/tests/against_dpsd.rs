@@ -1,0 +1,136 @@
+//! The load tool against an in-process dpsd on loopback port 0 with one linked hub.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dps_loadtest::{ApiEndpoint, Cleanup, CleanupSummary, Config, Loopback};
+use dps_types::EnrollmentGroupId;
+
+/// Starts dpsd in `dir` with one linked hub, so devices can be assigned.
+async fn start_dpsd(dir: &Path) -> dpsd::Running {
+    let config_file = dir.join("dpsd.toml");
+    std::fs::write(
+        &config_file,
+        "[[linked_hubs]]\nhost_name = \"hub-1.example.net\"\n",
+    )
+    .unwrap();
+    let flags = dpsd::Flags {
+        data_dir: Some(dir.join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let config = dpsd::Config::load(Some(&config_file), std::iter::empty(), &flags).unwrap();
+    dpsd::start(config).await.unwrap()
+}
+
+fn config_for(running: &dpsd::Running) -> Config {
+    let mut config = Config::new(
+        running.data_dir.clone(),
+        ApiEndpoint::from_addr(running.api_addr).unwrap(),
+        Loopback::new(running.mqtt_addr).unwrap(),
+    );
+    config.duration_limit = Duration::from_secs(60);
+    config.poll_delay = Duration::from_millis(20);
+    config
+}
+
+fn group_exists(running: &dpsd::Running, group: &EnrollmentGroupId) -> bool {
+    running.registrar.store().group(group).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_is_assigned_and_cleanup_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let store = running.registrar.store().clone();
+
+    let mut config = config_for(&running);
+    config.devices = 200;
+    config.concurrency = 32;
+    config.keep = true;
+    let report = dps_loadtest::run(&config, |_| {}).await.unwrap();
+    assert_eq!(report.assigned, 200, "{report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!((report.unfinished, report.not_started), (0, 0));
+    assert!(!report.timed_out);
+    assert!(report.all_assigned());
+    assert_eq!(report.flow_ms.samples, 200);
+    assert!(report.flow_ms.p50 > 0.0 && report.flow_ms.p50 <= report.flow_ms.max);
+    assert!(report.tls_ms.p99 <= report.flow_ms.max);
+    assert!(report.registrations_per_sec > 0.0);
+    assert_eq!(report.cleanup, Cleanup::Kept);
+
+    // --keep: the records and the group are there.
+    assert_eq!(store.cache().registration_count(), 200);
+    assert!(group_exists(&running, &config.group));
+
+    let summary = dps_loadtest::cleanup(&config).await.unwrap();
+    assert_eq!(
+        summary,
+        CleanupSummary {
+            registrations_deleted: 200,
+            group_deleted: true
+        }
+    );
+    assert_eq!(store.cache().registration_count(), 0);
+    assert!(!group_exists(&running, &config.group));
+
+    // Without --keep the run cleans up after itself.
+    config.devices = 20;
+    config.keep = false;
+    config.group = EnrollmentGroupId::parse("second-group").unwrap();
+    let report = dps_loadtest::run(&config, |_| {}).await.unwrap();
+    assert_eq!(report.assigned, 20, "{report}");
+    assert_eq!(
+        report.cleanup,
+        Cleanup::Done(CleanupSummary {
+            registrations_deleted: 20,
+            group_deleted: true
+        })
+    );
+    assert_eq!(store.cache().registration_count(), 0);
+    assert!(!group_exists(&running, &config.group));
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duration_limit_stops_the_run_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+
+    let mut config = config_for(&running);
+    config.devices = 50;
+    config.concurrency = 4;
+    // Each device waits dpsd's retry-after (1 s) before its poll: none can finish in 300 ms.
+    config.poll_delay = Duration::from_secs(5);
+    config.duration_limit = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let report = dps_loadtest::run(&config, |_| {}).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(report.timed_out, "{report}");
+    assert_eq!(report.assigned, 0, "{report}");
+    assert_eq!(report.started, 4, "{report}");
+    assert_eq!(report.unfinished, 4, "{report}");
+    assert_eq!(report.not_started, 46, "{report}");
+    assert!(!report.all_assigned());
+    // The registrations dpsd finished for the stopped devices are cleaned up too.
+    assert!(matches!(report.cleanup, Cleanup::Done(_)), "{report}");
+    assert_eq!(
+        running.registrar.store().cache().registration_count(),
+        0,
+        "{report}"
+    );
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_non_loopback_target_is_refused_before_any_traffic() {
+    let err = Loopback::parse("192.0.2.10:8883").unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let err = ApiEndpoint::parse("https://203.0.113.5:8443").unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    assert!(ApiEndpoint::from_addr("198.51.100.1:8443".parse().unwrap()).is_err());
+}
