@@ -11,13 +11,17 @@ use axum::Form;
 use base64::Engine;
 use dps_attest::ParsedCertificate;
 use dps_types::{
-    AllocationPolicy, Attestation, DeviceCapabilities, DeviceId, EndorsementKey, EnrollmentGroup,
-    EnrollmentGroupId, HubName, IndividualEnrollment, InitialTwin, ProvisioningStatus,
-    RegistrationId, ReprovisionPolicy, SymmetricKey, SymmetricKeyAttestation, TpmAttestation,
-    X509Attestation, X509CertificateWithInfo, X509Certificates,
+    AllocationPolicy, Attestation, CustomAllocationDefinition, DeviceCapabilities, DeviceId,
+    EndorsementKey, EnrollmentGroup, EnrollmentGroupId, HubName, IndividualEnrollment, InitialTwin,
+    ProvisioningStatus, RegistrationId, ReprovisionPolicy, SymmetricKey, SymmetricKeyAttestation,
+    TpmAttestation, X509Attestation, X509CertificateWithInfo, X509Certificates,
 };
 
 use crate::html::PortalError;
+
+mod custom;
+
+pub(crate) use custom::{DEFAULT_API_VERSION, MAX_WEBHOOK_URL};
 
 /// Fields a form may have; more is not a form of ours.
 const MAX_FIELDS: usize = 256;
@@ -155,12 +159,16 @@ pub(crate) struct EnrollmentForm {
     pub primary_key: String,
     pub secondary_key: String,
     pub device_id: String,
-    /// `hashed`, `geoLatency` or `static`.
+    /// `hashed`, `geoLatency`, `static` or `custom`.
     pub allocation_policy: String,
-    /// Candidate hubs (none: every linked hub).
+    /// Candidate hubs (none: every linked hub); for `custom`, the hubs the webhook may pick.
     pub iot_hubs: Vec<String>,
     /// The hub of the static policy.
     pub static_hub: String,
+    /// The webhook of the custom policy.
+    pub webhook_url: String,
+    /// The api-version of the enrollment JSON the webhook receives (custom policy).
+    pub api_version: String,
     pub initial_twin: String,
     /// `enabled` or `disabled`.
     pub status: String,
@@ -186,6 +194,8 @@ impl Default for EnrollmentForm {
             allocation_policy: "hashed".into(),
             iot_hubs: Vec::new(),
             static_hub: String::new(),
+            webhook_url: String::new(),
+            api_version: DEFAULT_API_VERSION.into(),
             initial_twin: String::new(),
             status: "enabled".into(),
             reprovision: "migrate".into(),
@@ -247,6 +257,8 @@ impl EnrollmentForm {
             allocation_policy: data.text("allocation_policy"),
             iot_hubs: data.all("iot_hubs"),
             static_hub: data.text("static_hub"),
+            webhook_url: data.text("webhook_url"),
+            api_version: data.text("api_version"),
             initial_twin: data.get("initial_twin").unwrap_or_default().to_owned(),
             status: data.text("status"),
             reprovision: data.text("reprovision"),
@@ -262,6 +274,7 @@ impl EnrollmentForm {
             g.allocation_policy,
             g.iot_hubs.as_deref(),
             g.iot_hub_host_name.as_ref(),
+            g.custom_allocation_definition.as_ref(),
             g.initial_twin.as_ref(),
             g.provisioning_status,
             g.reprovision_policy.as_ref(),
@@ -279,6 +292,7 @@ impl EnrollmentForm {
             e.allocation_policy,
             e.iot_hubs.as_deref(),
             e.iot_hub_host_name.as_ref(),
+            e.custom_allocation_definition.as_ref(),
             e.initial_twin.as_ref(),
             e.provisioning_status,
             e.reprovision_policy.as_ref(),
@@ -300,6 +314,7 @@ impl EnrollmentForm {
         policy: Option<AllocationPolicy>,
         hubs: Option<&[HubName]>,
         hub_host_name: Option<&HubName>,
+        custom: Option<&CustomAllocationDefinition>,
         twin: Option<&InitialTwin>,
         status: Option<ProvisioningStatus>,
         reprovision: Option<&ReprovisionPolicy>,
@@ -325,6 +340,9 @@ impl EnrollmentForm {
                 hubs
             },
             static_hub,
+            webhook_url: custom.map(|c| c.webhook_url.clone()).unwrap_or_default(),
+            api_version: custom
+                .map_or_else(|| DEFAULT_API_VERSION.to_owned(), |c| c.api_version.clone()),
             initial_twin: twin
                 .and_then(|t| serde_json::to_string_pretty(t).ok())
                 .unwrap_or_default(),
@@ -343,6 +361,7 @@ impl EnrollmentForm {
 struct Common {
     allocation_policy: AllocationPolicy,
     iot_hubs: Option<Vec<HubName>>,
+    custom: Option<CustomAllocationDefinition>,
     initial_twin: Option<InitialTwin>,
     status: ProvisioningStatus,
     reprovision: ReprovisionPolicy,
@@ -351,13 +370,6 @@ struct Common {
 
 fn common(form: &EnrollmentForm, errors: &mut FieldErrors) -> Option<Common> {
     let allocation_policy = match AllocationPolicy::parse(&form.allocation_policy) {
-        Ok(AllocationPolicy::Custom) => {
-            errors.insert(
-                "allocation_policy",
-                "custom allocation (webhook) is configured through the service API".into(),
-            );
-            None
-        }
         Ok(p) => Some(p),
         Err(_) => {
             errors.insert("allocation_policy", "choose an allocation policy".into());
@@ -389,6 +401,12 @@ fn common(form: &EnrollmentForm, errors: &mut FieldErrors) -> Option<Common> {
                 None
             }
         }
+    };
+    // Only the custom policy keeps a definition; choosing another one drops it.
+    let custom = if allocation_policy == Some(AllocationPolicy::Custom) {
+        custom::definition(form, errors)
+    } else {
+        None
     };
     let initial_twin = match parse_initial_twin(&form.initial_twin) {
         Ok(t) => t,
@@ -424,6 +442,7 @@ fn common(form: &EnrollmentForm, errors: &mut FieldErrors) -> Option<Common> {
     Some(Common {
         allocation_policy: allocation_policy?,
         iot_hubs,
+        custom,
         initial_twin,
         status: status?,
         reprovision: reprovision?,
@@ -587,7 +606,7 @@ pub(crate) fn new_group(form: &EnrollmentForm) -> Result<EnrollmentGroup, FieldE
         last_updated_date_time_utc: None,
         allocation_policy: Some(c.allocation_policy),
         iot_hubs: c.iot_hubs,
-        custom_allocation_definition: None,
+        custom_allocation_definition: c.custom,
     };
     dps_attest::prepare_group(&mut group).map_err(|e| attestation_error(&form.mechanism, e))?;
     Ok(group)
@@ -687,7 +706,7 @@ pub(crate) fn new_individual(form: &EnrollmentForm) -> Result<IndividualEnrollme
         last_updated_date_time_utc: None,
         allocation_policy: Some(c.allocation_policy),
         iot_hubs: c.iot_hubs,
-        custom_allocation_definition: None,
+        custom_allocation_definition: c.custom,
     };
     dps_attest::prepare_individual(&mut enrollment)
         .map_err(|e| attestation_error(&form.mechanism, e))?;
@@ -722,6 +741,7 @@ pub(crate) fn update_group(
     let mut group = stored.clone();
     group.allocation_policy = Some(c.allocation_policy);
     group.iot_hubs = c.iot_hubs;
+    group.custom_allocation_definition = c.custom;
     group.iot_hub_host_name = None;
     group.initial_twin = c.initial_twin;
     group.provisioning_status = Some(c.status);
@@ -742,6 +762,7 @@ pub(crate) fn update_individual(
     e.device_id = device_id;
     e.allocation_policy = Some(c.allocation_policy);
     e.iot_hubs = c.iot_hubs;
+    e.custom_allocation_definition = c.custom;
     e.iot_hub_host_name = None;
     e.initial_twin = c.initial_twin;
     e.provisioning_status = Some(c.status);

@@ -399,3 +399,76 @@ async fn a_stale_etag_is_reported_not_overwritten() {
         "keys kept"
     );
 }
+
+#[tokio::test]
+async fn custom_allocation_round_trips_through_the_forms() {
+    let p = portal();
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    let webhook = "https://alloc.example.net/api/allocate?code=abc";
+    let mut form = group_form(&csrf, "custom-g", "");
+    form.retain(|(k, _)| *k != "allocation_policy");
+    form.extend([
+        ("allocation_policy", "custom"),
+        ("webhook_url", webhook),
+        ("api_version", "2021-10-01"),
+        ("iot_hubs", "hub-a.example.net"),
+    ]);
+    let res = send(&p.app, post("/portal/groups/new", Some(&cookie), &form)).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+
+    let id = EnrollmentGroupId::parse("custom-g").unwrap();
+    let stored = p.store.group(&id).unwrap();
+    assert_eq!(
+        stored.allocation_policy,
+        Some(dps_types::AllocationPolicy::Custom)
+    );
+    let def = stored.custom_allocation_definition.clone().unwrap();
+    assert_eq!(
+        (def.webhook_url.as_str(), def.api_version.as_str()),
+        (webhook, "2021-10-01")
+    );
+    assert_eq!(
+        stored.iot_hubs.as_ref().unwrap()[0].as_str(),
+        "hub-a.example.net"
+    );
+    let json = serde_json::to_value(&*stored).unwrap();
+    assert_eq!(json["customAllocationDefinition"]["webhookUrl"], webhook);
+    assert_eq!(
+        json["customAllocationDefinition"]["apiVersion"],
+        "2021-10-01"
+    );
+
+    // The details page shows the definition in editable fields.
+    let details = send(&p.app, get("/portal/groups/custom-g", Some(&cookie))).await;
+    assert_eq!(details.status, StatusCode::OK);
+    assert!(details
+        .body
+        .contains("<option value=\"custom\" selected>Custom (use Azure Function)</option>"));
+    assert_eq!(hidden(&details.body, "webhook_url"), webhook);
+    assert_eq!(hidden(&details.body, "api_version"), "2021-10-01");
+
+    // A non-http URL on update is reported next to the field, keeps what was typed and
+    // leaves the stored definition alone.
+    let etag = hidden(&details.body, "etag");
+    let mut edit: Vec<_> = form
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "webhook_url")
+        .collect();
+    edit.extend([
+        ("etag", etag.as_str()),
+        ("webhook_url", "ftp://alloc.example.net"),
+    ]);
+    let res = send(
+        &p.app,
+        post("/portal/groups/custom-g", Some(&cookie), &edit),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("webhook_url-error"), "{}", res.body);
+    assert_eq!(hidden(&res.body, "webhook_url"), "ftp://alloc.example.net");
+    assert_eq!(
+        p.store.group(&id).unwrap().custom_allocation_definition,
+        Some(def)
+    );
+}

@@ -149,3 +149,107 @@ fn entered_keys_are_validated() {
     assert!(errors.contains_key("secondary_key"), "{errors:?}");
     assert!(!errors.contains_key("primary_key"), "{errors:?}");
 }
+
+fn custom_group(pairs: &[(&str, &str)]) -> Result<EnrollmentGroup, FieldErrors> {
+    let mut all = vec![
+        ("id", "g"),
+        ("mechanism", "symmetricKey"),
+        ("generate_keys", "on"),
+        ("allocation_policy", "custom"),
+    ];
+    // The test's own values go first: the first value of a field counts.
+    all.splice(0..0, pairs.iter().copied());
+    new_group(&form(&all))
+}
+
+#[test]
+fn custom_allocation_stores_the_webhook_and_its_candidate_hubs() {
+    let g = custom_group(&[
+        (
+            "webhook_url",
+            "https://alloc.example.net/api/allocate?code=abc",
+        ),
+        ("api_version", "2021-10-01"),
+        ("iot_hubs", "hub1.example.net"),
+        ("iot_hubs", "hub2.example.net"),
+    ])
+    .unwrap();
+    assert_eq!(g.allocation_policy, Some(AllocationPolicy::Custom));
+    assert_eq!(
+        g.custom_allocation_definition,
+        Some(CustomAllocationDefinition {
+            webhook_url: "https://alloc.example.net/api/allocate?code=abc".into(),
+            api_version: "2021-10-01".into(),
+        })
+    );
+    let hubs: Vec<_> = g.iot_hubs.iter().flatten().map(|h| h.as_str()).collect();
+    assert_eq!(hubs, ["hub1.example.net", "hub2.example.net"]);
+
+    // The details form shows the definition again, and another policy drops it.
+    let mut f = EnrollmentForm::from_group(&g);
+    assert_eq!(f.allocation_policy, "custom");
+    assert_eq!(
+        f.webhook_url,
+        "https://alloc.example.net/api/allocate?code=abc"
+    );
+    assert_eq!(f.api_version, "2021-10-01");
+    f.allocation_policy = "hashed".into();
+    let updated = update_group(&g, &f).unwrap();
+    assert_eq!(updated.custom_allocation_definition, None);
+    assert_eq!(updated.allocation_policy, Some(AllocationPolicy::Hashed));
+    // A new form preselects the Azure portal's default API version.
+    assert_eq!(EnrollmentForm::default().api_version, DEFAULT_API_VERSION);
+}
+
+#[test]
+fn custom_allocation_needs_a_webhook_url_and_api_version() {
+    let errors = custom_group(&[("webhook_url", ""), ("api_version", "")]).unwrap_err();
+    let fields: Vec<_> = errors.keys().copied().collect();
+    assert_eq!(fields, ["api_version", "webhook_url"]);
+    assert!(errors["webhook_url"].contains("webhook URL"), "{errors:?}");
+
+    // The typed values stay in the form shown again.
+    let data = FormData::from_pairs(&[
+        ("allocation_policy", "custom"),
+        ("webhook_url", " https://kept.example.net/x "),
+        ("api_version", "2019-03-31"),
+    ]);
+    let f = EnrollmentForm::from_data(&data);
+    assert_eq!(f.webhook_url, "https://kept.example.net/x");
+    assert_eq!(f.api_version, "2019-03-31");
+}
+
+#[test]
+fn custom_allocation_webhook_must_be_an_absolute_http_url() {
+    for bad in [
+        "ftp://alloc.example.net/x",
+        "javascript:alert(1)",
+        "alloc.example.net/api",
+        "/api/allocate",
+        "https://",
+        "https:///path",
+        "https://user@/x",
+        "https://alloc.example.net/a b",
+    ] {
+        let errors =
+            custom_group(&[("webhook_url", bad), ("api_version", "2021-10-01")]).expect_err(bad);
+        assert!(errors.contains_key("webhook_url"), "{bad}: {errors:?}");
+    }
+    let long = format!("https://alloc.example.net/{}", "a".repeat(MAX_WEBHOOK_URL));
+    let errors =
+        custom_group(&[("webhook_url", &long), ("api_version", "2021-10-01")]).unwrap_err();
+    assert!(errors["webhook_url"].contains("longer"), "{errors:?}");
+    let errors = custom_group(&[
+        ("webhook_url", "http://localhost:7071/api/allocate"),
+        ("api_version", "2021-10-01<script>"),
+    ])
+    .unwrap_err();
+    assert_eq!(errors.keys().copied().collect::<Vec<_>>(), ["api_version"]);
+    for good in [
+        "http://localhost:7071/api/allocate",
+        "HTTPS://[::1]:8443/alloc",
+        "https://fn.azurewebsites.net/api/alloc?code=k%3D%3D#frag",
+    ] {
+        custom_group(&[("webhook_url", good), ("api_version", "2021-10-01")]).expect(good);
+    }
+}
