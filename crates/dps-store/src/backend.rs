@@ -57,6 +57,16 @@ pub trait Backend: Send + Sync + 'static {
 /// start-up and can stay small.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long [`SledBackend::open`] waits for another holder of the database lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pause between attempts to take the lock.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// sled reports a held directory lock as an I/O error whose message says so.
+fn is_lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// The default backend: an embedded sled database in a directory.
 pub struct SledBackend {
     db: sled::Db,
@@ -65,11 +75,25 @@ pub struct SledBackend {
 
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
+    ///
+    /// sled holds an exclusive lock on the directory until its last handle and its background
+    /// threads are gone, which can be a moment after a previous store in this process was
+    /// dropped (or while a previous process is still exiting); opening retries for up to
+    /// [`LOCK_WAIT`] before giving up.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()?;
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(SLED_CACHE_BYTES)
+                .open()
+            {
+                Err(e) if is_lock_busy(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                other => break other?,
+            }
+        };
         let trees = [
             db.open_tree(Table::Enrollments.name())?,
             db.open_tree(Table::Groups.name())?,

@@ -271,3 +271,17 @@ async fn concurrent_writers_are_all_durable() {
     let e: Arc<IndividualEnrollment> = store.enrollment(&rid("c-199")).unwrap();
     assert!(e.etag.is_some());
 }
+
+/// A store opened while another still holds the directory waits for it (restart in the same
+/// process, or a previous process still exiting) instead of failing at once.
+#[test]
+fn open_waits_for_the_previous_holder_to_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    let path = dir.path().to_owned();
+    let second =
+        std::thread::spawn(move || Store::open(&path).map(|s| s.cache().enrollment_count()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(first);
+    assert_eq!(second.join().unwrap().unwrap(), 0);
+}
