@@ -77,19 +77,18 @@ async fn a_thousand_acknowledged_puts_survive_sigkill() {
     let client = std::sync::Arc::new(ServiceClient::new(conn.trim(), &ca, addr));
 
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..50 {
+    // A thousand PUTs in flight at once, each on its own task.
+    for n in 0..1000 {
         let client = client.clone();
         tasks.spawn(async move {
-            for n in 0..20 {
-                let id = format!("k9-{worker}-{n}");
-                let res = client
-                    .request(Method::PUT, &format!("/enrollments/{id}"))
-                    .json(&json!({"registrationId": id, "attestation": {"type": "symmetricKey"}}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), StatusCode::OK);
-            }
+            let id = format!("k9-{n}");
+            let res = client
+                .request(Method::PUT, &format!("/enrollments/{id}"))
+                .json(&json!({"registrationId": id, "attestation": {"type": "symmetricKey"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
         });
     }
     while let Some(done) = tasks.join_next().await {
