@@ -294,7 +294,8 @@ pub struct BulkEnrollmentOperationError {
 pub struct BulkEnrollmentOperationResult {
     /// True when every item succeeded.
     pub is_successful: bool,
-    /// The failed items.
+    /// The failed items (absent in the spec's minimal example; always sent by this service).
+    #[serde(default)]
     pub errors: Vec<BulkEnrollmentOperationError>,
 }
 
@@ -316,7 +317,8 @@ pub struct BulkEnrollmentGroupOperationError {
 pub struct BulkEnrollmentGroupOperationResult {
     /// True when every item succeeded.
     pub is_successful: bool,
-    /// The failed items.
+    /// The failed items (absent in the spec's minimal example; always sent by this service).
+    #[serde(default)]
     pub errors: Vec<BulkEnrollmentGroupOperationError>,
 }
 
