@@ -127,49 +127,37 @@ async fn refused_credentials_get_connack_5_and_the_server_keeps_serving() {
     let key = server.enroll_sas("sym-dev-2", json!({})).await;
 
     // Wrong key.
-    let mut client = server.tls(None).await;
-    let token = sas_token("sym-dev-2", &SymmetricKey::generate(), unix_now() + 3600);
+    let wrong = sas_token("sym-dev-2", &SymmetricKey::generate(), unix_now() + 3600);
     assert_eq!(
-        client
-            .connect("sym-dev-2", &username("sym-dev-2"), Some(&token))
+        server
+            .connack(None, "sym-dev-2", &username("sym-dev-2"), Some(&wrong))
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // Expired token (beyond the tolerated clock skew).
-    let mut client = server.tls(None).await;
-    let token = sas_token("sym-dev-2", &key, unix_now() - 3600);
+    let expired = sas_token("sym-dev-2", &key, unix_now() - 3600);
     assert_eq!(
-        client
-            .connect("sym-dev-2", &username("sym-dev-2"), Some(&token))
+        server
+            .connack(None, "sym-dev-2", &username("sym-dev-2"), Some(&expired))
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // A certificate from a CA no group knows.
     let stranger = TestPki::new().device("x509-dev-2");
-    let mut client = server.tls(Some(&stranger)).await;
     assert_eq!(
-        client
-            .connect("x509-dev-2", &username("x509-dev-2"), None)
+        server
+            .connack(Some(&stranger), "x509-dev-2", &username("x509-dev-2"), None)
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // A good certificate whose CN is not the id the device claims.
     let cert = server.pki.device("x509-dev-3");
-    let mut client = server.tls(Some(&cert)).await;
     assert_eq!(
-        client
-            .connect("x509-dev-4", &username("x509-dev-4"), None)
+        server
+            .connack(Some(&cert), "x509-dev-4", &username("x509-dev-4"), None)
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // An expired certificate.
     let expired = server.pki.device_with(
         "x509-dev-5",
@@ -178,42 +166,34 @@ async fn refused_credentials_get_connack_5_and_the_server_keeps_serving() {
             ..DeviceOptions::default()
         },
     );
-    let mut client = server.tls(Some(&expired)).await;
     assert_eq!(
-        client
-            .connect("x509-dev-5", &username("x509-dev-5"), None)
+        server
+            .connack(Some(&expired), "x509-dev-5", &username("x509-dev-5"), None)
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // Neither a password nor a certificate.
-    let mut client = server.tls(None).await;
     assert_eq!(
-        client
-            .connect("x509-dev-6", &username("x509-dev-6"), None)
+        server
+            .connack(None, "x509-dev-6", &username("x509-dev-6"), None)
             .await,
         Some(5)
     );
-    client.assert_closed().await;
-
     // Client id that is not the username's registration id; a username of another scope.
-    let mut client = server.tls(None).await;
     let token = sas_token("sym-dev-2", &key, unix_now() + 3600);
     assert_eq!(
-        client
-            .connect("someone-else", &username("sym-dev-2"), Some(&token))
+        server
+            .connack(None, "someone-else", &username("sym-dev-2"), Some(&token))
             .await,
         Some(2)
     );
-    client.assert_closed().await;
-    let mut client = server.tls(None).await;
     let other_scope = "0ne99999999/registrations/sym-dev-2/api-version=2019-03-31";
     assert_eq!(
-        client.connect("sym-dev-2", other_scope, Some(&token)).await,
+        server
+            .connack(None, "sym-dev-2", other_scope, Some(&token))
+            .await,
         Some(5)
     );
-    client.assert_closed().await;
 
     // Each refusal was recorded with its precise reason (the device only saw CONNACK 5).
     let mut sym = server.refusals("sym-dev-2");

@@ -184,6 +184,23 @@ impl Server {
     }
 
     /// A TLS connection, with `device`'s chain as client certificate if given.
+    /// Connects (with an optional client certificate), sends CONNECT and returns the CONNACK
+    /// code; a refused connection must then be closed by the server.
+    pub async fn connack(
+        &self,
+        device: Option<&DeviceCert>,
+        client_id: &str,
+        username: &str,
+        password: Option<&str>,
+    ) -> Option<u8> {
+        let mut client = self.tls(device).await;
+        let code = client.connect(client_id, username, password).await;
+        if code != Some(0) {
+            client.assert_closed().await;
+        }
+        code
+    }
+
     pub async fn tls(&self, device: Option<&DeviceCert>) -> Client {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let mut roots = rustls::RootCertStore::empty();
