@@ -12,8 +12,8 @@ use dps_store::{Page, Precondition, Store, StoreError};
 use dps_types::{
     Attestation, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,
     BulkEnrollmentOperationError, BulkEnrollmentOperationResult, DeviceRegistrationState,
-    EnrollmentGroup, EnrollmentGroupId, Etag, IndividualEnrollment, QuerySpecification,
-    RegistrationId,
+    EnrollmentGroup, EnrollmentGroupId, EnrollmentSettings, IndividualEnrollment,
+    QuerySpecification, RegistrationId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,7 +24,10 @@ use crate::extract::{decode, json, page, IdPath, IfMatch, JsonBody, Paging, Path
 use crate::{ApiError, ApiState};
 
 /// An individual enrollment or an enrollment group, as the service API handles it.
-pub(crate) trait Resource: Serialize + DeserializeOwned + Send + Sync + 'static {
+/// The etag and attestation come from [`EnrollmentSettings`].
+pub(crate) trait Resource:
+    EnrollmentSettings + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// Its id type.
     type Id: PathId + Clone + PartialEq + std::fmt::Display + Send + Sync;
     /// One failed item of a bulk operation.
@@ -45,10 +48,6 @@ pub(crate) trait Resource: Serialize + DeserializeOwned + Send + Sync + 'static 
 
     /// The id.
     fn id(&self) -> &Self::Id;
-    /// The etag the client sent with the item (bulk `updateIfMatchETag`).
-    fn etag(&self) -> Option<&Etag>;
-    /// The attestation mechanism, keys and certificates included.
-    fn attestation(&self) -> &Attestation;
     /// The same, to complete a request from the stored record.
     fn attestation_mut(&mut self) -> &mut Attestation;
     /// Drops what clients may not set and checks and completes the attestation (certificates
@@ -123,12 +122,6 @@ impl Resource for IndividualEnrollment {
 
     fn id(&self) -> &RegistrationId {
         &self.registration_id
-    }
-    fn etag(&self) -> Option<&Etag> {
-        self.etag.as_ref()
-    }
-    fn attestation(&self) -> &Attestation {
-        &self.attestation
     }
     fn attestation_mut(&mut self) -> &mut Attestation {
         &mut self.attestation
@@ -210,12 +203,6 @@ impl Resource for EnrollmentGroup {
 
     fn id(&self) -> &EnrollmentGroupId {
         &self.enrollment_group_id
-    }
-    fn etag(&self) -> Option<&Etag> {
-        self.etag.as_ref()
-    }
-    fn attestation(&self) -> &Attestation {
-        &self.attestation
     }
     fn attestation_mut(&mut self) -> &mut Attestation {
         &mut self.attestation

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use dps_types::{
-    AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationId, X509CertificateInfo,
+    AttestationType, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, RegistrationId,
+    X509CertificateInfo,
 };
 
 /// The enrollment a device matched: its individual enrollment, or the group that covers it.
@@ -21,9 +22,14 @@ impl MatchedEnrollment {
     /// attestation says who the device is, the registration service decides what a disabled
     /// enrollment means.
     pub fn is_enabled(&self) -> bool {
+        self.settings().is_enabled()
+    }
+
+    /// The settings both kinds share (allocation, reprovisioning, status, ...).
+    pub fn settings(&self) -> &dyn EnrollmentSettings {
         match self {
-            MatchedEnrollment::Individual(e) => e.is_enabled(),
-            MatchedEnrollment::Group(g) => g.is_enabled(),
+            MatchedEnrollment::Individual(e) => &**e,
+            MatchedEnrollment::Group(g) => &**g,
         }
     }
 

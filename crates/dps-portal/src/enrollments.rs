@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use dps_api::Rights;
 use dps_store::{Page as StorePage, Precondition, StoreError};
 use dps_types::{
-    Attestation, EnrollmentGroup, EnrollmentGroupId, IndividualEnrollment, RegistrationId,
+    Attestation, EnrollmentGroup, EnrollmentGroupId, EnrollmentSettings, IndividualEnrollment,
+    RegistrationId,
 };
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -129,6 +130,20 @@ fn hubs_label(
     }
 }
 
+/// One row of an enrollment list.
+fn row(auth: &Auth, kind: Kind, id: &str, e: &dyn EnrollmentSettings) -> Markup {
+    html! {
+        tr {
+            td { a href={(BASE) "/" (kind.segment()) "/" (id)} { (id) } }
+            td { (attestation_label(e.attestation())) }
+            td { (hubs_label(e.allocation_policy(), Some(e.iot_hubs()))) }
+            td { (status_badge(e.is_enabled())) }
+            td { (when(e.last_updated())) }
+            td.row-actions { (row_actions(auth, kind, id)) }
+        }
+    }
+}
+
 /// `GET /enrollments`.
 pub(crate) async fn list(
     State(state): State<PortalState>,
@@ -152,17 +167,7 @@ pub(crate) async fn list(
                 after,
             )?;
             let rows = html! {
-                @for g in &items {
-                    @let id = g.enrollment_group_id.as_str();
-                    tr {
-                        td { a href={(BASE) "/groups/" (id)} { (id) } }
-                        td { (attestation_label(&g.attestation)) }
-                        td { (hubs_label(g.allocation_policy, g.iot_hubs.as_deref())) }
-                        td { (status_badge(g.is_enabled())) }
-                        td { (when(g.last_updated_date_time_utc.as_ref())) }
-                        td.row-actions { (row_actions(&auth, Kind::Groups, id)) }
-                    }
-                }
+                @for g in &items { (row(&auth, Kind::Groups, g.enrollment_group_id.as_str(), &**g)) }
             };
             (if items.is_empty() { None } else { Some(rows) }, next)
         }
@@ -174,17 +179,7 @@ pub(crate) async fn list(
                 after,
             )?;
             let rows = html! {
-                @for e in &items {
-                    @let id = e.registration_id.as_str();
-                    tr {
-                        td { a href={(BASE) "/individual/" (id)} { (id) } }
-                        td { (attestation_label(&e.attestation)) }
-                        td { (hubs_label(e.allocation_policy, e.iot_hubs.as_deref())) }
-                        td { (status_badge(e.is_enabled())) }
-                        td { (when(e.last_updated_date_time_utc.as_ref())) }
-                        td.row-actions { (row_actions(&auth, Kind::Individual, id)) }
-                    }
-                }
+                @for e in &items { (row(&auth, Kind::Individual, e.registration_id.as_str(), &**e)) }
             };
             (if items.is_empty() { None } else { Some(rows) }, next)
         }

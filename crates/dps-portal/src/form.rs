@@ -12,9 +12,10 @@ use base64::Engine;
 use dps_attest::ParsedCertificate;
 use dps_types::{
     AllocationPolicy, Attestation, CustomAllocationDefinition, DeviceCapabilities, DeviceId,
-    EndorsementKey, EnrollmentGroup, EnrollmentGroupId, HubName, IndividualEnrollment, InitialTwin,
-    ProvisioningStatus, RegistrationId, ReprovisionPolicy, SymmetricKey, SymmetricKeyAttestation,
-    TpmAttestation, X509Attestation, X509CertificateWithInfo, X509Certificates,
+    EndorsementKey, EnrollmentGroup, EnrollmentGroupId, EnrollmentSettings, HubName,
+    IndividualEnrollment, InitialTwin, ProvisioningStatus, RegistrationId, ReprovisionPolicy,
+    SymmetricKey, SymmetricKeyAttestation, TpmAttestation, X509Attestation,
+    X509CertificateWithInfo, X509Certificates,
 };
 
 use crate::html::PortalError;
@@ -269,70 +270,35 @@ impl EnrollmentForm {
 
     /// The details form of a stored group.
     pub(crate) fn from_group(g: &EnrollmentGroup) -> Self {
-        let mut form = Self::common(
-            &g.attestation,
-            g.allocation_policy,
-            g.iot_hubs.as_deref(),
-            g.iot_hub_host_name.as_ref(),
-            g.custom_allocation_definition.as_ref(),
-            g.initial_twin.as_ref(),
-            g.provisioning_status,
-            g.reprovision_policy.as_ref(),
-            g.capabilities,
-        );
+        let mut form = Self::common(g);
         form.id = g.enrollment_group_id.to_string();
-        form.etag = g.etag.as_ref().map(|e| e.to_string()).unwrap_or_default();
         form
     }
 
     /// The details form of a stored individual enrollment.
     pub(crate) fn from_individual(e: &IndividualEnrollment) -> Self {
-        let mut form = Self::common(
-            &e.attestation,
-            e.allocation_policy,
-            e.iot_hubs.as_deref(),
-            e.iot_hub_host_name.as_ref(),
-            e.custom_allocation_definition.as_ref(),
-            e.initial_twin.as_ref(),
-            e.provisioning_status,
-            e.reprovision_policy.as_ref(),
-            e.capabilities,
-        );
+        let mut form = Self::common(e);
         form.id = e.registration_id.to_string();
         form.device_id = e
             .device_id
             .as_ref()
             .map(|d| d.as_str().to_owned())
             .unwrap_or_default();
-        form.etag = e.etag.as_ref().map(|e| e.to_string()).unwrap_or_default();
         form
     }
 
-    #[allow(clippy::too_many_arguments)] // the shared fields of the two record types
-    fn common(
-        attestation: &Attestation,
-        policy: Option<AllocationPolicy>,
-        hubs: Option<&[HubName]>,
-        hub_host_name: Option<&HubName>,
-        custom: Option<&CustomAllocationDefinition>,
-        twin: Option<&InitialTwin>,
-        status: Option<ProvisioningStatus>,
-        reprovision: Option<&ReprovisionPolicy>,
-        capabilities: Option<DeviceCapabilities>,
-    ) -> Self {
-        let policy = policy.unwrap_or(AllocationPolicy::Hashed);
-        let hubs: Vec<String> = hubs
-            .unwrap_or_default()
-            .iter()
-            .map(|h| h.as_str().to_owned())
-            .collect();
-        let static_hub = match (policy, hubs.first(), hub_host_name) {
+    /// The fields both record types share.
+    fn common(e: &dyn EnrollmentSettings) -> Self {
+        let policy = e.allocation_policy().unwrap_or(AllocationPolicy::Hashed);
+        let hubs: Vec<String> = e.iot_hubs().iter().map(|h| h.as_str().to_owned()).collect();
+        let static_hub = match (policy, hubs.first(), e.iot_hub_host_name()) {
             (AllocationPolicy::Static, Some(h), _) => h.clone(),
             (AllocationPolicy::Static, None, Some(h)) => h.as_str().to_owned(),
             _ => String::new(),
         };
+        let custom = e.custom_allocation_definition();
         Self {
-            mechanism: attestation.kind().as_str().to_owned(),
+            mechanism: e.attestation().kind().as_str().to_owned(),
             allocation_policy: policy.as_str().to_owned(),
             iot_hubs: if policy == AllocationPolicy::Static {
                 Vec::new()
@@ -343,15 +309,18 @@ impl EnrollmentForm {
             webhook_url: custom.map(|c| c.webhook_url.clone()).unwrap_or_default(),
             api_version: custom
                 .map_or_else(|| DEFAULT_API_VERSION.to_owned(), |c| c.api_version.clone()),
-            initial_twin: twin
+            initial_twin: e
+                .initial_twin()
                 .and_then(|t| serde_json::to_string_pretty(t).ok())
                 .unwrap_or_default(),
-            status: status
+            status: e
+                .provisioning_status()
                 .unwrap_or(ProvisioningStatus::Enabled)
                 .as_str()
                 .to_owned(),
-            reprovision: reprovision_choice(reprovision).to_owned(),
-            iot_edge: capabilities.is_some_and(|c| c.iot_edge),
+            reprovision: reprovision_choice(e.reprovision_policy()).to_owned(),
+            iot_edge: e.capabilities().is_some_and(|c| c.iot_edge),
+            etag: e.etag().map(|t| t.to_string()).unwrap_or_default(),
             ..Self::default()
         }
     }

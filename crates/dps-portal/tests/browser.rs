@@ -13,8 +13,8 @@ use base64::Engine;
 use dps_api::Rights;
 use dps_store::{Precondition, RegistrationRecord};
 use dps_types::{
-    AssignedDeviceSubstatus, DeviceId, DeviceRegistrationState, EnrollmentGroupId, HubName,
-    RegistrationId, RegistrationStatus, SymmetricKey, Timestamp,
+    AssignedDeviceSubstatus, DeviceId, DeviceRegistrationState, EnrollmentGroupId,
+    EnrollmentSettings, HubName, RegistrationId, RegistrationStatus, SymmetricKey, Timestamp,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 

@@ -7,7 +7,7 @@ use axum::Router;
 use dps_api::{Rights, SharedAccessPolicy};
 use dps_portal::PortalState;
 use dps_store::{Precondition, Store};
-use dps_types::{EnrollmentGroupId, SymmetricKey};
+use dps_types::{EnrollmentGroupId, EnrollmentSettings, SymmetricKey};
 use tower::ServiceExt;
 
 struct Portal {

@@ -366,31 +366,25 @@ impl Registrar {
 }
 
 fn matched(device: &AttestedDevice) -> Matched<'_> {
-    match device.enrollment() {
-        MatchedEnrollment::Individual(e) => Matched {
-            enabled: e.is_enabled(),
-            allocation: AllocationInput {
-                policy: e.allocation_policy,
-                iot_hub_host_name: e.iot_hub_host_name.as_ref(),
-                iot_hubs: e.iot_hubs.as_deref().unwrap_or_default(),
-            },
-            reprovision: e.reprovision_policy.unwrap_or_default(),
-            webhook: e.custom_allocation_definition.as_ref(),
-            group_id: None,
-            device_id: e.effective_device_id(),
+    let settings = device.enrollment().settings();
+    let (group_id, device_id) = match device.enrollment() {
+        MatchedEnrollment::Individual(e) => (None, e.effective_device_id()),
+        MatchedEnrollment::Group(g) => (
+            Some(&g.enrollment_group_id),
+            DeviceId::from(device.registration_id()),
+        ),
+    };
+    Matched {
+        enabled: settings.is_enabled(),
+        allocation: AllocationInput {
+            policy: settings.allocation_policy(),
+            iot_hub_host_name: settings.iot_hub_host_name(),
+            iot_hubs: settings.iot_hubs(),
         },
-        MatchedEnrollment::Group(g) => Matched {
-            enabled: g.is_enabled(),
-            allocation: AllocationInput {
-                policy: g.allocation_policy,
-                iot_hub_host_name: g.iot_hub_host_name.as_ref(),
-                iot_hubs: g.iot_hubs.as_deref().unwrap_or_default(),
-            },
-            reprovision: g.reprovision_policy.unwrap_or_default(),
-            webhook: g.custom_allocation_definition.as_ref(),
-            group_id: Some(&g.enrollment_group_id),
-            device_id: DeviceId::from(device.registration_id()),
-        },
+        reprovision: settings.reprovision_policy().copied().unwrap_or_default(),
+        webhook: settings.custom_allocation_definition(),
+        group_id,
+        device_id,
     }
 }
 

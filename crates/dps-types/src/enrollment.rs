@@ -161,13 +161,76 @@ macro_rules! stamp_impl {
                 copy.attestation = self.attestation.redacted();
                 copy
             }
+        }
 
-            /// Whether devices may register through this record.
-            pub fn is_enabled(&self) -> bool {
-                self.provisioning_status != Some(ProvisioningStatus::Disabled)
+        impl EnrollmentSettings for $ty {
+            fn attestation(&self) -> &Attestation {
+                &self.attestation
+            }
+            fn allocation_policy(&self) -> Option<AllocationPolicy> {
+                self.allocation_policy
+            }
+            fn iot_hub_host_name(&self) -> Option<&HubName> {
+                self.iot_hub_host_name.as_ref()
+            }
+            fn iot_hubs(&self) -> &[HubName] {
+                self.iot_hubs.as_deref().unwrap_or_default()
+            }
+            fn custom_allocation_definition(&self) -> Option<&CustomAllocationDefinition> {
+                self.custom_allocation_definition.as_ref()
+            }
+            fn initial_twin(&self) -> Option<&InitialTwin> {
+                self.initial_twin.as_ref()
+            }
+            fn provisioning_status(&self) -> Option<ProvisioningStatus> {
+                self.provisioning_status
+            }
+            fn reprovision_policy(&self) -> Option<&ReprovisionPolicy> {
+                self.reprovision_policy.as_ref()
+            }
+            fn capabilities(&self) -> Option<DeviceCapabilities> {
+                self.capabilities
+            }
+            fn etag(&self) -> Option<&Etag> {
+                self.etag.as_ref()
+            }
+            fn last_updated(&self) -> Option<&Timestamp> {
+                self.last_updated_date_time_utc.as_ref()
             }
         }
     };
+}
+
+/// The settings individual enrollments and enrollment groups share, so code that treats both
+/// alike (allocation, lists, forms) is written once. Object-safe.
+pub trait EnrollmentSettings {
+    /// How devices prove who they are.
+    fn attestation(&self) -> &Attestation;
+    /// The allocation policy, if the record names one.
+    fn allocation_policy(&self) -> Option<AllocationPolicy>;
+    /// `iotHubHostName`.
+    fn iot_hub_host_name(&self) -> Option<&HubName>;
+    /// `iotHubs` (empty when absent).
+    fn iot_hubs(&self) -> &[HubName];
+    /// The webhook of the custom policy.
+    fn custom_allocation_definition(&self) -> Option<&CustomAllocationDefinition>;
+    /// The initial twin.
+    fn initial_twin(&self) -> Option<&InitialTwin>;
+    /// `provisioningStatus`.
+    fn provisioning_status(&self) -> Option<ProvisioningStatus>;
+    /// `reprovisionPolicy`.
+    fn reprovision_policy(&self) -> Option<&ReprovisionPolicy>;
+    /// `capabilities`.
+    fn capabilities(&self) -> Option<DeviceCapabilities>;
+    /// The entity tag.
+    fn etag(&self) -> Option<&Etag>;
+    /// `lastUpdatedDateTimeUtc`.
+    fn last_updated(&self) -> Option<&Timestamp>;
+
+    /// Whether devices may register through this record.
+    fn is_enabled(&self) -> bool {
+        self.provisioning_status() != Some(ProvisioningStatus::Disabled)
+    }
 }
 
 /// `IndividualEnrollment`.

@@ -37,9 +37,9 @@ pub use device::{
 pub use enrollment::{
     AllocationPolicy, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,
     BulkEnrollmentOperationError, BulkEnrollmentOperationResult, BulkMode,
-    CustomAllocationDefinition, DeviceCapabilities, EnrollmentGroup, IndividualEnrollment,
-    InitialTwin, InitialTwinProperties, ProvisioningStatus, QuerySpecification, ReprovisionPolicy,
-    TwinCollection,
+    CustomAllocationDefinition, DeviceCapabilities, EnrollmentGroup, EnrollmentSettings,
+    IndividualEnrollment, InitialTwin, InitialTwinProperties, ProvisioningStatus,
+    QuerySpecification, ReprovisionPolicy, TwinCollection,
 };
 pub use error::{ErrorCode, ErrorDetails, TypeError};
 pub use ids::{DeviceId, EnrollmentGroupId, Etag, HubName, IdScope, RegistrationId};
