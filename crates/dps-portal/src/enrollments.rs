@@ -262,30 +262,23 @@ fn row_actions(auth: &Auth, kind: Kind, id: &str) -> Markup {
 }
 
 /// `GET /groups/new`.
-pub(crate) async fn new_group(
-    State(state): State<PortalState>,
-    auth: Auth,
-) -> Result<Page, PortalError> {
-    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
-    let form = EnrollmentForm {
-        mechanism: "x509".into(),
-        ..EnrollmentForm::default()
-    };
-    Ok(form_page(
-        &state,
-        &auth,
-        Kind::Groups,
-        None,
-        &form,
-        &FieldErrors::new(),
-        None,
-    ))
+pub(crate) async fn new_group(state: State<PortalState>, auth: Auth) -> Result<Page, PortalError> {
+    empty_form(state, auth, Kind::Groups)
 }
 
 /// `GET /individual/new`.
 pub(crate) async fn new_individual(
+    state: State<PortalState>,
+    auth: Auth,
+) -> Result<Page, PortalError> {
+    empty_form(state, auth, Kind::Individual)
+}
+
+/// The add form of either kind, X.509 preselected as in the Azure portal.
+fn empty_form(
     State(state): State<PortalState>,
     auth: Auth,
+    kind: Kind,
 ) -> Result<Page, PortalError> {
     auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
     let form = EnrollmentForm {
@@ -295,7 +288,7 @@ pub(crate) async fn new_individual(
     Ok(form_page(
         &state,
         &auth,
-        Kind::Individual,
+        kind,
         None,
         &form,
         &FieldErrors::new(),
