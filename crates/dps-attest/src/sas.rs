@@ -241,7 +241,7 @@ fn required<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, 
 
 /// Percent-decodes a text field (`sr`, `skn`).
 fn decode_text(value: &str, field: &'static str) -> Result<String, AttestError> {
-    let bytes = percent_decode(value).ok_or(AttestError::SasMalformedValue {
+    let bytes = dps_types::percent_decode(value).ok_or(AttestError::SasMalformedValue {
         field,
         why: "is not valid percent-encoding",
     })?;
@@ -254,7 +254,7 @@ fn decode_text(value: &str, field: &'static str) -> Result<String, AttestError> 
 /// `sig`: percent-decoded (a `+` stays a `+`, a raw `/` is fine), then base64.
 fn decode_signature(sig: &str) -> Result<[u8; SIGNATURE_LEN], AttestError> {
     let malformed = |why| AttestError::SasMalformedSignature { why };
-    let text = percent_decode(sig).ok_or(malformed("is not valid percent-encoding"))?;
+    let text = dps_types::percent_decode(sig).ok_or(malformed("is not valid percent-encoding"))?;
     let bytes = SIGNATURE_BASE64
         .decode(text)
         .map_err(|_| malformed("is not base64"))?;
@@ -272,29 +272,6 @@ fn parse_expiry(text: &str) -> Result<i64, AttestError> {
         .ok_or_else(|| AttestError::SasMalformedExpiry {
             value: truncated(text),
         })
-}
-
-/// Decodes `%XX` escapes (either hex case); every other byte, `+` included, stands for
-/// itself. `None` on a truncated or non-hex escape.
-fn percent_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let high = bytes.next().and_then(hex_value)?;
-            let low = bytes.next().and_then(hex_value)?;
-            out.push((high << 4) | low);
-        } else {
-            out.push(b);
-        }
-    }
-    Some(out)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
 }
 
 #[derive(Clone, Copy)]

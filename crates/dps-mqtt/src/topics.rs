@@ -153,9 +153,11 @@ pub fn parse_request(topic: &[u8]) -> Result<Request, NameError> {
             "the operationId must be 1 to 128 bytes",
         ));
     }
-    let operation_id = percent_decode(operation_id).ok_or(NameError::BadQuery(
-        "the operationId is not valid percent-encoding",
-    ))?;
+    let operation_id = dps_types::percent_decode(operation_id)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(NameError::BadQuery(
+            "the operationId is not valid percent-encoding",
+        ))?;
     Ok(Request::Poll { rid, operation_id })
 }
 
@@ -168,29 +170,6 @@ pub fn is_valid_rid(rid: &str) -> bool {
         && rid
             .bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'&' | b'#' | b'+' | b'=' | b'?'))
-}
-
-/// Percent-decodes (no `+` → space: operation ids never contain a space). `None` on a
-/// broken escape or a result that is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains('%') {
-        return Some(text.to_owned());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The response topic: `$dps/registrations/res/<status>/?$rid=<rid>[&retry-after=<n>]`.
