@@ -26,7 +26,8 @@ use dps_store::{RegistrationRecord, Store};
 use dps_types::{
     AllocationPolicy, AssignedDeviceSubstatus, AttestationType, DeviceId, DeviceRegistrationResult,
     DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope,
-    RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, X509RegistrationResult,
+    RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, WebhookPolicy,
+    X509RegistrationResult,
 };
 use tokio::sync::Semaphore;
 
@@ -52,6 +53,8 @@ pub struct RegistrarConfig {
     pub default_allocation_policy: AllocationPolicy,
     /// Deadline for a custom allocation webhook (devices give up after 30 s).
     pub webhook_timeout: Duration,
+    /// Where custom-allocation webhooks may point (checked before every call).
+    pub webhook_policy: WebhookPolicy,
     /// Registrations in progress at once; beyond this devices get 429 with retry-after.
     pub max_in_flight: usize,
 }
@@ -64,6 +67,7 @@ impl RegistrarConfig {
             linked_hubs,
             default_allocation_policy: AllocationPolicy::Hashed,
             webhook_timeout: Duration::from_secs(10),
+            webhook_policy: WebhookPolicy::default(),
             max_in_flight: 4096,
         }
     }

@@ -43,6 +43,9 @@ pub enum TypeError {
     /// A time that is not RFC 3339.
     #[error("'{0}' is not an RFC 3339 date-time")]
     Timestamp(String),
+    /// A custom-allocation webhook URL that the [`crate::WebhookPolicy`] refuses.
+    #[error("the webhook URL {0}")]
+    WebhookUrl(String),
 }
 
 /// The six-digit DPS error codes (`errorCode / 1000` is the HTTP status).

@@ -25,6 +25,7 @@ mod lookup;
 mod percent;
 mod registration;
 mod timestamp;
+mod webhook_policy;
 mod wire_enum;
 
 pub use attestation::{
@@ -49,3 +50,4 @@ pub use lookup::EnrollmentLookup;
 pub use percent::percent_decode;
 pub use registration::{AssignedDeviceSubstatus, DeviceRegistrationState, RegistrationStatus};
 pub use timestamp::Timestamp;
+pub use webhook_policy::{WebhookPolicy, MAX_WEBHOOK_URL_LEN};
