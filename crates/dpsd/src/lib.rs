@@ -3,26 +3,30 @@
 //!
 //! What it does: loads [`Config`], creates on first start what a new user needs (the
 //! development PKI in `<data>/pki/`, the ID scope in `<data>/id-scope`, the owner policy and
-//! `<data>/service-connection-string`), opens the store, and serves the HTTPS API until told
-//! to stop.
+//! `<data>/service-connection-string`), all owner-only, opens the store, and serves the HTTPS
+//! API and MQTT until told to stop - or until a listener ends on its own, which
+//! [`Running::wait`] reports so the process can exit instead of half-living.
 //!
-//! What it must never do: hold business logic (that lives in the crates it wires together) or
-//! print secrets other than the connection string it was asked to create.
+//! What it must never do: hold business logic (that lives in the crates it wires together),
+//! leave anything in the data directory readable by other users, or print secrets other than
+//! the connection string it has just created.
 //!
 //! Main types: [`Config`], [`Running`], [`DpsdError`].
 
 pub mod config;
 mod credentials;
+mod listeners;
 pub mod pki;
+mod private;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dps_types::IdScope;
-use tokio::sync::watch;
+use listeners::Listeners;
 
-pub use config::{Config, ConfigError, Flags};
+pub use config::{Config, ConfigError, Flags, LogFilter};
 pub use credentials::OWNER_POLICY;
 
 /// Why `dpsd` could not start or stopped with an error.
@@ -61,6 +65,21 @@ pub enum DpsdError {
     /// The registration service could not be created.
     #[error("registration service: {0}")]
     Registrar(#[source] dps_registrar::RegistrarError),
+    /// A listener's `serve` returned before shutdown was asked for.
+    #[error("the {listener} listener stopped without being asked to")]
+    ListenerStopped {
+        /// Which listener.
+        listener: &'static str,
+    },
+    /// A listener's `serve` failed (its accept loop gave up) or its task panicked.
+    #[error("the {listener} listener failed: {source}")]
+    ListenerFailed {
+        /// Which listener.
+        listener: &'static str,
+        /// Why (a panic is wrapped as an `io::Error` carrying the task's `JoinError`).
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -93,29 +112,45 @@ pub struct Running {
     pub id_scope: IdScope,
     /// The owner policy's connection string.
     pub connection_string: String,
+    /// The file that keeps it (`<data>/service-connection-string`).
+    pub connection_string_file: PathBuf,
+    /// Whether this start generated the owner key: only then is the connection string shown.
+    pub connection_string_created: bool,
     /// The CA certificate file clients should trust.
     pub ca_file: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
-    stop: watch::Sender<bool>,
-    api: tokio::task::JoinHandle<std::io::Result<()>>,
-    mqtt: tokio::task::JoinHandle<std::io::Result<()>>,
+    listeners: Listeners,
 }
 
+/// Name of the HTTPS listener (service API and portal) in logs and errors.
+pub const API_LISTENER: &str = "service API";
+/// Name of the MQTT device listener in logs and errors.
+pub const MQTT_LISTENER: &str = "device MQTT";
+
 impl Running {
+    /// Resolves when a listener ends before [`Running::shutdown`] was called, with an error
+    /// naming it; never while every listener runs. Cancel-safe, for a `select!` next to the
+    /// signals.
+    pub async fn wait(&mut self) -> DpsdError {
+        self.listeners.wait().await
+    }
+
     /// Stops accepting, lets in-flight requests finish, and returns when all is closed.
-    pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.stop.send(true);
-        let (api, mqtt) = tokio::join!(self.api, self.mqtt);
-        api.map_err(std::io::Error::other)??;
-        mqtt.map_err(std::io::Error::other)?
+    pub async fn shutdown(self) -> Result<(), DpsdError> {
+        self.listeners.shutdown().await
     }
 }
 
 /// Prepares the data directory and starts every listener.
+///
+/// Sets the process umask to `077` first: everything this process creates from then on is
+/// owner-only (see the data directory in README.md).
 pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let data = &config.data_dir;
-    std::fs::create_dir_all(data).map_err(|e| DpsdError::io(data, e))?;
+    private::restrict_umask();
+    private::create_dir(data)?;
+    private::tighten(data)?;
     let pki = pki::ensure(&data.join("pki"), &config.service.host_name)?;
     let id_scope = credentials::id_scope(data, config.service.id_scope.as_ref())?;
     let owner = credentials::owner_policy(data, &config.service.host_name)?;
@@ -164,18 +199,11 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     );
     registrar_config.default_allocation_policy = config.registration.default_allocation_policy;
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
-    registrar_config.max_in_flight = config.registration.max_in_flight as usize;
+    registrar_config.max_in_flight = config.registration.max_in_flight;
     let registrar = dps_registrar::Registrar::new(store.clone(), registrar_config)
         .map_err(DpsdError::Registrar)?;
 
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-
+    let mut listeners = Listeners::new();
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener, config.api.listen)?;
     let portal =
@@ -184,40 +212,42 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         .with_registrar(registrar.clone())
         .with_max_body_bytes(config.api.max_body.0);
     let limits = dps_api::HttpLimits {
-        max_connections: config.api.max_connections as usize,
+        max_connections: config.api.max_connections,
         tls_handshake_timeout: config.api.tls_handshake_timeout,
         header_read_timeout: config.api.header_read_timeout,
         request_timeout: config.api.request_timeout,
         max_body_bytes: config.api.max_body.0,
         ..dps_api::HttpLimits::default()
     };
-    let api = tokio::spawn(dps_api::serve(
+    let api = dps_api::serve(
         api_listener,
         api_tls,
         with_portal(dps_api::router(state), portal),
         limits,
-        until_stopped(),
-    ));
+        listeners.until_stopped(),
+    );
+    listeners.spawn(API_LISTENER, api);
 
     let mqtt_listener = bind(config.mqtt.listen).await?;
     let mqtt_addr = local_addr(&mqtt_listener, config.mqtt.listen)?;
     let m = &config.mqtt;
     let mqtt_limits = dps_mqtt::MqttLimits {
-        max_connections: m.max_connections as usize,
+        max_connections: m.max_connections,
         tls_handshake_timeout: m.tls_handshake_timeout,
         connect_timeout: m.connect_timeout,
         max_packet_size: m.max_packet.0,
         max_requests_per_connection: m.max_requests_per_connection,
-        max_operations_per_connection: m.max_operations_per_connection as usize,
+        max_operations_per_connection: m.max_operations_per_connection,
         ..dps_mqtt::MqttLimits::default()
     };
-    let mqtt = tokio::spawn(dps_mqtt::serve(
+    let mqtt = dps_mqtt::serve(
         mqtt_listener,
         mqtt_tls,
         registrar.clone(),
         mqtt_limits,
-        until_stopped(),
-    ));
+        listeners.until_stopped(),
+    );
+    listeners.spawn(MQTT_LISTENER, mqtt);
 
     Ok(Running {
         api_addr,
@@ -225,11 +255,11 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         registrar,
         id_scope,
         connection_string: owner.connection_string,
+        connection_string_file: owner.path,
+        connection_string_created: owner.created,
         ca_file: pki.ca_cert,
         data_dir: data.clone(),
-        stop,
-        api,
-        mqtt,
+        listeners,
     })
 }
 

@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dpsd::{Config, DpsdError, Flags};
+use dpsd::{Config, Flags, LogFilter, Running};
 
 /// Exit status for a configuration error (EX_CONFIG would be 78; the project uses 64,
 /// EX_USAGE, as documented in the README).
 const EXIT_CONFIG: u8 = 64;
+/// Exit status when a listener ended on its own (EX_SOFTWARE): the process exits rather than
+/// serve half its protocols, so a supervisor restarts it.
+const EXIT_LISTENER_ENDED: u8 = 70;
 
 #[derive(Parser)]
 #[command(
@@ -81,39 +84,63 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let mut running = match dpsd::start(config).await {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("dpsd: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    print_banner(&running);
+    let ended = tokio::select! {
+        () = shutdown_signal() => None,
+        e = running.wait() => Some(e),
+    };
+    match &ended {
+        None => tracing::info!("shutting down"),
+        Some(e) => {
+            tracing::error!(error = %e, "a listener ended; exiting so that dpsd is restarted whole");
+        }
+    }
+    let drained = running.shutdown().await;
+    if let Err(e) = &drained {
+        tracing::error!(error = %e, "shutdown");
+    }
+    match (ended, drained) {
+        (Some(_), _) => ExitCode::from(EXIT_LISTENER_ENDED),
+        (None, Err(_)) => ExitCode::FAILURE,
+        (None, Ok(())) => ExitCode::SUCCESS,
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = dpsd::start(config).await.map_err(|e| match e {
-        DpsdError::Config(c) => anyhow::anyhow!(c),
-        other => anyhow::anyhow!(other),
-    })?;
-    // Written with errors ignored: a closed stdout (a supervisor that stopped reading) must
-    // not stop the service.
+/// Where to reach the service, written with errors ignored: a closed stdout (a supervisor that
+/// stopped reading) must not stop the service. The connection string itself is shown only by
+/// the start that created it; afterwards, where it is kept.
+fn print_banner(running: &Running) {
     let data = running.data_dir.display();
+    let file = running.connection_string_file.display();
+    let connection = if running.connection_string_created {
+        format!(
+            "{}\n  (new: kept in {file}, readable by you only)",
+            running.connection_string
+        )
+    } else {
+        format!("in {file}")
+    };
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  ID scope        {}\n  trust this CA   {}\n  connection      {}\n  (also in {data}/service-connection-string and {data}/id-scope)\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,
         running.ca_file.display(),
-        running.connection_string,
     );
     let mut out = std::io::stdout();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown().await?;
-    Ok(())
 }
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -129,11 +156,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(filter: &LogFilter) {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter.env_filter())
         .with_writer(std::io::stderr)
         .init();
 }

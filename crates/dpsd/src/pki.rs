@@ -1,6 +1,13 @@
 //! The development PKI that `dpsd serve` creates on first start, so the service speaks TLS
 //! with no setup: a CA (`ca.pem`, the file clients trust) and an ECDSA P-256 server
 //! certificate for `localhost`, `127.0.0.1`, `::1` and the configured service host.
+//!
+//! The CA's private key is not kept: it signs the one server certificate and is dropped. Kept,
+//! anyone who read it could mint a certificate for any name that every client trusting
+//! `ca.pem` accepts, for the CA's ten years; the server key, which must be kept to serve,
+//! only ever vouches for this service. The price: a new server certificate (after 825 days,
+//! or for a new host name) comes with a new CA that clients must trust again - delete
+//! `<data>/pki/` and restart. A `ca-key.pem` left by an earlier version is deleted.
 
 use std::path::{Path, PathBuf};
 
@@ -9,20 +16,21 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use crate::private::{create_dir, write_file};
 use crate::DpsdError;
 
 /// Lifetime of the development CA.
 const CA_DAYS: i64 = 3650;
 /// Lifetime of the server certificate (825 days is the longest most TLS clients accept).
 const SERVER_DAYS: i64 = 825;
+/// Where versions that kept the CA's private key wrote it, under `<data>/pki/`.
+const OLD_CA_KEY: &str = "ca-key.pem";
 
 /// Paths of the PKI files.
 #[derive(Debug, Clone)]
 pub struct PkiFiles {
     /// CA certificate clients trust.
     pub ca_cert: PathBuf,
-    /// CA private key (signs the server certificate).
-    pub ca_key: PathBuf,
     /// Server certificate chain.
     pub server_cert: PathBuf,
     /// Server private key.
@@ -34,39 +42,46 @@ impl PkiFiles {
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             ca_cert: dir.join("ca.pem"),
-            ca_key: dir.join("ca-key.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server-key.pem"),
         }
     }
 }
 
-/// Creates whatever is missing: a CA when there is none, a server certificate signed by the
-/// CA when there is none. Existing files are never replaced (clients already trust the CA).
+/// Creates the PKI unless all of it is there: a new CA and a server certificate signed by it
+/// (the CA's key is then dropped). Complete files are never replaced (clients already trust
+/// the CA).
 pub fn ensure(dir: &Path, extra_host: &str) -> Result<PkiFiles, DpsdError> {
-    std::fs::create_dir_all(dir).map_err(|e| DpsdError::io(dir, e))?;
+    create_dir(dir)?;
     let files = PkiFiles::in_dir(dir);
+    let old_ca_key = dir.join(OLD_CA_KEY);
+    if old_ca_key.exists() {
+        std::fs::remove_file(&old_ca_key).map_err(|e| DpsdError::io(&old_ca_key, e))?;
+        tracing::warn!(
+            path = %old_ca_key.display(),
+            "deleted the development CA's private key: dpsd no longer keeps it"
+        );
+    }
+    if files.ca_cert.exists() && files.server_cert.exists() && files.server_key.exists() {
+        return Ok(files);
+    }
+    if files.ca_cert.exists() {
+        tracing::warn!(
+            path = %files.ca_cert.display(),
+            "the server certificate is missing: created a new CA, which clients must trust instead"
+        );
+    }
     let pki_err = |e: rcgen::Error| DpsdError::Pki(e.to_string());
-
-    if !files.ca_cert.exists() || !files.ca_key.exists() {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err)?;
-        let cert = ca_params().self_signed(&key).map_err(pki_err)?;
-        write_secret(&files.ca_key, &key.serialize_pem())?;
-        write(&files.ca_cert, &cert.pem())?;
-        // A new CA invalidates any server certificate signed by an old one.
-        let _ = std::fs::remove_file(&files.server_cert);
-    }
-    if !files.server_cert.exists() || !files.server_key.exists() {
-        let ca_pem = read(&files.ca_cert)?;
-        let ca_key = KeyPair::from_pem(&read(&files.ca_key)?).map_err(pki_err)?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(pki_err)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err)?;
-        let cert = server_params(extra_host)?
-            .signed_by(&key, &issuer)
-            .map_err(pki_err)?;
-        write_secret(&files.server_key, &key.serialize_pem())?;
-        write(&files.server_cert, &format!("{}{}", cert.pem(), ca_pem))?;
-    }
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err)?;
+    let ca_pem = ca_params().self_signed(&ca_key).map_err(pki_err)?.pem();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(pki_err)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(pki_err)?;
+    let cert = server_params(extra_host)?
+        .signed_by(&key, &issuer)
+        .map_err(pki_err)?;
+    write_file(&files.server_key, &key.serialize_pem())?;
+    write_file(&files.server_cert, &format!("{}{ca_pem}", cert.pem()))?;
+    write_file(&files.ca_cert, &ca_pem)?;
     Ok(files)
 }
 
@@ -128,27 +143,4 @@ fn validity(days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
         now - time::Duration::days(1),
         now + time::Duration::days(days),
     )
-}
-
-fn read(path: &Path) -> Result<String, DpsdError> {
-    std::fs::read_to_string(path).map_err(|e| DpsdError::io(path, e))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), DpsdError> {
-    std::fs::write(path, text).map_err(|e| DpsdError::io(path, e))
-}
-
-/// Writes a file only the owner can read (private keys, credentials).
-pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), DpsdError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| DpsdError::io(path, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| DpsdError::io(path, e))
 }

@@ -1,6 +1,12 @@
 //! `dpsd` configuration: parsed once into typed values; every bad key is reported in one
 //! message. Sources, later ones winning: defaults, the TOML file (`--config`), `DPSD_*`
 //! environment variables, command-line flags. `config/dpsd.toml` documents every key.
+//!
+//! The defaults of the listener and registration keys are the libraries' own
+//! (`dps_api::HttpLimits::default()`, `dps_mqtt::MqttLimits::default()`,
+//! `dps_registrar::RegistrarConfig::new`): one place says what runs. Values that would leave a
+//! listener refusing everything or holding connections forever (zero counts, sizes or
+//! timeouts, timeouts beyond [`MAX_TIMEOUT`]) are errors naming the key.
 
 mod reader;
 
@@ -31,7 +37,28 @@ pub struct Config {
     /// IoT hubs devices can be assigned to.
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// `tracing` filter, e.g. `info` or `dpsd=debug,info`.
-    pub log: String,
+    pub log: LogFilter,
+}
+
+/// A `tracing` filter (`RUST_LOG` syntax), checked when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    /// Checks `text` the way [`tracing_subscriber::EnvFilter`] reads it.
+    pub fn parse(text: &str) -> Result<Self, tracing_subscriber::filter::ParseError> {
+        tracing_subscriber::EnvFilter::try_new(text).map(|_| Self(text.to_owned()))
+    }
+
+    /// The filter text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The filter, ready for a subscriber.
+    pub fn env_filter(&self) -> tracing_subscriber::EnvFilter {
+        tracing_subscriber::EnvFilter::new(&self.0)
+    }
 }
 
 /// `[service]`.
@@ -53,7 +80,7 @@ pub struct ApiConfig {
     /// Server private key (PEM); the generated development one when absent.
     pub tls_key: Option<PathBuf>,
     /// Connections beyond this are closed at once.
-    pub max_connections: u32,
+    pub max_connections: usize,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for a request's headers.
@@ -70,7 +97,7 @@ pub struct MqttConfig {
     /// Listen address (MQTT over TLS).
     pub listen: SocketAddr,
     /// Connections beyond this are closed before the TLS handshake.
-    pub max_connections: u32,
+    pub max_connections: usize,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for CONNECT after the handshake.
@@ -80,7 +107,7 @@ pub struct MqttConfig {
     /// Register and poll requests per connection.
     pub max_requests_per_connection: u32,
     /// Registrations running at once per connection.
-    pub max_operations_per_connection: u32,
+    pub max_operations_per_connection: usize,
 }
 
 /// `[registration]`.
@@ -91,7 +118,7 @@ pub struct RegistrationConfig {
     /// Deadline for a custom allocation webhook.
     pub webhook_timeout: Duration,
     /// Registrations in progress at once; beyond this devices are asked to retry (429).
-    pub max_in_flight: u32,
+    pub max_in_flight: usize,
 }
 
 /// One `[[policies]]` entry.
@@ -162,6 +189,46 @@ pub enum ConfigError {
 /// Allocation weights DPS allows (`how-to-manage-linked-iot-hubs.md`).
 const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 
+/// Longest timeout a key accepts. No client waits an hour for a handshake, a request or a
+/// webhook (the SDKs give up after 30 s); a longer deadline only lets a silent peer hold a
+/// connection slot, and is almost certainly a unit mistake (`"30m"` for `"30s"`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The largest MQTT remaining length (four length bytes, MQTT 3.1.1 section 2.2.3): a larger
+/// `mqtt.max_packet` could never be reached.
+const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// A count of connections, requests or registrations: zero would refuse every one.
+fn positive_count<T: PartialEq + From<u8>>(n: &T) -> Result<(), String> {
+    if *n == T::from(0) {
+        return Err("must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// A deadline: zero would fail every handshake or request at once.
+fn timeout(d: &Duration) -> Result<(), String> {
+    if d.is_zero() || *d > MAX_TIMEOUT {
+        return Err("must be more than 0 and at most 1h".into());
+    }
+    Ok(())
+}
+
+/// A body size: zero would refuse every request with a body.
+fn body_size(size: &ByteSize) -> Result<(), String> {
+    positive_count(&size.0)
+}
+
+/// An MQTT packet size: zero would refuse every packet.
+fn packet_size(size: &ByteSize) -> Result<(), String> {
+    if !(1..=MQTT_MAX_REMAINING_LENGTH).contains(&size.0) {
+        return Err(format!(
+            "must be at least 1B and at most {MQTT_MAX_REMAINING_LENGTH}B (MQTT's largest packet)"
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Defaults only (what `dpsd serve` uses with no config at all).
     pub fn defaults() -> Result<Self, ConfigError> {
@@ -220,7 +287,10 @@ impl Config {
         if data_dir.as_os_str().is_empty() {
             r.error("data_dir", "must not be empty");
         }
-        let log = r.take(&mut root, "", "log", "info".to_owned());
+        let log_text = r.take(&mut root, "", "log", "info".to_owned());
+        let log = LogFilter::parse(&log_text)
+            .map_err(|e| r.error("log", format!("'{log_text}' is not a log filter: {e}")))
+            .unwrap_or_else(|()| LogFilter("info".to_owned()));
 
         let mut t = r.table(&mut root, "", "service");
         let host_name = r.take(&mut t, "service", "host_name", "localhost:8443".to_owned());
@@ -233,6 +303,7 @@ impl Config {
         };
         r.finish_table(t, "service");
 
+        let http = dps_api::HttpLimits::default();
         let mut t = r.table(&mut root, "", "api");
         let api = ApiConfig {
             listen: r.take(
@@ -245,21 +316,41 @@ impl Config {
                 .filter(|p| !p.as_os_str().is_empty()),
             tls_key: Some(r.take(&mut t, "api", "tls_key", PathBuf::new()))
                 .filter(|p| !p.as_os_str().is_empty()),
-            max_connections: r.take(&mut t, "api", "max_connections", 4096),
-            tls_handshake_timeout: r.take(
+            max_connections: r.take_valid(
+                &mut t,
+                "api",
+                "max_connections",
+                http.max_connections,
+                positive_count,
+            ),
+            tls_handshake_timeout: r.take_valid(
                 &mut t,
                 "api",
                 "tls_handshake_timeout",
-                Duration::from_secs(10),
+                http.tls_handshake_timeout,
+                timeout,
             ),
-            header_read_timeout: r.take(
+            header_read_timeout: r.take_valid(
                 &mut t,
                 "api",
                 "header_read_timeout",
-                Duration::from_secs(10),
+                http.header_read_timeout,
+                timeout,
             ),
-            request_timeout: r.take(&mut t, "api", "request_timeout", Duration::from_secs(30)),
-            max_body: r.take(&mut t, "api", "max_body", ByteSize(256 * 1024)),
+            request_timeout: r.take_valid(
+                &mut t,
+                "api",
+                "request_timeout",
+                http.request_timeout,
+                timeout,
+            ),
+            max_body: r.take_valid(
+                &mut t,
+                "api",
+                "max_body",
+                ByteSize(http.max_body_bytes),
+                body_size,
+            ),
         };
         if api.tls_cert.is_some() != api.tls_key.is_some() {
             r.error(
@@ -269,6 +360,7 @@ impl Config {
         }
         r.finish_table(t, "api");
 
+        let limits = dps_mqtt::MqttLimits::default();
         let mut t = r.table(&mut root, "", "mqtt");
         let mqtt = MqttConfig {
             listen: r.take(
@@ -277,43 +369,78 @@ impl Config {
                 "listen",
                 SocketAddr::from(([0, 0, 0, 0], 8883)),
             ),
-            max_connections: r.take(&mut t, "mqtt", "max_connections", 16384),
-            tls_handshake_timeout: r.take(
+            max_connections: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_connections",
+                limits.max_connections,
+                positive_count,
+            ),
+            tls_handshake_timeout: r.take_valid(
                 &mut t,
                 "mqtt",
                 "tls_handshake_timeout",
-                Duration::from_secs(10),
+                limits.tls_handshake_timeout,
+                timeout,
             ),
-            connect_timeout: r.take(&mut t, "mqtt", "connect_timeout", Duration::from_secs(10)),
-            max_packet: r.take(&mut t, "mqtt", "max_packet", ByteSize(96 * 1024)),
-            max_requests_per_connection: r.take(&mut t, "mqtt", "max_requests_per_connection", 64),
-            max_operations_per_connection: r.take(
+            connect_timeout: r.take_valid(
+                &mut t,
+                "mqtt",
+                "connect_timeout",
+                limits.connect_timeout,
+                timeout,
+            ),
+            max_packet: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_packet",
+                ByteSize(limits.max_packet_size),
+                packet_size,
+            ),
+            max_requests_per_connection: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_requests_per_connection",
+                limits.max_requests_per_connection,
+                positive_count,
+            ),
+            max_operations_per_connection: r.take_valid(
                 &mut t,
                 "mqtt",
                 "max_operations_per_connection",
-                4,
+                limits.max_operations_per_connection,
+                positive_count,
             ),
         };
         r.finish_table(t, "mqtt");
 
+        // The scope is a placeholder: only the defaults are read.
+        let registrar = dps_registrar::RegistrarConfig::new(IdScope::generate(), Vec::new());
         let mut t = r.table(&mut root, "", "registration");
         let policy_text = r.take(
             &mut t,
             "registration",
             "default_allocation_policy",
-            "hashed".to_owned(),
+            registrar.default_allocation_policy.as_str().to_owned(),
         );
         let registration = RegistrationConfig {
             default_allocation_policy: dps_types::AllocationPolicy::parse(&policy_text)
                 .map_err(|e| r.error("registration.default_allocation_policy", e))
-                .unwrap_or(dps_types::AllocationPolicy::Hashed),
-            webhook_timeout: r.take(
+                .unwrap_or(registrar.default_allocation_policy),
+            webhook_timeout: r.take_valid(
                 &mut t,
                 "registration",
                 "webhook_timeout",
-                Duration::from_secs(10),
+                registrar.webhook_timeout,
+                timeout,
             ),
-            max_in_flight: r.take(&mut t, "registration", "max_in_flight", 4096),
+            max_in_flight: r.take_valid(
+                &mut t,
+                "registration",
+                "max_in_flight",
+                registrar.max_in_flight,
+                positive_count,
+            ),
         };
         r.finish_table(t, "registration");
 
@@ -423,6 +550,125 @@ mod tests {
             format!("{loaded:?}"),
             format!("{:?}", Config::defaults().unwrap())
         );
+    }
+
+    #[test]
+    fn defaults_are_the_libraries() {
+        let c = Config::defaults().unwrap();
+        let http = dps_api::HttpLimits::default();
+        assert_eq!(c.api.max_connections, http.max_connections);
+        assert_eq!(c.api.tls_handshake_timeout, http.tls_handshake_timeout);
+        assert_eq!(c.api.header_read_timeout, http.header_read_timeout);
+        assert_eq!(c.api.request_timeout, http.request_timeout);
+        assert_eq!(c.api.max_body.0, http.max_body_bytes);
+        let mqtt = dps_mqtt::MqttLimits::default();
+        assert_eq!(c.mqtt.max_connections, mqtt.max_connections);
+        assert_eq!(c.mqtt.tls_handshake_timeout, mqtt.tls_handshake_timeout);
+        assert_eq!(c.mqtt.connect_timeout, mqtt.connect_timeout);
+        assert_eq!(c.mqtt.max_packet.0, mqtt.max_packet_size);
+        assert_eq!(
+            c.mqtt.max_requests_per_connection,
+            mqtt.max_requests_per_connection
+        );
+        assert_eq!(
+            c.mqtt.max_operations_per_connection,
+            mqtt.max_operations_per_connection
+        );
+        let reg = dps_registrar::RegistrarConfig::new(IdScope::generate(), Vec::new());
+        assert_eq!(
+            c.registration.default_allocation_policy,
+            reg.default_allocation_policy
+        );
+        assert_eq!(c.registration.webhook_timeout, reg.webhook_timeout);
+        assert_eq!(c.registration.max_in_flight, reg.max_in_flight);
+    }
+
+    #[test]
+    fn values_out_of_range_name_their_keys_at_once() {
+        let text = r#"
+            [api]
+            max_connections = 0
+            tls_handshake_timeout = "0s"
+            header_read_timeout = "0ms"
+            request_timeout = "2h"
+            max_body = "0B"
+            [mqtt]
+            max_connections = 0
+            tls_handshake_timeout = "3601s"
+            connect_timeout = "0s"
+            max_packet = "0B"
+            max_requests_per_connection = 0
+            max_operations_per_connection = 0
+            [registration]
+            webhook_timeout = "0s"
+            max_in_flight = 0
+        "#;
+        let err = parse(text, &[], &Flags::default()).unwrap_err().to_string();
+        for key in [
+            "api.max_connections: is 0: must be at least 1",
+            "api.tls_handshake_timeout",
+            "api.header_read_timeout",
+            "api.request_timeout",
+            "api.max_body",
+            "mqtt.max_connections",
+            "mqtt.tls_handshake_timeout",
+            "mqtt.connect_timeout",
+            "mqtt.max_packet",
+            "mqtt.max_requests_per_connection",
+            "mqtt.max_operations_per_connection",
+            "registration.webhook_timeout",
+            "registration.max_in_flight",
+        ] {
+            assert!(err.contains(key), "missing {key} in:\n{err}");
+        }
+        assert_eq!(err.lines().count(), 14, "one line per key:\n{err}");
+    }
+
+    #[test]
+    fn limits_at_the_edges_are_accepted() {
+        let c = parse(
+            "[api]\nmax_connections = 1\nrequest_timeout = \"1h\"\nmax_body = \"1B\"\n[mqtt]\nmax_packet = \"268435455B\"\nconnect_timeout = \"1ms\"",
+            &[],
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.api.max_connections, 1);
+        assert_eq!(c.api.request_timeout, MAX_TIMEOUT);
+        assert_eq!(c.mqtt.max_packet, ByteSize(268_435_455));
+        let err = parse("[mqtt]\nmax_packet = \"256MiB\"", &[], &Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.max_packet"), "{err}");
+    }
+
+    #[test]
+    fn an_override_out_of_range_names_its_source() {
+        let err = parse(
+            "",
+            &[("DPSD_REGISTRATION_MAX_IN_FLIGHT", "0")],
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("registration.max_in_flight: environment variable DPSD_REGISTRATION_MAX_IN_FLIGHT is '0': must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_log_filter_is_an_error() {
+        let flags = Flags {
+            log: Some("dps_api=loud".into()),
+            ..Default::default()
+        };
+        let err = parse("", &[], &flags).unwrap_err().to_string();
+        assert!(
+            err.contains("log: 'dps_api=loud' is not a log filter"),
+            "{err}"
+        );
+        let ok = parse("log = \"dps_api=debug,info\"", &[], &Flags::default()).unwrap();
+        assert_eq!(ok.log.as_str(), "dps_api=debug,info");
     }
 
     #[test]

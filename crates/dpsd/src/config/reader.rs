@@ -65,6 +65,18 @@ impl FromConfig for u32 {
     }
 }
 
+/// A count: at most `u32::MAX`, far more than any listener can hold, and a bound that keeps
+/// every count valid for the semaphores it sizes.
+impl FromConfig for usize {
+    const EXPECTED: &'static str = "a whole number up to 4294967295";
+    fn from_toml(v: &toml::Value) -> Option<Self> {
+        u32::from_toml(v).and_then(|n| usize::try_from(n).ok())
+    }
+    fn from_text(s: &str) -> Option<Self> {
+        u32::from_text(s).and_then(|n| usize::try_from(n).ok())
+    }
+}
+
 impl FromConfig for SocketAddr {
     const EXPECTED: &'static str = "an address like 0.0.0.0:8443";
     fn from_text(s: &str) -> Option<Self> {
@@ -159,24 +171,52 @@ impl Reader {
         key: &str,
         default: T,
     ) -> T {
+        self.take_valid(table, prefix, key, default, |_| Ok(()))
+    }
+
+    /// Like [`Reader::take`], and a value that `valid` refuses is an error naming the key and
+    /// where the value came from (the default is not checked: it is the libraries' own).
+    pub fn take_valid<T: FromConfig>(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+        default: T,
+        valid: impl Fn(&T) -> Result<(), String>,
+    ) -> T {
         let path = join(prefix, key);
         self.used_paths.insert(path.clone());
         let from_file = table.remove(key);
-        if let Some((text, source)) = self.overrides.get(&env_name(&path)).cloned() {
-            return T::from_text(&text).unwrap_or_else(|| {
-                self.error(
-                    &path,
-                    format!("{source} is '{text}', expected {}", T::EXPECTED),
-                );
+        let (value, source) =
+            if let Some((text, source)) = self.overrides.get(&env_name(&path)).cloned() {
+                match T::from_text(&text) {
+                    Some(v) => (v, format!("{source} is '{text}'")),
+                    None => {
+                        self.error(
+                            &path,
+                            format!("{source} is '{text}', expected {}", T::EXPECTED),
+                        );
+                        return default;
+                    }
+                }
+            } else {
+                match from_file {
+                    None => return default,
+                    Some(v) => match T::from_toml(&v) {
+                        Some(parsed) => (parsed, format!("is {v}")),
+                        None => {
+                            self.error(&path, format!("is {v}, expected {}", T::EXPECTED));
+                            return default;
+                        }
+                    },
+                }
+            };
+        match valid(&value) {
+            Ok(()) => value,
+            Err(why) => {
+                self.error(&path, format!("{source}: {why}"));
                 default
-            });
-        }
-        match from_file {
-            None => default,
-            Some(v) => T::from_toml(&v).unwrap_or_else(|| {
-                self.error(&path, format!("is {v}, expected {}", T::EXPECTED));
-                default
-            }),
+            }
         }
     }
 
