@@ -95,9 +95,19 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signalled = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dpsd: cannot handle SIGTERM/SIGINT: {e}");
+            if let Err(e) = running.shutdown().await {
+                eprintln!("dpsd: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     print_banner(&running);
     let ended = tokio::select! {
-        () = shutdown_signal() => None,
+        () = signalled => None,
         e = running.wait() => Some(e),
     };
     match &ended {
@@ -141,19 +151,19 @@ fn print_banner(running: &Running) {
     let mut out = std::io::stdout();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
 }
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (before the banner tells anyone the service
+/// is up, so a signal sent right after it stops the service gracefully), and returns a future
+/// that resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn init_logging(filter: &LogFilter) {

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
 use common::{start_in, ServiceClient};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -62,6 +65,67 @@ async fn first_start_creates_pki_scope_and_credentials_and_serves() {
         .unwrap();
     assert_eq!(get.status(), StatusCode::OK);
     again.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fresh_data_dir_is_owner_only_and_keeps_no_ca_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let running = start_in(&data).await;
+    // A write, so the store has flushed data files too.
+    let client = ServiceClient::new(
+        &running.connection_string,
+        &running.ca_file,
+        running.api_addr,
+    );
+    let put = client
+        .request(Method::PUT, "/enrollments/private")
+        .json(&json!({"registrationId": "private", "attestation": {"type": "symmetricKey"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    running.shutdown().await.unwrap();
+
+    let mut files = Vec::new();
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{} is {mode:o}", path.display());
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else {
+            assert!(
+                meta.is_file(),
+                "{} is neither file nor directory",
+                path.display()
+            );
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+            files.push(path.strip_prefix(&data).unwrap().to_owned());
+        }
+    }
+    for expected in [
+        "pki/ca.pem",
+        "pki/server.pem",
+        "pki/server-key.pem",
+        "id-scope",
+        "service-connection-string",
+        "store/db",
+    ] {
+        assert!(
+            files.contains(&Path::new(expected).to_owned()),
+            "{expected} missing: {files:?}"
+        );
+    }
+    let pki: Vec<_> = files.iter().filter(|f| f.starts_with("pki")).collect();
+    assert_eq!(
+        pki.len(),
+        3,
+        "only the CA certificate and the server's files: {pki:?}"
+    );
 }
 
 fn running_scope(text: &str) -> dps_types::IdScope {
