@@ -38,7 +38,7 @@ pub use target::{ApiEndpoint, Loopback};
 /// report, and a run this size already takes minutes against one dpsd.
 pub const MAX_DEVICES: usize = 1_000_000;
 /// Most devices at once: each holds a socket (a file descriptor here and in dpsd, whose MQTT
-/// listener takes 16384 by default) and a TLS session.
+/// listener takes 4096 by default: raise `mqtt.max_connections` for more) and a TLS session.
 pub const MAX_CONCURRENCY: usize = 10_000;
 /// Longest run: a load test is a bounded experiment, not a soak.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
