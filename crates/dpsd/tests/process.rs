@@ -71,6 +71,10 @@ struct Stopped {
 
 impl Dpsd {
     /// Starts the binary on free ports and returns once it serves.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the child is returned inside Dpsd, whose stop waits for it"
+    )]
     fn spawn(data: &Path) -> Self {
         let mut child = Command::new(DPSD)
             .args([

@@ -8,6 +8,7 @@
 //! listener refusing everything or holding connections forever (zero counts, sizes or
 //! timeouts, timeouts beyond [`MAX_TIMEOUT`]) are errors naming the key.
 
+mod checks;
 mod reader;
 
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use dps_types::{HubName, IdScope, SymmetricKey};
 
+use checks::{body_size, packet_size, positive_count, timeout};
+pub use checks::{LogFilter, MAX_TIMEOUT};
 use reader::Reader;
 pub use reader::{env_name, ByteSize, ENV_PREFIX};
 
@@ -38,27 +41,6 @@ pub struct Config {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// `tracing` filter, e.g. `info` or `dpsd=debug,info`.
     pub log: LogFilter,
-}
-
-/// A `tracing` filter (`RUST_LOG` syntax), checked when the configuration is loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogFilter(String);
-
-impl LogFilter {
-    /// Checks `text` the way [`tracing_subscriber::EnvFilter`] reads it.
-    pub fn parse(text: &str) -> Result<Self, tracing_subscriber::filter::ParseError> {
-        tracing_subscriber::EnvFilter::try_new(text).map(|_| Self(text.to_owned()))
-    }
-
-    /// The filter text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The filter, ready for a subscriber.
-    pub fn env_filter(&self) -> tracing_subscriber::EnvFilter {
-        tracing_subscriber::EnvFilter::new(&self.0)
-    }
 }
 
 /// `[service]`.
@@ -189,46 +171,6 @@ pub enum ConfigError {
 /// Allocation weights DPS allows (`how-to-manage-linked-iot-hubs.md`).
 const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 
-/// Longest timeout a key accepts. No client waits an hour for a handshake, a request or a
-/// webhook (the SDKs give up after 30 s); a longer deadline only lets a silent peer hold a
-/// connection slot, and is almost certainly a unit mistake (`"30m"` for `"30s"`).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// The largest MQTT remaining length (four length bytes, MQTT 3.1.1 section 2.2.3): a larger
-/// `mqtt.max_packet` could never be reached.
-const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
-
-/// A count of connections, requests or registrations: zero would refuse every one.
-fn positive_count<T: PartialEq + From<u8>>(n: &T) -> Result<(), String> {
-    if *n == T::from(0) {
-        return Err("must be at least 1".into());
-    }
-    Ok(())
-}
-
-/// A deadline: zero would fail every handshake or request at once.
-fn timeout(d: &Duration) -> Result<(), String> {
-    if d.is_zero() || *d > MAX_TIMEOUT {
-        return Err("must be more than 0 and at most 1h".into());
-    }
-    Ok(())
-}
-
-/// A body size: zero would refuse every request with a body.
-fn body_size(size: &ByteSize) -> Result<(), String> {
-    positive_count(&size.0)
-}
-
-/// An MQTT packet size: zero would refuse every packet.
-fn packet_size(size: &ByteSize) -> Result<(), String> {
-    if !(1..=MQTT_MAX_REMAINING_LENGTH).contains(&size.0) {
-        return Err(format!(
-            "must be at least 1B and at most {MQTT_MAX_REMAINING_LENGTH}B (MQTT's largest packet)"
-        ));
-    }
-    Ok(())
-}
-
 impl Config {
     /// Defaults only (what `dpsd serve` uses with no config at all).
     pub fn defaults() -> Result<Self, ConfigError> {
@@ -287,10 +229,15 @@ impl Config {
         if data_dir.as_os_str().is_empty() {
             r.error("data_dir", "must not be empty");
         }
-        let log_text = r.take(&mut root, "", "log", "info".to_owned());
+        let log_text = r.take(
+            &mut root,
+            "",
+            "log",
+            LogFilter::default().as_str().to_owned(),
+        );
         let log = LogFilter::parse(&log_text)
             .map_err(|e| r.error("log", format!("'{log_text}' is not a log filter: {e}")))
-            .unwrap_or_else(|()| LogFilter("info".to_owned()));
+            .unwrap_or_default();
 
         let mut t = r.table(&mut root, "", "service");
         let host_name = r.take(&mut t, "service", "host_name", "localhost:8443".to_owned());
