@@ -4,15 +4,20 @@
 //! records, failed-attempt diagnostics, linked hubs and a dashboard.
 //!
 //! What it does: server-rendered HTML (compile-time `maud` templates), a small hand-written
-//! stylesheet and script (every form works without the script), sign-in with a shared access
-//! policy of the service API, a server-side session map (bounded, idle expiry) behind an
-//! `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token checked on every
-//! POST. Writes go through the same validation as the API (`dps_attest::prepare_*`) and the
-//! same store preconditions (an update carries the etag it was opened with).
+//! stylesheet and script (every form works without the script, nothing is inline, and every
+//! response carries a Content-Security-Policy that forbids inline code, framing and foreign
+//! origins), sign-in with a shared access policy of the service API (failed attempts throttled
+//! per source address), a server-side session map (bounded in total and per policy, idle
+//! expiry) behind an `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token
+//! checked on every POST. Each page asks for the right the API asks for the same data.
+//! Writes go through the same validation as the API (`dps_attest::prepare_*`) and the same
+//! store preconditions (an update carries the etag it was opened with).
 //!
 //! What it must never do: show a key or a private key (symmetric keys and certificate text are
-//! never rendered), let a policy without `EnrollmentWrite` change an enrollment (the buttons
-//! are hidden *and* the server refuses the POST), or load anything from a third party.
+//! never rendered), show enrollments to a policy without `EnrollmentRead` or registrations to
+//! one without `RegistrationStatusRead`, let a policy without `EnrollmentWrite` change an
+//! enrollment (the buttons are hidden *and* the server refuses the POST), or load anything
+//! from a third party.
 //!
 //! Main types: [`PortalState`], [`PortalLimits`] and [`router`].
 

@@ -2,7 +2,10 @@
 //!
 //! A session is a random 256-bit id in an `HttpOnly; Secure; SameSite=Strict` cookie, mapped
 //! server-side to the policy that signed in, its rights and a per-session CSRF token. The map
-//! is bounded (least recently used evicted) and sessions idle too long are dropped. The sign-in
+//! is bounded in total and per policy (least recently used evicted, from the signing-in policy
+//! or else from the policy holding the most) and sessions idle too long are dropped. Failed
+//! sign-ins are throttled per source address ([`crate::throttle`]). [`Need`] says which rights
+//! a page asks for, the same as the API asks for the same data. The sign-in
 //! form itself is protected by a double-submit token (cookie and hidden field must agree), so
 //! another site cannot sign a browser in to an account of its choosing.
 
