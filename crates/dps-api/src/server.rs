@@ -127,6 +127,7 @@ pub async fn serve(
                         app: app.clone(),
                         limits,
                         stopped: stopped.clone(),
+                        peer,
                     };
                     connections.spawn(async move {
                         connection.run(stream).await;
@@ -187,6 +188,8 @@ struct Connection {
     app: Router,
     limits: HttpLimits,
     stopped: watch::Receiver<bool>,
+    /// The client's address, given to handlers as `ConnectInfo` (per-address limits).
+    peer: std::net::SocketAddr,
 }
 
 impl Connection {
@@ -214,7 +217,11 @@ impl Connection {
         };
         let app = self.app;
         let limits = self.limits;
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let peer = self.peer;
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             handle(app.clone(), limits, request)
         });
         let connection = self.http.serve_connection(TokioIo::new(tls), service);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use dps_api::Rights;
 use dps_store::{Page as StorePage, Precondition, StoreError};
 use dps_types::{
     Attestation, EnrollmentGroup, EnrollmentGroupId, EnrollmentSettings, IndividualEnrollment,
@@ -17,7 +16,7 @@ use serde::Deserialize;
 
 use crate::form::{self, EnrollmentForm, FieldErrors, FormData};
 use crate::html::{csrf, page, when, Nav, Page, PortalError};
-use crate::session::Auth;
+use crate::session::{Auth, Need};
 use crate::{PortalState, BASE};
 
 mod views;
@@ -150,6 +149,7 @@ pub(crate) async fn list(
     auth: Auth,
     Query(query): Query<ListQuery>,
 ) -> Result<Page, PortalError> {
+    auth.require(Need::ENROLLMENT_READ)?;
     let kind = match query.tab.as_deref() {
         Some("individual") => Kind::Individual,
         _ => Kind::Groups,
@@ -280,7 +280,7 @@ fn empty_form(
     auth: Auth,
     kind: Kind,
 ) -> Result<Page, PortalError> {
-    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
+    auth.require(Need::ENROLLMENT_WRITE)?;
     let form = EnrollmentForm {
         mechanism: "x509".into(),
         ..EnrollmentForm::default()
@@ -298,7 +298,7 @@ fn empty_form(
 
 fn writable(auth: &Auth, data: &FormData) -> Result<(), PortalError> {
     auth.check_csrf(data)?;
-    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")
+    auth.require(Need::ENROLLMENT_WRITE)
 }
 
 fn saved(kind: Kind, id: &str) -> Response {
@@ -387,14 +387,16 @@ fn group_summary(g: &EnrollmentGroup) -> Summary {
     }
 }
 
-fn individual_summary(state: &PortalState, e: &IndividualEnrollment) -> Summary {
+/// The summary of an individual enrollment; its registration only for a policy that may read
+/// registrations.
+fn individual_summary(state: &PortalState, auth: &Auth, e: &IndividualEnrollment) -> Summary {
     let record = state.store().registration(&e.registration_id);
     let id = e.registration_id.as_str();
     Summary {
         attestation: e.attestation.redacted(),
         created: e.created_date_time_utc,
         updated: e.last_updated_date_time_utc,
-        registration: Some(html! {
+        registration: auth.may(Need::REGISTRATION_READ).then(|| html! {
             @match record.as_deref() {
                 Some(r) => p {
                     "Registration: " (r.state.status.map(|s| s.as_str()).unwrap_or("—"))
@@ -410,6 +412,7 @@ fn individual_summary(state: &PortalState, e: &IndividualEnrollment) -> Summary 
 
 fn load(
     state: &PortalState,
+    auth: &Auth,
     kind: Kind,
     id: &str,
 ) -> Result<(EnrollmentForm, Summary), PortalError> {
@@ -424,7 +427,7 @@ fn load(
             let e = state.store().enrollment(&id).ok_or(PortalError::NotFound)?;
             Ok((
                 EnrollmentForm::from_individual(&e),
-                individual_summary(state, &e),
+                individual_summary(state, auth, &e),
             ))
         }
     }
@@ -437,8 +440,9 @@ pub(crate) async fn details(
     Path((kind, id)): Path<(String, String)>,
     Query(query): Query<ListQuery>,
 ) -> Result<Page, PortalError> {
+    auth.require(Need::ENROLLMENT_READ)?;
     let kind = Kind::parse(&kind)?;
-    let (form, summary) = load(&state, kind, &id)?;
+    let (form, summary) = load(&state, &auth, kind, &id)?;
     let mut errors = FieldErrors::new();
     if query.saved.is_some() {
         errors.insert("saved", "Saved.".into());
@@ -464,7 +468,7 @@ pub(crate) async fn update(
     let kind = Kind::parse(&kind)?;
     writable(&auth, &data)?;
     let mut form = EnrollmentForm::from_data(&data);
-    let (stored_form, summary) = load(&state, kind, &id)?;
+    let (stored_form, summary) = load(&state, &auth, kind, &id)?;
     form.id = stored_form.id;
     form.mechanism = stored_form.mechanism;
     let pre = Precondition::IfMatch(form.etag.clone());
@@ -539,8 +543,8 @@ pub(crate) async fn confirm_delete(
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Page, PortalError> {
     let kind = Kind::parse(&kind)?;
-    auth.require(Rights::ENROLLMENT_WRITE, "EnrollmentWrite")?;
-    let (form, _) = load(&state, kind, &id)?;
+    auth.require(Need::ENROLLMENT_WRITE)?;
+    let (form, _) = load(&state, &auth, kind, &id)?;
     let body = html! {
         section.card.narrow {
             h1 { "Delete " (kind.noun()) "?" }

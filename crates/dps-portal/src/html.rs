@@ -6,7 +6,7 @@ use axum::response::{Html, IntoResponse, Response};
 use dps_types::Timestamp;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::session::{Auth, CSRF_FIELD};
+use crate::session::{Auth, Need, CSRF_FIELD};
 use crate::BASE;
 
 const CSS: &str = include_str!("../static/portal.css");
@@ -49,7 +49,7 @@ impl IntoResponse for PortalError {
             section.card.narrow {
                 h1 { (title) }
                 p.error role="alert" { (self.to_string()) }
-                p { a href={(BASE) "/enrollments"} { "Back to enrollments" } }
+                p { a href={(BASE) "/"} { "Back to the start page" } }
             }
         };
         (status, Page(page(title, None, body))).into_response()
@@ -63,6 +63,16 @@ pub(crate) enum Nav {
     Registrations,
     Hubs,
     Dashboard,
+}
+
+impl Nav {
+    /// What the section's pages need; the navigation offers only what the policy may open.
+    fn need(self) -> Need {
+        match self {
+            Nav::Enrollments => Need::ENROLLMENT_READ,
+            Nav::Registrations | Nav::Hubs | Nav::Dashboard => Need::REGISTRATION_READ,
+        }
+    }
 }
 
 /// A whole page: head, header with navigation (when signed in), main content.
@@ -80,7 +90,7 @@ pub(crate) fn page(title: &str, nav: Option<(&Auth, Nav)>, content: Markup) -> M
             body {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
-                    a.brand href={(BASE) "/enrollments"} { "Device Provisioning Service" }
+                    a.brand href={(BASE) "/"} { "Device Provisioning Service" }
                     @if let Some((auth, active)) = nav {
                         nav aria-label="Main" {
                             @for (item, href, label) in [
@@ -89,7 +99,9 @@ pub(crate) fn page(title: &str, nav: Option<(&Auth, Nav)>, content: Markup) -> M
                                 (Nav::Hubs, "/hubs", "Linked IoT hubs"),
                                 (Nav::Dashboard, "/dashboard", "Dashboard"),
                             ] {
-                                a href={(BASE) (href)} aria-current=[(item == active).then_some("page")] { (label) }
+                                @if auth.may(item.need()) {
+                                    a href={(BASE) (href)} aria-current=[(item == active).then_some("page")] { (label) }
+                                }
                             }
                         }
                         div.who {
@@ -160,6 +172,30 @@ pub(crate) async fn script() -> Response {
         JS,
     )
         .into_response()
+}
+
+/// The portal's Content-Security-Policy: everything from the portal's own origin, nothing
+/// inline (the stylesheet and script are static files; the charts are SVG elements styled by
+/// attributes, which the policy does not govern), no plugins, no `<base>` rewriting, forms
+/// only to the portal and no framing by any page (clickjacking).
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// Adds the security headers to every portal response: the [`CONTENT_SECURITY_POLICY`],
+/// `X-Frame-Options` for browsers without `frame-ancestors`, `nosniff` so no response is read
+/// as another type than declared, and no `Referer` to other sites (portal URLs carry ids).
+pub(crate) async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Unknown portal paths.

@@ -4,17 +4,22 @@
 //! records, failed-attempt diagnostics, linked hubs and a dashboard.
 //!
 //! What it does: server-rendered HTML (compile-time `maud` templates), a small hand-written
-//! stylesheet and script (every form works without the script), sign-in with a shared access
-//! policy of the service API, a server-side session map (bounded, idle expiry) behind an
-//! `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token checked on every
-//! POST. Writes go through the same validation as the API (`dps_attest::prepare_*`) and the
-//! same store preconditions (an update carries the etag it was opened with).
+//! stylesheet and script (every form works without the script, nothing is inline, and every
+//! response carries a Content-Security-Policy that forbids inline code, framing and foreign
+//! origins), sign-in with a shared access policy of the service API (failed attempts throttled
+//! per source address), a server-side session map (bounded in total and per policy, idle
+//! expiry) behind an `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token
+//! checked on every POST. Each page asks for the right the API asks for the same data.
+//! Writes go through the same validation as the API (`dps_attest::prepare_*`) and the same
+//! store preconditions (an update carries the etag it was opened with).
 //!
 //! What it must never do: show a key or a private key (symmetric keys and certificate text are
-//! never rendered), let a policy without `EnrollmentWrite` change an enrollment (the buttons
-//! are hidden *and* the server refuses the POST), or load anything from a third party.
+//! never rendered), show enrollments to a policy without `EnrollmentRead` or registrations to
+//! one without `RegistrationStatusRead`, let a policy without `EnrollmentWrite` change an
+//! enrollment (the buttons are hidden *and* the server refuses the POST), or load anything
+//! from a third party.
 //!
-//! Main types: [`PortalState`] and [`router`].
+//! Main types: [`PortalState`], [`PortalLimits`] and [`router`].
 
 mod charts;
 mod enrollments;
@@ -22,11 +27,13 @@ mod form;
 mod html;
 mod operations;
 mod session;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 use axum::Router;
@@ -36,6 +43,8 @@ use dps_store::Store;
 
 use crate::charts::Samples;
 use crate::session::Sessions;
+pub use crate::throttle::SigninLimits;
+use crate::throttle::SigninThrottle;
 
 /// Where [`router`] is mounted; every link and redirect the portal renders starts with it.
 pub const BASE: &str = "/portal";
@@ -45,12 +54,33 @@ pub const BASE: &str = "/portal";
 /// API's default body limit.
 pub const MAX_FORM_BYTES: usize = 256 * 1024;
 
-/// Sessions idle longer than this are signed out (the Azure portal's default is similar).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The portal's bounds on sessions and sign-ins. `Default` gives the documented values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortalLimits {
+    /// Sessions idle longer than this are signed out. Default 30 min (the Azure portal's
+    /// default is similar).
+    pub idle_timeout: Duration,
+    /// Sessions kept at once. An operator portal has a handful of users; the default 1024
+    /// bounds memory (about 200 B each) even when someone signs in in a loop.
+    pub max_sessions: usize,
+    /// Sessions one policy holds at once; its least recently used goes first. Default 64: a
+    /// team sharing a policy, each with a few browsers, and a sixteenth of the table, so a
+    /// loop signing in with one policy never pushes out another policy's operators.
+    pub max_sessions_per_policy: usize,
+    /// Throttling of failed sign-ins per source address.
+    pub signin: SigninLimits,
+}
 
-/// Sessions kept at once. An operator portal has a handful of users; 1024 bounds memory
-/// (about 200 B each) even when someone signs in in a loop, evicting the least recently used.
-pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+impl Default for PortalLimits {
+    fn default() -> Self {
+        PortalLimits {
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_sessions: 1024,
+            max_sessions_per_policy: 64,
+            signin: SigninLimits::default(),
+        }
+    }
+}
 
 /// What every handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -64,6 +94,7 @@ struct Inner {
     policies: Vec<SharedAccessPolicy>,
     linked_hubs: Vec<LinkedHub>,
     sessions: Sessions,
+    throttle: SigninThrottle,
     samples: Samples,
 }
 
@@ -75,22 +106,15 @@ impl PortalState {
         registrar: Option<Registrar>,
         policies: impl Into<Vec<SharedAccessPolicy>>,
     ) -> PortalState {
-        Self::with_limits(
-            store,
-            registrar,
-            policies,
-            DEFAULT_IDLE_TIMEOUT,
-            DEFAULT_MAX_SESSIONS,
-        )
+        Self::with_limits(store, registrar, policies, PortalLimits::default())
     }
 
-    /// [`PortalState::new`] with another idle timeout and session bound (tests use short ones).
+    /// [`PortalState::new`] with other bounds (tests use small ones).
     pub fn with_limits(
         store: Store,
         registrar: Option<Registrar>,
         policies: impl Into<Vec<SharedAccessPolicy>>,
-        idle_timeout: Duration,
-        max_sessions: usize,
+        limits: PortalLimits,
     ) -> PortalState {
         let linked_hubs = registrar
             .as_ref()
@@ -102,7 +126,12 @@ impl PortalState {
                 registrar,
                 policies: policies.into(),
                 linked_hubs,
-                sessions: Sessions::new(idle_timeout, max_sessions),
+                sessions: Sessions::new(
+                    limits.idle_timeout,
+                    limits.max_sessions,
+                    limits.max_sessions_per_policy,
+                ),
+                throttle: SigninThrottle::new(limits.signin),
                 samples: Samples::default(),
             }),
         }
@@ -126,6 +155,10 @@ impl PortalState {
 
     pub(crate) fn sessions(&self) -> &Sessions {
         &self.inner.sessions
+    }
+
+    pub(crate) fn throttle(&self) -> &SigninThrottle {
+        &self.inner.throttle
     }
 
     pub(crate) fn samples(&self) -> &Samples {
@@ -174,6 +207,7 @@ pub fn router(state: PortalState) -> Router {
         .route("/dashboard", get(operations::dashboard))
         .fallback(html::not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(middleware::map_response(html::security_headers))
         .with_state(state)
 }
 
@@ -184,8 +218,9 @@ pub fn mount(state: PortalState) -> Router {
         .route(BASE, get(redirect_to_portal))
         .route(
             &format!("{BASE}/"),
-            get(|| async { Redirect::to(&format!("{BASE}/enrollments")) }),
+            get(session::start).with_state(state.clone()),
         )
+        .layer(middleware::map_response(html::security_headers))
         .nest(BASE, router(state))
 }
 

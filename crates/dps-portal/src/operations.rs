@@ -7,16 +7,15 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use dps_api::Rights;
 use dps_store::{Precondition, RegistrationRecord, StoreError};
 use dps_types::{RegistrationId, RegistrationStatus, Timestamp};
-use maud::html;
+use maud::{html, Markup};
 use serde::Deserialize;
 
 use crate::charts::{labelled_bars, minute_columns, minute_slot};
 use crate::form::FormData;
 use crate::html::{csrf, page, svg, when, Nav, Page, PortalError};
-use crate::session::Auth;
+use crate::session::{Auth, Need};
 use crate::{PortalState, BASE};
 
 /// Registration records read per request at most (lists, hub shares, the dashboard): the
@@ -28,12 +27,14 @@ const LIST_ROWS: usize = 200;
 /// Store page size while collecting.
 const BATCH: usize = 500;
 
-fn require_read(auth: &Auth) -> Result<(), PortalError> {
-    let read = Rights::REGISTRATION_STATUS_READ.union(Rights::REGISTRATION_STATUS_WRITE);
-    if auth.rights.intersects(read) {
-        Ok(())
-    } else {
-        Err(PortalError::Forbidden("RegistrationStatusRead"))
+/// A link to an enrollment's page for a policy that may open it, its plain id otherwise.
+fn enrollment_link(auth: &Auth, segment: &str, id: &str) -> Markup {
+    html! {
+        @if auth.may(Need::ENROLLMENT_READ) {
+            a href={(BASE) "/" (segment) "/" (id)} { (id) }
+        } @else {
+            (id)
+        }
     }
 }
 
@@ -69,7 +70,7 @@ pub(crate) async fn registrations(
     auth: Auth,
     Query(query): Query<RecordQuery>,
 ) -> Result<Page, PortalError> {
-    require_read(&auth)?;
+    auth.require(Need::REGISTRATION_READ)?;
     let q = query.q.as_deref().unwrap_or_default().trim().to_owned();
     let needle = q.to_ascii_lowercase();
     let (mut records, truncated) = all_records(&state)?;
@@ -109,7 +110,7 @@ pub(crate) async fn registrations(
                         tr {
                             td { a href={(BASE) "/registrations/" (s.registration_id.as_str())} { (s.registration_id.as_str()) } }
                             td { @match &r.enrollment_group_id {
-                                Some(g) => { "group " a href={(BASE) "/groups/" (g.as_str())} { (g.as_str()) } },
+                                Some(g) => { "group " (enrollment_link(&auth, "groups", g.as_str())) },
                                 None => "individual",
                             } }
                             td { (s.assigned_hub.as_ref().map(|h| h.as_str()).unwrap_or("—")) }
@@ -140,7 +141,7 @@ pub(crate) async fn registration(
     Path(id): Path<String>,
     Query(lookup): Query<BTreeMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    require_read(&auth)?;
+    auth.require(Need::REGISTRATION_READ)?;
     if id == "lookup" {
         let target = lookup.get("id").map(|s| s.trim()).unwrap_or_default();
         return Ok(Redirect::to(&format!("{BASE}/registrations/{target}")).into_response());
@@ -151,7 +152,7 @@ pub(crate) async fn registration(
         .registrar()
         .map(|r| r.diagnostics().attempts(rid.as_str()))
         .unwrap_or_default();
-    let can_delete = auth.rights.contains(Rights::REGISTRATION_STATUS_WRITE);
+    let can_delete = auth.may(Need::REGISTRATION_WRITE);
     let body = html! {
         p.crumbs { a href={(BASE) "/registrations"} { "← Registration records" } }
         h1 { (rid.as_str()) }
@@ -162,8 +163,8 @@ pub(crate) async fn registration(
                     @let s = &r.state;
                     dl.grid {
                         dt { "Enrollment" } dd { @match &r.enrollment_group_id {
-                            Some(g) => { "group " a href={(BASE) "/groups/" (g.as_str())} { (g.as_str()) } },
-                            None => { "individual " a href={(BASE) "/individual/" (rid.as_str())} { (rid.as_str()) } },
+                            Some(g) => { "group " (enrollment_link(&auth, "groups", g.as_str())) },
+                            None => { "individual " (enrollment_link(&auth, "individual", rid.as_str())) },
                         } }
                         dt { "Assigned hub" } dd { (s.assigned_hub.as_ref().map(|h| h.as_str()).unwrap_or("—")) }
                         dt { "Device ID" } dd { (s.device_id.as_ref().map(|d| d.as_str()).unwrap_or("—")) }
@@ -206,7 +207,7 @@ pub(crate) async fn confirm_delete_registration(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Page, PortalError> {
-    auth.require(Rights::REGISTRATION_STATUS_WRITE, "RegistrationStatusWrite")?;
+    auth.require(Need::REGISTRATION_WRITE)?;
     let rid = RegistrationId::parse(&id).map_err(|e| PortalError::BadRequest(e.to_string()))?;
     let body = html! {
         section.card.narrow {
@@ -236,7 +237,7 @@ pub(crate) async fn delete_registration(
     data: FormData,
 ) -> Result<Response, PortalError> {
     auth.check_csrf(&data)?;
-    auth.require(Rights::REGISTRATION_STATUS_WRITE, "RegistrationStatusWrite")?;
+    auth.require(Need::REGISTRATION_WRITE)?;
     let rid = RegistrationId::parse(&id).map_err(|e| PortalError::BadRequest(e.to_string()))?;
     match state
         .store()
@@ -257,6 +258,7 @@ pub(crate) async fn hubs(
     State(state): State<PortalState>,
     auth: Auth,
 ) -> Result<Page, PortalError> {
+    auth.require(Need::REGISTRATION_READ)?;
     let (records, truncated) = all_records(&state)?;
     let mut per_hub: BTreeMap<String, u64> = BTreeMap::new();
     for r in &records {
@@ -321,6 +323,7 @@ pub(crate) async fn dashboard(
     State(state): State<PortalState>,
     auth: Auth,
 ) -> Result<Page, PortalError> {
+    auth.require(Need::REGISTRATION_READ)?;
     let now = Timestamp::now().unix();
     let (records, truncated) = all_records(&state)?;
     let mut per_minute = vec![0u64; 60];
@@ -356,7 +359,7 @@ pub(crate) async fn dashboard(
             div.tile { span.big { (format!("{:.2}", last_minute as f64 / 60.0)) } span { "registrations / s (last minute)" } }
             div.tile { span.big { (format!("{:.3}", last_hour as f64 / 3600.0)) } span { "registrations / s (last hour)" } }
             div.tile { span.big { (failures_hour) } span { "failed attempts (last hour)" } }
-            div.tile { span.big { (state.store().cache().enrollment_count()) " / " (state.store().cache().group_count()) } span { "individual enrollments / groups" } }
+            @if auth.may(Need::ENROLLMENT_READ) { div.tile { span.big { (state.store().cache().enrollment_count()) " / " (state.store().cache().group_count()) } span { "individual enrollments / groups" } } }
         }
         section.card {
             h2 { "Registrations per minute, last hour" }

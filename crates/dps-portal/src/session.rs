@@ -2,7 +2,10 @@
 //!
 //! A session is a random 256-bit id in an `HttpOnly; Secure; SameSite=Strict` cookie, mapped
 //! server-side to the policy that signed in, its rights and a per-session CSRF token. The map
-//! is bounded (least recently used evicted) and sessions idle too long are dropped. The sign-in
+//! is bounded in total and per policy (least recently used evicted, from the signing-in policy
+//! or else from the policy holding the most) and sessions idle too long are dropped. Failed
+//! sign-ins are throttled per source address ([`crate::throttle`]). [`Need`] says which rights
+//! a page asks for, the same as the API asks for the same data. The sign-in
 //! form itself is protected by a double-submit token (cookie and hidden field must agree), so
 //! another site cannot sign a browser in to an account of its choosing.
 
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use dps_api::Rights;
 use dps_types::SymmetricKey;
@@ -22,7 +25,20 @@ use subtle::ConstantTimeEq;
 
 use crate::form::FormData;
 use crate::html::{page, Page, PortalError};
+use crate::throttle::Source;
 use crate::{PortalState, BASE};
+
+/// Removes the least recently used session of `policy`.
+fn evict_oldest(map: &mut HashMap<String, Entry>, policy: &str) {
+    let oldest = map
+        .iter()
+        .filter(|(_, e)| e.policy == policy)
+        .min_by_key(|(_, e)| e.last_seen)
+        .map(|(k, _)| k.clone());
+    if let Some(oldest) = oldest {
+        map.remove(&oldest);
+    }
+}
 
 /// The session cookie.
 pub(crate) const SESSION_COOKIE: &str = "dps_portal_session";
@@ -50,19 +66,21 @@ struct Entry {
     last_seen: Instant,
 }
 
-/// The server-side session map.
+/// The server-side session map: bounded in total and per policy.
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Entry>>,
     idle: Duration,
     max: usize,
+    max_per_policy: usize,
 }
 
 impl Sessions {
-    pub(crate) fn new(idle: Duration, max: usize) -> Self {
+    pub(crate) fn new(idle: Duration, max: usize, max_per_policy: usize) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             idle,
             max: max.max(1),
+            max_per_policy: max_per_policy.max(1),
         }
     }
 
@@ -71,20 +89,28 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a session; returns its id.
+    /// Starts a session; returns its id. Makes room first: when `policy` already holds its
+    /// share, its least recently used session goes; when the whole table is full, idle
+    /// sessions go, then the least recently used session of the policy holding the most. So
+    /// signing in again and again with one policy only ever pushes out that policy's sessions.
     pub(crate) fn create(&self, policy: &str, rights: Rights, now: Instant) -> String {
         let id = random_token();
         let mut map = self.lock();
-        if map.len() >= self.max {
-            map.retain(|_, e| now.duration_since(e.last_seen) < self.idle);
-        }
-        if map.len() >= self.max {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+        map.retain(|_, e| now.duration_since(e.last_seen) < self.idle);
+        let held = map.values().filter(|e| e.policy == policy).count();
+        if held >= self.max_per_policy {
+            evict_oldest(&mut map, policy);
+        } else if map.len() >= self.max {
+            let mut per_policy: HashMap<&str, usize> = HashMap::new();
+            for e in map.values() {
+                *per_policy.entry(e.policy.as_str()).or_default() += 1;
+            }
+            let largest = per_policy
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(p, _)| p.to_owned());
+            if let Some(largest) = largest {
+                evict_oldest(&mut map, &largest);
             }
         }
         map.insert(
@@ -126,6 +152,47 @@ impl Sessions {
     }
 }
 
+/// What a page or form needs, the same as the service API asks for the operation behind it:
+/// any one of `any_of` (a write right also allows reading), named in the refusal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    any_of: Rights,
+    name: &'static str,
+}
+
+impl Need {
+    /// Enrollment and group pages (lists, details, the add and edit forms).
+    pub(crate) const ENROLLMENT_READ: Need = Need {
+        any_of: Rights::ENROLLMENT_READ.union(Rights::ENROLLMENT_WRITE),
+        name: "EnrollmentRead",
+    };
+    /// Adding, changing and deleting enrollments and groups.
+    pub(crate) const ENROLLMENT_WRITE: Need = Need {
+        any_of: Rights::ENROLLMENT_WRITE,
+        name: "EnrollmentWrite",
+    };
+    /// Registration records, failed attempts, hub shares and the dashboard.
+    pub(crate) const REGISTRATION_READ: Need = Need {
+        any_of: Rights::REGISTRATION_STATUS_READ.union(Rights::REGISTRATION_STATUS_WRITE),
+        name: "RegistrationStatusRead",
+    };
+    /// Deleting a registration record.
+    pub(crate) const REGISTRATION_WRITE: Need = Need {
+        any_of: Rights::REGISTRATION_STATUS_WRITE,
+        name: "RegistrationStatusWrite",
+    };
+}
+
+/// The first page a policy with `rights` may open: the enrollments, else the registration
+/// records (sign-in refuses a policy with neither).
+fn start_page(rights: Rights) -> String {
+    if rights.intersects(Need::ENROLLMENT_READ.any_of) {
+        format!("{BASE}/enrollments")
+    } else {
+        format!("{BASE}/registrations")
+    }
+}
+
 /// The signed-in operator of a request. Extracting it redirects to the sign-in page when
 /// there is no live session.
 #[derive(Debug, Clone)]
@@ -142,15 +209,20 @@ pub(crate) struct Auth {
 impl Auth {
     /// Whether the policy may change enrollments.
     pub(crate) fn can_write(&self) -> bool {
-        self.rights.contains(Rights::ENROLLMENT_WRITE)
+        self.may(Need::ENROLLMENT_WRITE)
     }
 
-    /// Refuses with 403 unless the policy has `right`.
-    pub(crate) fn require(&self, right: Rights, name: &'static str) -> Result<(), PortalError> {
-        if self.rights.contains(right) {
+    /// Whether the policy holds one of the rights `need` accepts.
+    pub(crate) fn may(&self, need: Need) -> bool {
+        self.rights.intersects(need.any_of)
+    }
+
+    /// Refuses with 403 unless the policy holds one of the rights `need` accepts.
+    pub(crate) fn require(&self, need: Need) -> Result<(), PortalError> {
+        if self.may(need) {
             Ok(())
         } else {
-            Err(PortalError::Forbidden(name))
+            Err(PortalError::Forbidden(need.name))
         }
     }
 
@@ -196,6 +268,11 @@ impl FromRequestParts<PortalState> for Auth {
     }
 }
 
+/// `GET /portal/`: the first page the signed-in policy may open.
+pub(crate) async fn start(auth: Auth) -> Redirect {
+    Redirect::to(&start_page(auth.rights))
+}
+
 /// `GET /signin`.
 pub(crate) async fn signin_page() -> Response {
     signin_form("", None)
@@ -226,6 +303,19 @@ fn signin_form(policy: &str, error: Option<&str>) -> Response {
     response
 }
 
+/// The sign-in form with a 429 status: too many failed attempts from this address.
+fn too_many_attempts(policy: &str, wait: Duration) -> Response {
+    // Whole seconds, rounded up, so a client that waits that long is let in.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let message = format!("Too many failed sign-ins from your address. Try again in {seconds} s.");
+    let mut response = signin_form(policy, Some(&message));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// The policy whose name matches and whose primary or secondary key equals `key`, compared in
 /// constant time (every configured key is compared, so the time does not tell which matched).
 pub(crate) fn authenticate(state: &PortalState, name: &str, key: &str) -> Option<(String, Rights)> {
@@ -244,13 +334,19 @@ pub(crate) fn authenticate(state: &PortalState, name: &str, key: &str) -> Option
     found
 }
 
-/// `POST /signin`.
+/// `POST /signin`. Failed attempts count against the source address (see
+/// [`crate::throttle`]); while it must wait, its attempts are refused unchecked.
 pub(crate) async fn signin_submit(
     State(state): State<PortalState>,
+    source: Source,
     headers: HeaderMap,
     form: FormData,
 ) -> Response {
     let policy = form.get("policy").unwrap_or_default();
+    let now = Instant::now();
+    if let Err(wait) = state.throttle().check(source, now) {
+        return too_many_attempts(policy, wait);
+    }
     let double_submit_ok = match (cookie(&headers, SIGNIN_COOKIE), form.get(CSRF_FIELD)) {
         (Some(a), Some(b)) => same(a, b),
         _ => false,
@@ -263,8 +359,10 @@ pub(crate) async fn signin_submit(
     }
     let Some((name, rights)) = authenticate(&state, policy, form.get("key").unwrap_or_default())
     else {
+        state.throttle().failed(source, now);
         return signin_form(policy, Some("Unknown policy name or wrong key."));
     };
+    state.throttle().succeeded(source);
     let readable = Rights::ENROLLMENT_READ
         .union(Rights::ENROLLMENT_WRITE)
         .union(Rights::REGISTRATION_STATUS_READ)
@@ -276,7 +374,7 @@ pub(crate) async fn signin_submit(
         );
     }
     let id = state.sessions().create(&name, rights, Instant::now());
-    let mut response = Redirect::to(&format!("{BASE}/enrollments")).into_response();
+    let mut response = Redirect::to(&start_page(rights)).into_response();
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));
     headers.append(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, "", Some(0)));
@@ -304,7 +402,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_when_idle_and_stay_bounded() {
-        let sessions = Sessions::new(Duration::from_secs(60), 2);
+        let sessions = Sessions::new(Duration::from_secs(60), 2, 2);
         let t0 = Instant::now();
         let a = sessions.create("p", Rights::ALL, t0);
         assert_eq!(a.len(), 64, "256-bit id, hex");
@@ -329,6 +427,46 @@ mod tests {
             sessions.touch(&d, now).unwrap().csrf,
             "per-session CSRF tokens"
         );
+    }
+
+    #[test]
+    fn one_policy_signing_in_in_a_loop_evicts_only_its_own_sessions() {
+        let sessions = Sessions::new(Duration::from_secs(600), 8, 3);
+        let t0 = Instant::now();
+        let others: Vec<String> = (0..5)
+            .map(|i| sessions.create(&format!("operator-{i}"), Rights::ALL, t0))
+            .collect();
+        let mut flood = Vec::new();
+        for i in 0..1000 {
+            flood.push(sessions.create("flood", Rights::ALL, t0 + Duration::from_millis(i)));
+        }
+        let now = t0 + Duration::from_secs(2);
+        for id in &others {
+            assert!(
+                sessions.touch(id, now).is_some(),
+                "other policies keep theirs"
+            );
+        }
+        assert_eq!(sessions.len(), 8);
+        assert!(flood[..997]
+            .iter()
+            .all(|id| sessions.touch(id, now).is_none()));
+        assert!(flood[997..]
+            .iter()
+            .all(|id| sessions.touch(id, now).is_some()));
+
+        // A full table with every policy under its share: the largest holder gives way.
+        let sessions = Sessions::new(Duration::from_secs(600), 4, 3);
+        let a1 = sessions.create("a", Rights::ALL, t0);
+        let b1 = sessions.create("b", Rights::ALL, t0 + Duration::from_secs(1));
+        let b2 = sessions.create("b", Rights::ALL, t0 + Duration::from_secs(2));
+        let b3 = sessions.create("b", Rights::ALL, t0 + Duration::from_secs(3));
+        let c1 = sessions.create("c", Rights::ALL, t0 + Duration::from_secs(4));
+        let now = t0 + Duration::from_secs(5);
+        assert!(sessions.touch(&b1, now).is_none(), "b's oldest went");
+        for id in [&a1, &b2, &b3, &c1] {
+            assert!(sessions.touch(id, now).is_some());
+        }
     }
 
     #[test]

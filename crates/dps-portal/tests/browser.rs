@@ -85,7 +85,8 @@ async fn browser(driver: &Driver, profile: &Path) -> Result<Client> {
                 "--ignore-certificate-errors", "--disable-dev-shm-usage",
                 format!("--user-data-dir={}", profile.display()),
             ]
-        }
+        },
+        "goog:loggingPrefs": { "browser": "ALL" }
     });
     let serde_json::Value::Object(caps) = caps else {
         unreachable!()
@@ -94,6 +95,42 @@ async fn browser(driver: &Driver, profile: &Path) -> Result<Client> {
         .capabilities(caps)
         .connect(&driver.url)
         .await?)
+}
+
+/// chromedriver's console log of the page, taken since the last call (`POST /se/log`).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        (
+            axum::http::Method::POST,
+            Some(r#"{"type":"browser"}"#.to_owned()),
+        )
+    }
+}
+
+/// The console messages that report a Content-Security-Policy violation, since the last call.
+async fn csp_violations(c: &Client) -> Result<Vec<String>> {
+    let log = c.issue_cmd(BrowserLog).await?;
+    let entries = log.as_array().context("browser log entries")?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.contains("Content Security Policy"))
+        .map(str::to_owned)
+        .collect())
 }
 
 struct Ui<'a> {
@@ -507,5 +544,25 @@ async fn walk(c: &Client, running: &dpsd::Running, dir: &Path, reader_key: &str)
         .group(&EnrollmentGroupId::parse("factory-a")?)
         .context("group kept")?;
     ensure!(group.is_enabled());
+
+    // Every page above loaded and worked without a Content-Security-Policy violation...
+    let violations = csp_violations(c).await?;
+    ensure!(violations.is_empty(), "CSP violations: {violations:#?}");
+    // ...and the policy is enforced: an injected inline script does not run, and is reported.
+    let ran = c
+        .execute(
+            r#"const s = document.createElement("script");
+               s.textContent = "window.__injected = true;";
+               document.body.appendChild(s);
+               return window.__injected === true;"#,
+            vec![],
+        )
+        .await?;
+    ensure!(ran == false, "an inline script ran");
+    let violations = csp_violations(c).await?;
+    ensure!(
+        violations.iter().any(|m| m.contains("script-src")),
+        "the injected script was not reported: {violations:#?}"
+    );
     Ok(())
 }

@@ -1,11 +1,16 @@
 //! The portal over HTTP without a browser or socket: sign-in, session cookie, CSRF, rights,
-//! validation that keeps typed values, and the etag conflict — through `oneshot`.
+//! validation that keeps typed values, the etag conflict, sign-in throttling, per-policy
+//! session bounds and security headers — through `oneshot`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use dps_api::{Rights, SharedAccessPolicy};
-use dps_portal::PortalState;
+use dps_portal::{PortalLimits, PortalState, SigninLimits};
 use dps_store::{Precondition, Store};
 use dps_types::{EnrollmentGroupId, EnrollmentSettings, SymmetricKey};
 use tower::ServiceExt;
@@ -15,15 +20,37 @@ struct Portal {
     store: Store,
     owner_key: String,
     reader_key: String,
+    /// A policy with `EnrollmentRead` only.
+    enrollments_key: String,
+    /// A policy with `RegistrationStatusRead` only.
+    registrations_key: String,
     _dir: tempfile::TempDir,
 }
 
 fn portal() -> Portal {
+    portal_with(PortalLimits::default())
+}
+
+fn portal_with(limits: PortalLimits) -> Portal {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let owner = SymmetricKey::generate();
     let reader = SymmetricKey::generate();
+    let enrollments = SymmetricKey::generate();
+    let registrations = SymmetricKey::generate();
     let policies = vec![
+        SharedAccessPolicy {
+            name: "enrollments".into(),
+            primary_key: enrollments.clone(),
+            secondary_key: None,
+            rights: Rights::ENROLLMENT_READ,
+        },
+        SharedAccessPolicy {
+            name: "registrations".into(),
+            primary_key: registrations.clone(),
+            secondary_key: None,
+            rights: Rights::REGISTRATION_STATUS_READ,
+        },
         SharedAccessPolicy {
             name: "owner".into(),
             primary_key: owner.clone(),
@@ -37,13 +64,15 @@ fn portal() -> Portal {
             rights: Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
         },
     ];
-    let state = PortalState::new(store.clone(), None, policies);
+    let state = PortalState::with_limits(store.clone(), None, policies, limits);
     let app = dps_portal::mount(state);
     Portal {
         app,
         store,
         owner_key: owner.expose_base64(),
         reader_key: reader.expose_base64(),
+        enrollments_key: enrollments.expose_base64(),
+        registrations_key: registrations.expose_base64(),
         _dir: dir,
     }
 }
@@ -52,6 +81,7 @@ struct Reply {
     status: StatusCode,
     location: Option<String>,
     cookies: Vec<String>,
+    headers: axum::http::HeaderMap,
     body: String,
 }
 
@@ -68,6 +98,7 @@ async fn send(app: &Router, req: Request<Body>) -> Reply {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
+    let headers = res.headers().clone();
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
         .await
         .unwrap();
@@ -75,6 +106,7 @@ async fn send(app: &Router, req: Request<Body>) -> Reply {
         status,
         location,
         cookies,
+        headers,
         body: String::from_utf8(bytes.to_vec()).unwrap(),
     }
 }
@@ -156,9 +188,17 @@ async fn sign_in(p: &Portal, policy: &str, key: &str) -> (String, String) {
         assert!(session.contains(attr), "{session}");
     }
     let cookie = cookie_pair(session);
-    let page = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
+    let start = res.location.expect("start page");
+    let page = send(&p.app, get(&start, Some(&cookie))).await;
     assert_eq!(page.status, StatusCode::OK);
     (cookie, hidden(&page.body, "csrf"))
+}
+
+/// `req` as if it came over a connection from `peer`.
+fn from(peer: &str, mut req: Request<Body>) -> Request<Body> {
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(addr));
+    req
 }
 
 fn group_form<'a>(csrf: &'a str, id: &'a str, twin: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -183,7 +223,7 @@ async fn pages_need_a_session_and_sign_in_checks_key_and_form_token() {
     let res = send(&p.app, get("/portal", None)).await;
     assert_eq!(res.location.as_deref(), Some("/portal/"));
     let res = send(&p.app, get("/portal/", None)).await;
-    assert_eq!(res.location.as_deref(), Some("/portal/enrollments"));
+    assert_eq!(res.location.as_deref(), Some("/portal/signin"));
 
     let form = send(&p.app, get("/portal/signin", None)).await;
     let token = hidden(&form.body, "csrf");
@@ -471,4 +511,225 @@ async fn custom_allocation_round_trips_through_the_forms() {
         p.store.group(&id).unwrap().custom_allocation_definition,
         Some(def)
     );
+}
+
+#[tokio::test]
+async fn pages_ask_for_the_rights_the_api_asks_for() {
+    let p = portal();
+    let (owner, owner_csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&owner),
+            &group_form(&owner_csrf, "g1", ""),
+        ),
+    )
+    .await;
+    let res = send(&p.app, get("/portal/", Some(&owner))).await;
+    assert_eq!(res.location.as_deref(), Some("/portal/enrollments"));
+
+    // Registration rights only: no enrollment page, and the navigation does not offer one.
+    let (cookie, csrf) = sign_in(&p, "registrations", &p.registrations_key).await;
+    let res = send(&p.app, get("/portal/", Some(&cookie))).await;
+    assert_eq!(res.location.as_deref(), Some("/portal/registrations"));
+    for path in [
+        "/portal/enrollments",
+        "/portal/enrollments?tab=individual",
+        "/portal/groups/g1",
+        "/portal/groups/new",
+        "/portal/groups/g1/delete",
+    ] {
+        let res = send(&p.app, get(path, Some(&cookie))).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            res.body.contains("does not have the Enrollment"),
+            "{path}: {}",
+            res.body
+        );
+        assert!(
+            !res.body.contains("g1"),
+            "{path} shows nothing of the group"
+        );
+    }
+    let records = send(&p.app, get("/portal/registrations", Some(&cookie))).await;
+    assert_eq!(records.status, StatusCode::OK);
+    assert!(!records.body.contains("href=\"/portal/enrollments\""));
+    assert!(records.body.contains("href=\"/portal/dashboard\""));
+    let res = send(
+        &p.app,
+        post(
+            "/portal/registrations/dev-1/delete",
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        res.status,
+        StatusCode::FORBIDDEN,
+        "deleting needs RegistrationStatusWrite"
+    );
+
+    // Enrollment rights only: no registration page, and the navigation does not offer one.
+    let (cookie, _) = sign_in(&p, "enrollments", &p.enrollments_key).await;
+    for path in [
+        "/portal/registrations",
+        "/portal/registrations/dev-1",
+        "/portal/registrations/dev-1/delete",
+        "/portal/hubs",
+        "/portal/dashboard",
+    ] {
+        let res = send(&p.app, get(path, Some(&cookie))).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            res.body.contains("RegistrationStatus"),
+            "{path}: {}",
+            res.body
+        );
+    }
+    let list = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.body.contains("g1"));
+    for section in ["/portal/registrations", "/portal/hubs", "/portal/dashboard"] {
+        assert!(
+            !list.body.contains(&format!("href=\"{section}\"")),
+            "{section} offered"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failed_sign_ins_from_one_address_back_off_and_success_resets() {
+    let p = portal_with(PortalLimits {
+        signin: SigninLimits {
+            // Long enough that no test run outlasts it: the test never depends on time passing.
+            first_backoff: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(7200),
+            ..SigninLimits::default()
+        },
+        ..PortalLimits::default()
+    });
+    let form = send(&p.app, get("/portal/signin", None)).await;
+    let token = hidden(&form.body, "csrf");
+    let signin_cookie = cookie_pair(&form.cookies[0]);
+    let attempt = |peer: &'static str, key: String| {
+        let app = p.app.clone();
+        let (token, signin_cookie) = (token.clone(), signin_cookie.clone());
+        async move {
+            send(
+                &app,
+                from(
+                    peer,
+                    post(
+                        "/portal/signin",
+                        Some(&signin_cookie),
+                        &[("csrf", &token), ("policy", "owner"), ("key", &key)],
+                    ),
+                ),
+            )
+            .await
+        }
+    };
+    let wrong = p.reader_key.clone();
+    for _ in 0..5 {
+        let res = attempt("192.0.2.1:40000", wrong.clone()).await;
+        assert_eq!(res.status, StatusCode::OK);
+        assert!(res.body.contains("wrong key"));
+    }
+    // The right key from that address is now refused without being checked.
+    let res = attempt("192.0.2.1:40001", p.owner_key.clone()).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{}", res.body);
+    assert!(
+        res.body.contains("Too many failed sign-ins"),
+        "{}",
+        res.body
+    );
+    assert_eq!(res.headers[header::RETRY_AFTER], "3600");
+    assert!(!res
+        .cookies
+        .iter()
+        .any(|c| c.starts_with("dps_portal_session")));
+    // Another address is not affected.
+    let res = attempt("192.0.2.2:40000", p.owner_key.clone()).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+
+    // A successful sign-in starts the count afresh.
+    for _ in 0..2 {
+        for _ in 0..4 {
+            let res = attempt("198.51.100.7:1", wrong.clone()).await;
+            assert_eq!(res.status, StatusCode::OK);
+        }
+        let res = attempt("198.51.100.7:1", p.owner_key.clone()).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    }
+}
+
+#[tokio::test]
+async fn one_policy_signing_in_in_a_loop_leaves_other_operators_signed_in() {
+    let p = portal_with(PortalLimits {
+        max_sessions: 8,
+        max_sessions_per_policy: 4,
+        ..PortalLimits::default()
+    });
+    let (reader, _) = sign_in(&p, "reader", &p.reader_key).await;
+    let (first_owner, _) = sign_in(&p, "owner", &p.owner_key).await;
+    for _ in 0..20 {
+        sign_in(&p, "owner", &p.owner_key).await;
+    }
+    let res = send(&p.app, get("/portal/enrollments", Some(&reader))).await;
+    assert_eq!(res.status, StatusCode::OK, "the reader is still signed in");
+    let res = send(&p.app, get("/portal/enrollments", Some(&first_owner))).await;
+    assert_eq!(
+        res.location.as_deref(),
+        Some("/portal/signin"),
+        "the flooding policy's oldest session went"
+    );
+}
+
+#[tokio::test]
+async fn every_portal_response_carries_the_security_headers() {
+    let p = portal();
+    let (cookie, _) = sign_in(&p, "registrations", &p.registrations_key).await;
+    let mut seen = 0;
+    for (path, session) in [
+        ("/portal", None),
+        ("/portal/", None),
+        ("/portal/signin", None),
+        ("/portal/static/portal.css", None),
+        ("/portal/static/portal.js", None),
+        ("/portal/no-such-page", None),
+        ("/portal/enrollments", None),
+        ("/portal/enrollments", Some(cookie.as_str())),
+        ("/portal/registrations", Some(&cookie)),
+        ("/portal/dashboard", Some(&cookie)),
+    ] {
+        let res = send(&p.app, get(path, session)).await;
+        let csp = res.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(res.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(res.headers[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(res.headers[header::X_FRAME_OPTIONS], "DENY");
+        // Nothing inline that the policy would block.
+        if res.body.contains("<html") {
+            seen += 1;
+            for inline in ["<style", " style=", "<script>", " onclick=", "javascript:"] {
+                assert!(!res.body.contains(inline), "{path} has {inline}");
+            }
+        }
+    }
+    assert!(seen >= 4, "pages were checked");
 }
