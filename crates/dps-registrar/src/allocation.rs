@@ -250,10 +250,7 @@ mod tests {
             iot_hub_host_name: None,
             iot_hubs: &mixed,
         };
-        assert_eq!(
-            candidates(&input, &hubs),
-            Ok(vec![(hub("b.example"), 1)])
-        );
+        assert_eq!(candidates(&input, &hubs), Ok(vec![(hub("b.example"), 1)]));
         for i in 0..100 {
             let key = format!("d{i}");
             for policy in [AllocationPolicy::Static, AllocationPolicy::Hashed] {
@@ -261,7 +258,10 @@ mod tests {
             }
         }
         let err = NoHub::NoneLinked(rogue).to_string();
-        assert!(err.contains("not linked") && err.contains("rogue.example"), "{err}");
+        assert!(
+            err.contains("not linked") && err.contains("rogue.example"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -308,7 +308,10 @@ mod tests {
         for _ in 0..20 {
             d.record("stranger", attempt("no_enrollment"));
         }
-        assert_eq!(d.attempts("stranger").len(), ATTEMPTS_PER_UNAUTHENTICATED_ID);
+        assert_eq!(
+            d.attempts("stranger").len(),
+            ATTEMPTS_PER_UNAUTHENTICATED_ID
+        );
     }
 
     #[test]
@@ -328,7 +331,10 @@ mod tests {
         }
         assert!(d.attempts("made-up-0").is_empty());
         assert!(d
-            .attempts(&format!("made-up-{:x}", flood - MAX_UNAUTHENTICATED_IDS - 1))
+            .attempts(&format!(
+                "made-up-{:x}",
+                flood - MAX_UNAUTHENTICATED_IDS - 1
+            ))
             .is_empty());
         assert_eq!(
             d.counts(),

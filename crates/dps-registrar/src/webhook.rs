@@ -40,7 +40,9 @@ pub enum WebhookError {
     #[error("the allocation webhook answered with an invalid allocation")]
     Invalid(#[source] serde_json::Error),
     /// The hub it named is not one of the candidates it was offered.
-    #[error("the allocation webhook chose an IoT hub that is not one of the linked hubs it was offered")]
+    #[error(
+        "the allocation webhook chose an IoT hub that is not one of the linked hubs it was offered"
+    )]
     HubNotOffered,
 }
 
