@@ -28,65 +28,81 @@ pub struct AllocationInput<'a> {
 /// Why no hub could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoHub {
-    /// The static policy needs exactly one hub on the enrollment.
+    /// The static policy needs exactly one linked hub on the enrollment.
     StaticNeedsOneHub,
     /// Nothing to choose from (no linked hubs, or all excluded).
     NoCandidates,
+    /// The enrollment names hubs, but none of them is linked (it was stored before hub names
+    /// were checked on write, or the hub was unlinked since). The first one is kept to name it.
+    NoneLinked(HubName),
 }
 
 impl std::fmt::Display for NoHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NoHub::StaticNeedsOneHub => f.write_str(
-                "the static allocation policy needs exactly one IoT hub on the enrollment",
+                "the static allocation policy needs exactly one linked IoT hub on the enrollment",
             ),
             NoHub::NoCandidates => f.write_str("no IoT hub is available for allocation"),
+            NoHub::NoneLinked(first) => write!(
+                f,
+                "the enrollment names only IoT hubs that are not linked to this service \
+                 (e.g. '{first}')"
+            ),
         }
     }
 }
 
-/// The hubs an enrollment may be assigned to: its own `iotHubs` (or `iotHubHostName`) when
-/// it names any, else every linked hub whose `applyAllocationPolicy` is true. Each comes with
-/// its weight (linked-hub weight, or 1 for a hub that is not linked).
-pub fn candidates(input: &AllocationInput<'_>, linked: &[LinkedHub]) -> Vec<(HubName, u32)> {
-    let weight = |h: &HubName| {
-        linked
-            .iter()
-            .find(|l| &l.host_name == h)
-            .map_or(1, |l| l.allocation_weight)
-    };
+/// The hubs an enrollment may be assigned to, each with its linked-hub weight: the linked
+/// ones among its own `iotHubs` (or `iotHubHostName`) when it names any, else every linked
+/// hub whose `applyAllocationPolicy` is true. A named hub that is not linked is never a
+/// candidate; when the enrollment names hubs and none is linked, that is [`NoHub::NoneLinked`]
+/// (falling back to other hubs would ignore the enrollment's choice).
+pub fn candidates(
+    input: &AllocationInput<'_>,
+    linked: &[LinkedHub],
+) -> Result<Vec<(HubName, u32)>, NoHub> {
     let named: Vec<&HubName> = if input.iot_hubs.is_empty() {
         input.iot_hub_host_name.into_iter().collect()
     } else {
         input.iot_hubs.iter().collect()
     };
-    if named.is_empty() {
-        linked
+    let Some(first) = named.first() else {
+        return Ok(linked
             .iter()
             .filter(|l| l.apply_allocation_policy)
             .map(|l| (l.host_name.clone(), l.allocation_weight))
-            .collect()
-    } else {
-        named.into_iter().map(|h| (h.clone(), weight(h))).collect()
+            .collect());
+    };
+    let usable: Vec<(HubName, u32)> = named
+        .iter()
+        .filter_map(|h| linked.iter().find(|l| &l.host_name == *h))
+        .map(|l| (l.host_name.clone(), l.allocation_weight))
+        .collect();
+    if usable.is_empty() {
+        return Err(NoHub::NoneLinked((*first).clone()));
     }
+    Ok(usable)
 }
 
 /// Applies a built-in policy (`Custom` is handled by the caller). `GeoLatency` has no latency
-/// data here and falls back to `Hashed`, as DPS does between hubs of equal latency.
+/// data here and falls back to `Hashed`, as DPS does between hubs of equal latency. Static
+/// takes the one linked hub the enrollment names.
 pub fn choose(
     policy: AllocationPolicy,
     input: &AllocationInput<'_>,
     linked: &[LinkedHub],
     registration_key: &str,
 ) -> Result<HubName, NoHub> {
+    let candidates = candidates(input, linked)?;
     if policy == AllocationPolicy::Static {
-        return match (input.iot_hubs, input.iot_hub_host_name) {
-            ([one], _) => Ok(one.clone()),
-            ([], Some(hub)) => Ok(hub.clone()),
+        let named = !input.iot_hubs.is_empty() || input.iot_hub_host_name.is_some();
+        return match candidates.as_slice() {
+            [(one, _)] if named => Ok(one.clone()),
             _ => Err(NoHub::StaticNeedsOneHub),
         };
     }
-    weighted_rendezvous(&candidates(input, linked), registration_key).ok_or(NoHub::NoCandidates)
+    weighted_rendezvous(&candidates, registration_key).ok_or(NoHub::NoCandidates)
 }
 
 /// Weighted rendezvous (highest-random-weight) hashing: every (device, hub) pair gets a
@@ -182,6 +198,7 @@ mod tests {
 
     #[test]
     fn static_needs_exactly_one_hub() {
+        let hubs = linked(&[("s.example", 1, true), ("a.example", 1, true)]);
         let one = hub("s.example");
         let input = AllocationInput {
             policy: None,
@@ -189,22 +206,61 @@ mod tests {
             iot_hubs: &[],
         };
         assert_eq!(
-            choose(AllocationPolicy::Static, &input, &[], "d").unwrap(),
+            choose(AllocationPolicy::Static, &input, &hubs, "d").unwrap(),
             one
         );
-        let two = [hub("a.example"), hub("b.example")];
+        let two = [hub("a.example"), hub("s.example")];
         let input = AllocationInput {
             policy: None,
             iot_hub_host_name: None,
             iot_hubs: &two,
         };
         assert_eq!(
-            choose(AllocationPolicy::Static, &input, &[], "d"),
+            choose(AllocationPolicy::Static, &input, &hubs, "d"),
+            Err(NoHub::StaticNeedsOneHub)
+        );
+        assert_eq!(
+            choose(AllocationPolicy::Static, &NONE, &hubs, "d"),
             Err(NoHub::StaticNeedsOneHub)
         );
         assert_eq!(
             choose(AllocationPolicy::Hashed, &NONE, &[], "d"),
             Err(NoHub::NoCandidates)
+        );
+    }
+
+    #[test]
+    fn hubs_that_are_not_linked_are_never_assigned() {
+        let hubs = linked(&[("a.example", 1, true), ("b.example", 1, true)]);
+        let rogue = hub("rogue.example");
+        let static_rogue = AllocationInput {
+            policy: None,
+            iot_hub_host_name: Some(&rogue),
+            iot_hubs: &[],
+        };
+        for policy in [AllocationPolicy::Static, AllocationPolicy::Hashed] {
+            assert_eq!(
+                choose(policy, &static_rogue, &hubs, "d"),
+                Err(NoHub::NoneLinked(rogue.clone()))
+            );
+        }
+        let mixed = [hub("rogue.example"), hub("b.example")];
+        let input = AllocationInput {
+            policy: None,
+            iot_hub_host_name: None,
+            iot_hubs: &mixed,
+        };
+        assert_eq!(candidates(&input, &hubs), Ok(vec![(hub("b.example"), 1)]));
+        for i in 0..100 {
+            let key = format!("d{i}");
+            for policy in [AllocationPolicy::Static, AllocationPolicy::Hashed] {
+                assert_eq!(choose(policy, &input, &hubs, &key), Ok(hub("b.example")));
+            }
+        }
+        let err = NoHub::NoneLinked(rogue).to_string();
+        assert!(
+            err.contains("not linked") && err.contains("rogue.example"),
+            "{err}"
         );
     }
 

@@ -118,9 +118,7 @@ struct Matched<'a> {
 impl Registrar {
     /// A registrar over `store`.
     pub fn new(store: Store, config: RegistrarConfig) -> Result<Self, RegistrarError> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(RegistrarError::Setup)?;
+        let http = webhook::client().map_err(RegistrarError::Setup)?;
         let in_flight = Semaphore::new(config.max_in_flight);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -158,7 +156,9 @@ impl Registrar {
         &self.inner.diagnostics
     }
 
-    /// Records an attestation refusal (the device itself only learns "unauthorized").
+    /// Records an attestation refusal (the device itself only learns "unauthorized"). The
+    /// claimant did not authenticate, so its attempt cannot push out the history of devices
+    /// that did, unless the claimed id is one of theirs (it has a registration record).
     pub fn record_refusal(
         &self,
         claimed_registration_id: &str,
@@ -166,15 +166,24 @@ impl Registrar {
         refusal: &Refusal,
     ) {
         tracing::debug!(reason = refusal.reason.label(), "registration refused");
-        self.inner.diagnostics.record(
-            claimed_registration_id,
-            FailedAttempt {
-                time_utc: Timestamp::now(),
-                transport,
-                reason: refusal.reason.label(),
-                detail: refusal.detail.clone(),
-            },
-        );
+        let attempt = FailedAttempt {
+            time_utc: Timestamp::now(),
+            transport,
+            reason: refusal.reason.label(),
+            detail: refusal.detail.clone(),
+        };
+        let diagnostics = &self.inner.diagnostics;
+        if self
+            .inner
+            .store
+            .cache()
+            .registration(claimed_registration_id)
+            .is_some()
+        {
+            diagnostics.record_authenticated(claimed_registration_id, attempt);
+        } else {
+            diagnostics.record(claimed_registration_id, attempt);
+        }
     }
 
     /// Registers an attested device: the returned state is `assigned` (the record is durable
@@ -308,6 +317,14 @@ impl Registrar {
             ));
         };
         let offered: Vec<HubName> = allocation::candidates(&m.allocation, &config.linked_hubs)
+            .and_then(|c| {
+                if c.is_empty() {
+                    Err(NoHub::NoCandidates)
+                } else {
+                    Ok(c)
+                }
+            })
+            .map_err(|e| (RegistrarReason::NoHub, e.to_string()))?
             .into_iter()
             .map(|(h, _)| h)
             .collect();
@@ -340,6 +357,7 @@ impl Registrar {
         };
         webhook::call(
             &self.inner.http,
+            &config.webhook_policy,
             &def.webhook_url,
             config.webhook_timeout,
             &request,
@@ -357,7 +375,7 @@ impl Registrar {
         reason: RegistrarReason,
         detail: String,
     ) {
-        self.inner.diagnostics.record(
+        self.inner.diagnostics.record_authenticated(
             device.registration_id().as_str(),
             FailedAttempt {
                 time_utc: Timestamp::now(),

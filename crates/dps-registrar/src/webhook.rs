@@ -3,33 +3,58 @@
 
 use std::time::Duration;
 
-use dps_types::{EnrollmentGroup, HubName, IndividualEnrollment};
+use dps_types::{EnrollmentGroup, HubName, IndividualEnrollment, WebhookPolicy};
 use serde::{Deserialize, Serialize};
 
 /// The largest webhook response read; an allocation answer is a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// Why the webhook did not give a usable hub.
+/// Why the webhook did not give a usable hub. Each message is a short fixed reason: it is
+/// what the device and the failed-attempt diagnostics are told, so it never carries the URL
+/// (whose query holds the function key), the response body or a library's error text. Causes
+/// are kept as sources, with the URL stripped from HTTP client errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhookError {
-    /// Connection, TLS or timeout failure.
-    #[error("the allocation webhook could not be reached: {0}")]
+    /// The URL is refused by the configured [`dps_types::WebhookPolicy`] (checked before every
+    /// call, so enrollments stored before the policy changed are covered too).
+    #[error("the allocation webhook URL is not allowed by the webhook policy")]
+    NotAllowed(#[source] dps_types::TypeError),
+    /// Connection, TLS or protocol failure.
+    #[error("the allocation webhook could not be reached")]
     Unreachable(#[source] reqwest::Error),
-    /// A non-2xx status.
+    /// No complete answer within the configured timeout.
+    #[error("the allocation webhook did not answer in time")]
+    Timeout(#[source] reqwest::Error),
+    /// A 3xx answer: redirects are never followed, so a webhook cannot send the request on to
+    /// an address the policy would refuse.
+    #[error("the allocation webhook answered with a redirect, which is not followed")]
+    Redirected,
+    /// Another non-2xx status.
     #[error("the allocation webhook answered HTTP {0}")]
     Status(u16),
     /// Larger than the bound.
     #[error("the allocation webhook response is larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
     /// Not an `AllocationResponse`.
-    #[error("the allocation webhook response is not valid: {0}")]
+    #[error("the allocation webhook answered with an invalid allocation")]
     Invalid(#[source] serde_json::Error),
     /// The hub it named is not one of the candidates it was offered.
     #[error(
-        "the allocation webhook chose '{0}', which is not one of the linked hubs it was offered"
+        "the allocation webhook chose an IoT hub that is not one of the linked hubs it was offered"
     )]
-    HubNotOffered(String),
+    HubNotOffered,
+}
+
+impl WebhookError {
+    /// Classifies an HTTP client error, dropping the URL it carries.
+    fn from_client(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            WebhookError::Timeout(e.without_url())
+        } else {
+            WebhookError::Unreachable(e.without_url())
+        }
+    }
 }
 
 /// The enrollment in the request: keys are never sent.
@@ -92,26 +117,40 @@ pub struct Allocation {
     pub payload: Option<serde_json::Value>,
 }
 
-/// Calls `url` with `request` and validates the answer against `offered`.
+/// The HTTP client for webhooks: redirects are not followed (a 3xx is a failure).
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// Checks `url` against `policy`, then calls it with `request` and validates the answer
+/// against `offered`.
 pub async fn call(
     client: &reqwest::Client,
+    policy: &WebhookPolicy,
     url: &str,
     timeout: Duration,
     request: &AllocationRequest<'_>,
     offered: &[HubName],
 ) -> Result<Allocation, WebhookError> {
+    let url = policy.check(url).map_err(WebhookError::NotAllowed)?;
     let mut response = client
         .post(url)
         .timeout(timeout)
         .json(request)
         .send()
         .await
-        .map_err(WebhookError::Unreachable)?;
-    if !response.status().is_success() {
-        return Err(WebhookError::Status(response.status().as_u16()));
+        .map_err(WebhookError::from_client)?;
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(WebhookError::Redirected);
+    }
+    if !status.is_success() {
+        return Err(WebhookError::Status(status.as_u16()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(WebhookError::Unreachable)? {
+    while let Some(chunk) = response.chunk().await.map_err(WebhookError::from_client)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(WebhookError::TooLarge);
         }
@@ -122,9 +161,7 @@ pub async fn call(
     let hub = HubName::parse(&answer.iot_hub_host_name)
         .ok()
         .filter(|h| offered.contains(h))
-        .ok_or_else(|| {
-            WebhookError::HubNotOffered(answer.iot_hub_host_name.chars().take(256).collect())
-        })?;
+        .ok_or(WebhookError::HubNotOffered)?;
     Ok(Allocation {
         hub,
         payload: answer.payload,

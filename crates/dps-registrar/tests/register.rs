@@ -42,6 +42,8 @@ fn env_with(hubs: &[(&str, u32)], max_in_flight: usize) -> Env {
         .collect();
     let mut config = RegistrarConfig::new(scope.clone(), linked);
     config.max_in_flight = max_in_flight;
+    // The test webhooks below are plain-http servers on loopback.
+    config.webhook_policy.allow_http = true;
     let registrar = Registrar::new(store.clone(), config).unwrap();
     Env {
         _dir: dir,
@@ -312,7 +314,7 @@ async fn custom_webhook_choosing_an_unlinked_hub_fails_the_registration() {
     .await;
     let r = env.register("custom-2", &key()).await;
     assert_eq!(r.status, RegistrationStatus::Failed);
-    assert!(r.error_message.unwrap().contains("rogue.example.net"));
+    assert!(!r.error_message.unwrap().contains("rogue.example.net"));
     assert_eq!(
         env.registrar.diagnostics().attempts("custom-2")[0].reason,
         "webhook_failed"

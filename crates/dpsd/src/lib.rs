@@ -199,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     );
     registrar_config.default_allocation_policy = config.registration.default_allocation_policy;
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
+    registrar_config.webhook_policy = config.registration.webhook_policy.clone();
     registrar_config.max_in_flight = config.registration.max_in_flight;
     let registrar = dps_registrar::Registrar::new(store.clone(), registrar_config)
         .map_err(DpsdError::Registrar)?;

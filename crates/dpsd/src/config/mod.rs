@@ -99,6 +99,9 @@ pub struct RegistrationConfig {
     pub default_allocation_policy: dps_types::AllocationPolicy,
     /// Deadline for a custom allocation webhook.
     pub webhook_timeout: Duration,
+    /// Where custom allocation webhooks may point (`webhook_allow_http`,
+    /// `webhook_allowed_hosts`).
+    pub webhook_policy: dps_types::WebhookPolicy,
     /// Registrations in progress at once; beyond this devices are asked to retry (429).
     pub max_in_flight: usize,
 }
@@ -388,7 +391,29 @@ impl Config {
                 registrar.max_in_flight,
                 positive_count,
             ),
+            webhook_policy: dps_types::WebhookPolicy {
+                allow_http: r.take(
+                    &mut t,
+                    "registration",
+                    "webhook_allow_http",
+                    registrar.webhook_policy.allow_http,
+                ),
+                allowed_hosts: r.take(
+                    &mut t,
+                    "registration",
+                    "webhook_allowed_hosts",
+                    registrar.webhook_policy.allowed_hosts.clone(),
+                ),
+            },
         };
+        for host in &registration.webhook_policy.allowed_hosts {
+            if !is_plain_host(host) {
+                r.error(
+                    "registration.webhook_allowed_hosts",
+                    format!("'{host}' is not a host name or IP literal (like alloc.example.com or [::1])"),
+                );
+            }
+        }
         r.finish_table(t, "registration");
 
         let mut policies = Vec::new();
@@ -469,6 +494,15 @@ impl Config {
             log,
         })
     }
+}
+
+/// Whether `host` is exactly a host as a URL names it (a DNS name, an IPv4 literal or a
+/// bracketed IPv6 literal; any letter case), with no scheme, port, path or user.
+fn is_plain_host(host: &str) -> bool {
+    let any_host = dps_types::WebhookPolicy::default();
+    any_host
+        .check(&format!("https://{host}/"))
+        .is_ok_and(|url| url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
 }
 
 #[cfg(test)]
@@ -635,6 +669,53 @@ mod tests {
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
         assert_eq!(c.api.listen.port(), 2);
+    }
+
+    #[test]
+    fn webhook_policy_keys() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(
+            c.registration.webhook_policy,
+            dps_types::WebhookPolicy::default()
+        );
+        let c = parse(
+            "[registration]\nwebhook_allow_http = true\nwebhook_allowed_hosts = [\"Alloc.example.com\", \"[::1]\"]",
+            &[],
+            &Flags::default(),
+        )
+        .unwrap();
+        assert!(c.registration.webhook_policy.allow_http);
+        assert_eq!(
+            c.registration.webhook_policy.allowed_hosts,
+            ["Alloc.example.com", "[::1]"]
+        );
+        let c = parse(
+            "",
+            &[(
+                "DPSD_REGISTRATION_WEBHOOK_ALLOWED_HOSTS",
+                "a.example, 10.0.0.7",
+            )],
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.registration.webhook_policy.allowed_hosts,
+            ["a.example", "10.0.0.7"]
+        );
+        let err = parse(
+            "[registration]\nwebhook_allowed_hosts = [\"https://a.example/\", \"b.example:443\"]\nwebhook_allow_http = \"maybe\"",
+            &[],
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "'https://a.example/' is not a host",
+            "'b.example:443' is not a host",
+            "registration.webhook_allow_http",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in:\n{err}");
+        }
     }
 
     #[test]

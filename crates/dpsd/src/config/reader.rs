@@ -77,6 +77,27 @@ impl FromConfig for usize {
     }
 }
 
+/// A list of strings: a TOML array, or comma-separated override text (empty text is the empty
+/// list).
+impl FromConfig for Vec<String> {
+    const EXPECTED: &'static str = "a list of strings";
+    fn from_toml(v: &toml::Value) -> Option<Self> {
+        v.as_array()?
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect()
+    }
+    fn from_text(s: &str) -> Option<Self> {
+        Some(
+            s.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+}
+
 impl FromConfig for SocketAddr {
     const EXPECTED: &'static str = "an address like 0.0.0.0:8443";
     fn from_text(s: &str) -> Option<Self> {
