@@ -1,7 +1,10 @@
 //! Certificate parsing: the PEM, bare base64 or DER a client sends becomes a
 //! [`ParsedCertificate`] with the `X509CertificateInfo` DPS shows for it.
 //!
-//! This is parsing only: nothing here says a certificate is trusted.
+//! This is parsing only: nothing here says a certificate is trusted. What it does expose for
+//! trust decisions are facts: whether a certificate may sign other certificates
+//! ([`ParsedCertificate::check_can_issue`]) and whether one certificate names another as its
+//! issuer ([`ParsedCertificate::names_as_issuer`]).
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -11,6 +14,10 @@ use dps_types::{Timestamp, X509CertificateInfo};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::{
+    Oid, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+};
 
 use crate::AttestError;
 
@@ -41,6 +48,39 @@ pub struct ParsedCertificate {
     common_name: Option<String>,
     is_ca: bool,
     client_auth: bool,
+    key_cert_sign: bool,
+    link: IssuerLink,
+}
+
+/// What ties a certificate to the certificate that issued it (RFC 5280 §4.1.2.4, §4.2.1.1,
+/// §4.2.1.2): the DER of both names, compared byte for byte as rustls-webpki compares them,
+/// and the key identifiers that tell apart two CAs with one name.
+#[derive(Clone, PartialEq, Eq)]
+struct IssuerLink {
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+    subject_key_id: Option<Vec<u8>>,
+    authority_key_id: Option<Vec<u8>>,
+}
+
+/// Why a certificate may not sign other certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotAnIssuer {
+    /// It has no basicConstraints extension saying `CA:TRUE` (RFC 5280 §4.2.1.9).
+    NotCa,
+    /// Its keyUsage extension does not list `keyCertSign` (RFC 5280 §4.2.1.3), or is
+    /// malformed or repeated.
+    NoKeyCertSign,
+}
+
+impl std::fmt::Display for NotAnIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotAnIssuer::NotCa => "its basicConstraints do not say CA:TRUE",
+            NotAnIssuer::NoKeyCertSign => "its keyUsage does not allow keyCertSign",
+        })
+    }
 }
 
 impl ParsedCertificate {
@@ -78,11 +118,26 @@ impl ParsedCertificate {
             Ok(Some(eku)) => eku.value.client_auth,
             Err(_) => false,
         };
+        // RFC 5280 §4.2.1.3: without the extension any use is allowed; a malformed or
+        // repeated one allows nothing, as above.
+        let key_cert_sign = match cert.key_usage() {
+            Ok(None) => true,
+            Ok(Some(usage)) => usage.value.key_cert_sign(),
+            Err(_) => false,
+        };
+        let link = IssuerLink {
+            subject: cert.subject().as_raw().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
+            subject_key_id: key_identifier(&cert, &OID_X509_EXT_SUBJECT_KEY_IDENTIFIER),
+            authority_key_id: key_identifier(&cert, &OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
+        };
         Ok(Self {
             info: info(&cert, der),
             common_name,
             is_ca: cert.is_ca(),
             client_auth,
+            key_cert_sign,
+            link,
             der: der.to_vec(),
         })
     }
@@ -122,6 +177,45 @@ impl ParsedCertificate {
     /// Whether basicConstraints says `CA:TRUE`.
     pub fn is_ca(&self) -> bool {
         self.is_ca
+    }
+
+    /// Whether this certificate may sign other certificates: basicConstraints `CA:TRUE` and,
+    /// when it has a keyUsage extension, `keyCertSign`. An enrollment group's signing
+    /// certificate must pass, or whoever holds a leaf's key could mint device certificates.
+    pub fn check_can_issue(&self) -> Result<(), NotAnIssuer> {
+        if !self.is_ca {
+            Err(NotAnIssuer::NotCa)
+        } else if !self.key_cert_sign {
+            Err(NotAnIssuer::NoKeyCertSign)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether this certificate names `issuer` as the certificate that issued it: this
+    /// certificate's issuer name is `issuer`'s subject name (same DER), and, when both carry
+    /// one, the authority key identifier is `issuer`'s subject key identifier. This is a
+    /// link to follow when building a path, not a signature check.
+    pub fn names_as_issuer(&self, issuer: &ParsedCertificate) -> bool {
+        let key_ids_agree = match (&self.link.authority_key_id, &issuer.link.subject_key_id) {
+            (Some(authority), Some(subject)) => authority == subject,
+            _ => true,
+        };
+        self.link.issuer == issuer.link.subject && key_ids_agree
+    }
+}
+
+/// The key identifier in the subject or authority key identifier extension `oid`; `None`
+/// when the extension is absent, repeated or malformed (the link is then decided by names
+/// alone, and the signature check by rustls-webpki decides the rest).
+fn key_identifier(cert: &X509Certificate<'_>, oid: &Oid<'_>) -> Option<Vec<u8>> {
+    let extension = cert.get_extension_unique(oid).ok()??;
+    match extension.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+        ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+        }
+        _ => None,
     }
 }
 
@@ -206,7 +300,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::STANDARD;
-    use dps_test_util::{DeviceOptions, Eku, Signer, TestPki, Validity};
+    use dps_test_util::{DeviceOptions, Eku, IssuerFlaw, Signer, TestCa, TestPki, Validity};
 
     use super::*;
 
@@ -260,6 +354,31 @@ mod tests {
         assert!(ParsedCertificate::parse(&pki.intermediate_pem())
             .unwrap()
             .is_ca());
+    }
+
+    #[test]
+    fn who_may_issue_and_who_issued_whom() {
+        let pki = TestPki::new();
+        let parse = |der: &[u8]| ParsedCertificate::parse_der(der).unwrap();
+        let (root, intermediate) = (parse(&pki.root().der()), parse(&pki.intermediate().der()));
+        let leaf = parse(&pki.device("d").der);
+        assert_eq!(root.check_can_issue(), Ok(()));
+        assert_eq!(intermediate.check_can_issue(), Ok(()));
+        assert_eq!(leaf.check_can_issue(), Err(NotAnIssuer::NotCa));
+        let no_cert_sign =
+            TestCa::flawed_intermediate("Flawed", pki.root(), IssuerFlaw::NoKeyCertSign);
+        assert_eq!(
+            parse(&no_cert_sign.der()).check_can_issue(),
+            Err(NotAnIssuer::NoKeyCertSign)
+        );
+        assert!(leaf.names_as_issuer(&intermediate));
+        assert!(intermediate.names_as_issuer(&root));
+        assert!(root.names_as_issuer(&root), "self-issued");
+        assert!(!leaf.names_as_issuer(&root));
+        // Same name, another key: the key identifiers tell them apart.
+        let twin = parse(&TestPki::new().intermediate().der());
+        assert_eq!(twin.info().subject_name, intermediate.info().subject_name);
+        assert!(!leaf.names_as_issuer(&twin));
     }
 
     #[test]

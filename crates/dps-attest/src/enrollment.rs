@@ -102,14 +102,37 @@ fn prepare_group_x509(x509: &mut X509Attestation) -> Result<(), AttestError> {
             "an enrollment group takes attestation.x509.signingCertificates or \
              attestation.x509.caReferences, not both",
         )),
-        (Some(certificates), None) => {
-            fill_certificates(certificates, SIGNING_PRIMARY, SIGNING_SECONDARY)
-        }
+        (Some(certificates), None) => fill_signing_certificates(certificates),
         (None, Some(references)) => check_references(references),
         (None, None) => Err(AttestError::MissingMember {
             member: GROUP_X509_MEMBERS,
         }),
     }
+}
+
+/// Fills a group's signing certificates like [`fill_certificates`], and refuses one that may
+/// not sign certificates: a group trusts its certificate to issue every device's, so it must
+/// be a CA with `keyCertSign`, never a leaf.
+fn fill_signing_certificates(certificates: &mut X509Certificates) -> Result<(), AttestError> {
+    fill_certificates(certificates, SIGNING_PRIMARY, SIGNING_SECONDARY)?;
+    let slots = [
+        (SIGNING_PRIMARY, &certificates.primary),
+        (SIGNING_SECONDARY, &certificates.secondary),
+    ];
+    for (member, certificate) in slots {
+        let Some(text) = certificate.as_ref().and_then(|c| c.certificate.as_deref()) else {
+            continue;
+        };
+        let parsed =
+            ParsedCertificate::parse(text).map_err(|source| AttestError::InvalidCertificate {
+                member,
+                source: Box::new(source),
+            })?;
+        parsed
+            .check_can_issue()
+            .map_err(|why| AttestError::SigningCertificateNotCa { member, why })?;
+    }
+    Ok(())
 }
 
 /// Parses the primary (required) and secondary (optional) certificate and overwrites their
@@ -172,7 +195,7 @@ fn has_references(references: &X509CaReferences) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use dps_test_util::TestPki;
+    use dps_test_util::{IssuerFlaw, TestCa, TestPki};
     use serde_json::json;
 
     use super::*;
@@ -310,6 +333,31 @@ mod tests {
             "CN=DPS Test Intermediate CA, O=DPS Test"
         );
         assert_eq!(subject(&certs.secondary), "CN=DPS Test Root CA, O=DPS Test");
+    }
+
+    #[test]
+    fn group_signing_certificates_must_be_able_to_issue() {
+        let pki = TestPki::new();
+        let leaf = pki.device("not-a-ca").cert_pem;
+        let no_cert_sign =
+            TestCa::flawed_intermediate("No keyCertSign", pki.root(), IssuerFlaw::NoKeyCertSign);
+        let err = group_err(x509(json!({"signingCertificates": {
+            "primary": {"certificate": leaf}}})));
+        assert_eq!(
+            err,
+            format!(
+                "{SIGNING_PRIMARY} cannot be an enrollment group's signing certificate: its \
+                 basicConstraints do not say CA:TRUE; enroll the CA certificate that issues the \
+                 devices' certificates"
+            )
+        );
+        let err = group_err(x509(json!({"signingCertificates": {
+            "primary": {"certificate": pki.root_pem()},
+            "secondary": {"certificate": no_cert_sign.pem()}}})));
+        assert!(
+            err.starts_with(SIGNING_SECONDARY) && err.contains("does not allow keyCertSign"),
+            "{err}"
+        );
     }
 
     #[test]

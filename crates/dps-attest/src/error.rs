@@ -150,4 +150,16 @@ pub enum AttestError {
         #[source]
         source: Box<AttestError>,
     },
+    /// An enrollment group's signing certificate parses but may not sign certificates, so it
+    /// cannot be the CA of the group's devices.
+    #[error(
+        "{member} cannot be an enrollment group's signing certificate: {why}; enroll the CA \
+         certificate that issues the devices' certificates"
+    )]
+    SigningCertificateNotCa {
+        /// JSON path of the certificate.
+        member: &'static str,
+        /// What it lacks.
+        why: crate::NotAnIssuer,
+    },
 }

@@ -32,7 +32,7 @@ mod x509;
 #[cfg(test)]
 mod fixtures;
 
-pub use cert::ParsedCertificate;
+pub use cert::{NotAnIssuer, ParsedCertificate};
 pub use device::{AttestedDevice, MatchedEnrollment};
 pub use enrollment::{prepare_group, prepare_individual};
 pub use error::AttestError;

@@ -53,18 +53,22 @@ pub enum FailureReason {
     /// The individual X.509 enrollment of this registration id has neither the presented
     /// leaf as its primary nor as its secondary certificate.
     ThumbprintMismatch,
-    /// No enrollment group's signing certificate is in the presented chain or issued its top
-    /// certificate (or one with that name did, but with another key).
+    /// No enrollment group's signing certificate is on the issuer path from the leaf through
+    /// the presented certificates (or one with the right name is, but with another key).
     UnknownCa,
-    /// An enrollment group's signing certificate is in the presented chain or named as the
-    /// issuer of its top certificate, but no path from the leaf to it can be built from the
-    /// presented certificates: an intermediate is missing or out of place.
+    /// An enrollment group's signing certificate is among the presented certificates or named
+    /// as an issuer, but the presented certificates do not link the leaf to it: an
+    /// intermediate is missing.
     ChainIncomplete,
+    /// The enrollment group's signing certificate nearest the leaf may not sign certificates
+    /// (no basicConstraints `CA:TRUE`, or a keyUsage without `keyCertSign`): it was stored
+    /// before groups were checked for this, and is not trusted to issue devices.
+    GroupCertificateNotCa,
 }
 
 impl FailureReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [FailureReason; 17] = [
+    pub const ALL: [FailureReason; 18] = [
         FailureReason::NoClientCertificate,
         FailureReason::CertificateInvalid,
         FailureReason::CertificateExpired,
@@ -82,6 +86,7 @@ impl FailureReason {
         FailureReason::ThumbprintMismatch,
         FailureReason::UnknownCa,
         FailureReason::ChainIncomplete,
+        FailureReason::GroupCertificateNotCa,
     ];
 
     /// A stable snake_case name, for metric labels and logs.
@@ -104,6 +109,7 @@ impl FailureReason {
             FailureReason::ThumbprintMismatch => "thumbprint_mismatch",
             FailureReason::UnknownCa => "unknown_ca",
             FailureReason::ChainIncomplete => "chain_incomplete",
+            FailureReason::GroupCertificateNotCa => "group_certificate_not_ca",
         }
     }
 
@@ -117,6 +123,7 @@ impl FailureReason {
                 | FailureReason::ThumbprintMismatch
                 | FailureReason::UnknownCa
                 | FailureReason::ChainIncomplete
+                | FailureReason::GroupCertificateNotCa
         )
     }
 }
@@ -170,6 +177,10 @@ impl std::fmt::Display for FailureReason {
             FailureReason::ChainIncomplete => {
                 "the device's chain does not reach the enrollment group's signing certificate: \
                  an intermediate certificate is missing"
+            }
+            FailureReason::GroupCertificateNotCa => {
+                "the enrollment group's signing certificate is not a CA certificate and is not \
+                 trusted to issue device certificates"
             }
         })
     }

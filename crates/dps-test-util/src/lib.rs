@@ -5,14 +5,16 @@
 //! [`TestPki::device_with`] for expired, not-yet-valid, self-signed, root-signed or RSA-2048
 //! variants, or without the clientAuth extended key usage) and a TLS server certificate
 //! ([`TestPki::server`]). [`TestCa`] is one CA of such a PKI, or an unrelated one
-//! ([`TestPki::unrelated_ca`]) for "wrong CA" tests. [`MemoryLookup`] is an
+//! ([`TestPki::unrelated_ca`]) for "wrong CA" tests, or a certificate that signs without
+//! being allowed to ([`TestCa::flawed_intermediate`]). [`MemoryLookup`] is an
 //! `EnrollmentLookup` over plain vectors, for attestation tests and benchmarks.
 //!
 //! What it must never do: be a runtime dependency of any shipped crate (only
 //! `[dev-dependencies]` name it). Because it only runs inside tests, it panics on failure
 //! instead of returning errors: a PKI that cannot be built is a broken test environment.
 //!
-//! Main types: [`TestPki`], [`TestCa`], [`DeviceCert`], [`DeviceOptions`], [`MemoryLookup`].
+//! Main types: [`TestPki`], [`TestCa`], [`IssuerFlaw`], [`DeviceCert`], [`DeviceOptions`],
+//! [`MemoryLookup`].
 
 mod lookup;
 
@@ -114,6 +116,16 @@ pub struct DeviceOptions {
     pub eku: Eku,
 }
 
+/// What is wrong with an issuing certificate made by [`TestCa::flawed_intermediate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerFlaw {
+    /// basicConstraints `CA:FALSE` and a leaf's keyUsage: a device certificate whose key signs
+    /// other certificates anyway.
+    NotCa,
+    /// basicConstraints `CA:TRUE`, but a keyUsage extension without `keyCertSign`.
+    NoKeyCertSign,
+}
+
 /// One certificate authority: its certificate and the key that signs with it.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -145,9 +157,34 @@ impl TestCa {
     /// An intermediate CA (ECDSA P-256) signed by `parent` that may have `path_len` more CA
     /// levels below it (use 1 to hang another intermediate under it).
     pub fn intermediate_with_path_len(common_name: &str, parent: &TestCa, path_len: u8) -> Self {
-        let params = ca_params(common_name, BasicConstraints::Constrained(path_len));
+        Self::signed_by(
+            ca_params(common_name, BasicConstraints::Constrained(path_len)),
+            parent,
+        )
+    }
+
+    /// A certificate signed by `parent` that may not sign certificates (`flaw` says why), but
+    /// whose key is used to sign device certificates anyway: what a group certificate must
+    /// never be.
+    pub fn flawed_intermediate(common_name: &str, parent: &TestCa, flaw: IssuerFlaw) -> Self {
+        let mut params = ca_params(common_name, BasicConstraints::Constrained(0));
+        match flaw {
+            IssuerFlaw::NotCa => {
+                params.is_ca = IsCa::ExplicitNoCa;
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            }
+            IssuerFlaw::NoKeyCertSign => {
+                params.key_usages =
+                    vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+            }
+        }
+        Self::signed_by(params, parent)
+    }
+
+    /// An issuing certificate with `params`, signed by `parent`.
+    fn signed_by(params: CertificateParams, parent: &TestCa) -> Self {
         let issuer = CertifiedIssuer::signed_by(params, ecdsa_key(), &parent.issuer)
-            .expect("rcgen cannot sign an intermediate CA");
+            .expect("rcgen cannot sign an intermediate certificate");
         let chain_below_root = format!("{}{}", issuer.pem(), parent.chain_below_root);
         let mut chain_below_root_der = vec![issuer.der().to_vec()];
         chain_below_root_der.extend(parent.chain_below_root_der.iter().cloned());
@@ -426,5 +463,10 @@ mod tests {
         let deep = third.issue("d5", DeviceOptions::default());
         assert_eq!(deep.chain_der.len(), 3);
         assert_eq!(pem_blocks(&deep.chain_pem), 3);
+        for flaw in [IssuerFlaw::NotCa, IssuerFlaw::NoKeyCertSign] {
+            let flawed = TestCa::flawed_intermediate("Flawed", pki.root(), flaw);
+            let issued = flawed.issue("d6", DeviceOptions::default());
+            assert_eq!(issued.chain_der, vec![issued.der.clone(), flawed.der()]);
+        }
     }
 }

@@ -1,9 +1,12 @@
 use std::time::Duration;
 
 use dps_test_util::{
-    DeviceCert, DeviceOptions, Eku, KeyKind, MemoryLookup, Signer, TestCa, TestPki, Validity,
+    DeviceCert, DeviceOptions, Eku, IssuerFlaw, KeyKind, MemoryLookup, Signer, TestCa, TestPki,
+    Validity,
 };
-use dps_types::SymmetricKey;
+use dps_types::{EnrollmentGroup, SymmetricKey};
+use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::fixtures::{chain, disabled, sas_individual, x509_group, x509_individual};
@@ -274,14 +277,17 @@ fn chain_incomplete_and_forged_links() {
         FailureReason::ChainIncomplete,
     );
     assert!(detail.contains("intermediate"), "{detail}");
-    // The device sends an enrolled intermediate of the same name that did not sign its leaf.
+    // The device sends an enrolled intermediate of the same name that did not sign its leaf:
+    // its key identifier is not the leaf's authority key identifier, so it is no link; found
+    // by name, it fails the signature check.
     let twin = TestPki::new();
     let twin_intermediate = twin.intermediate().der();
     let lookup = MemoryLookup::new().with_group(x509_group("twin", &twin.intermediate_pem(), None));
-    refused(
+    let detail = refused(
         attest_x509(&[&device.der, &twin_intermediate], "dev", &lookup, now()),
-        FailureReason::CertificateInvalid,
+        FailureReason::UnknownCa,
     );
+    assert!(detail.contains("another key"), "{detail}");
 }
 
 #[test]
@@ -429,4 +435,192 @@ fn refusal_details_are_bounded() {
         FailureReason::RegistrationIdInvalid,
     );
     assert!(detail.len() < 400, "{}", detail.len());
+}
+
+/// Every order of `items`.
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.is_empty() {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for (index, first) in items.iter().enumerate() {
+        let mut rest = items.to_vec();
+        rest.remove(index);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            all.push(tail);
+        }
+    }
+    all
+}
+
+/// The leaf followed by `cas`, as a TLS client would send them.
+fn presented<'a>(leaf: &'a DeviceCert, cas: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    std::iter::once(leaf.der.as_slice())
+        .chain(cas.iter().copied())
+        .collect()
+}
+
+#[test]
+fn the_nearest_enrolled_certificate_decides_in_every_order() {
+    let pki = TestPki::new();
+    let device = pki.device("dev");
+    let (int, root) = (pki.intermediate().der(), pki.root().der());
+    // The enabled root group comes first in the lookup; the disabled intermediate group is
+    // nearer the leaf, so it decides and the registrar refuses the device.
+    let lookup = MemoryLookup::new()
+        .with_group(x509_group("root", &pki.root_pem(), None))
+        .with_group(disabled(x509_group("int", &pki.intermediate_pem(), None)));
+    let mut orders = permutations(&[int.as_slice(), root.as_slice()]);
+    orders.extend([vec![], vec![int.as_slice()], vec![root.as_slice()]]);
+    for cas in orders {
+        let attested = attest_x509(&presented(&device, &cas), "dev", &lookup, now()).unwrap();
+        assert_eq!(group_id(&attested), "int", "{} CA certificates", cas.len());
+        assert!(!attested.enrollment().is_enabled());
+        assert_eq!(signing_subject(&attested), INTERMEDIATE);
+    }
+}
+
+#[test]
+fn duplicated_certificates_change_nothing() {
+    let pki = TestPki::new();
+    let device = pki.device("dev");
+    let (int, root) = (pki.intermediate().der(), pki.root().der());
+    let lookup = MemoryLookup::new()
+        .with_group(x509_group("root", &pki.root_pem(), None))
+        .with_group(disabled(x509_group("int", &pki.intermediate_pem(), None)));
+    let chains: [&[&[u8]]; 4] = [
+        &[&root, &root, &int],
+        &[&root, &int, &int, &root],
+        &[&device.der, &root, &int],
+        &[&root, &device.der, &root],
+    ];
+    for cas in chains {
+        let attested = attest_x509(&presented(&device, cas), "dev", &lookup, now()).unwrap();
+        assert_eq!(group_id(&attested), "int");
+    }
+}
+
+#[test]
+fn unrelated_extra_certificates_are_ignored() {
+    let pki = TestPki::new();
+    let device = pki.device("dev");
+    let (int, root) = (pki.intermediate().der(), pki.root().der());
+    let other_ca = TestPki::unrelated_ca();
+    let other_leaf = other_ca.issue("other", DeviceOptions::default());
+    // A CA with the intermediate's name but another key: the leaf's authority key identifier
+    // rules it out as a link.
+    let twin_int = TestPki::new().intermediate().der();
+    let lookup = MemoryLookup::new()
+        .with_group(x509_group("root", &pki.root_pem(), None))
+        .with_group(x509_group("other", &other_ca.pem(), None))
+        .with_group(disabled(x509_group("int", &pki.intermediate_pem(), None)));
+    let extras = [other_ca.der(), other_leaf.der.clone(), twin_int];
+    for extra in &extras {
+        for cas in permutations(&[int.as_slice(), root.as_slice(), extra.as_slice()]) {
+            let attested = attest_x509(&presented(&device, &cas), "dev", &lookup, now()).unwrap();
+            assert_eq!(group_id(&attested), "int");
+        }
+    }
+    // Without the intermediate, the root is presented but unreachable from the leaf.
+    let detail = refused(
+        attest_x509(
+            &presented(&device, &[&other_ca.der(), &root]),
+            "dev",
+            &MemoryLookup::new().with_group(x509_group("root", &pki.root_pem(), None)),
+            now(),
+        ),
+        FailureReason::ChainIncomplete,
+    );
+    assert!(detail.contains("group 'root'"), "{detail}");
+}
+
+#[test]
+fn two_enrolled_intermediates_the_lower_one_decides() {
+    let pki = TestPki::new();
+    let int1 = TestCa::intermediate_with_path_len("Int1 CA", pki.root(), 1);
+    let int2 = TestCa::intermediate("Int2 CA", &int1);
+    let device = int2.issue("deep", DeviceOptions::default());
+    let (root_der, int1_der, int2_der) = (pki.root().der(), int1.der(), int2.der());
+    // Lookup order from the root down, the reverse of precedence.
+    let both = MemoryLookup::new()
+        .with_group(x509_group("root", &pki.root_pem(), None))
+        .with_group(x509_group("int1", &int1.pem(), None))
+        .with_group(x509_group("int2", &int2.pem(), None));
+    let without_int2 = MemoryLookup {
+        groups: both.groups[..2].to_vec(),
+        ..Default::default()
+    };
+    let cas = [
+        root_der.as_slice(),
+        int1_der.as_slice(),
+        int2_der.as_slice(),
+    ];
+    for order in permutations(&cas) {
+        let chain = presented(&device, &order);
+        let attested = attest_x509(&chain, "deep", &both, now()).unwrap();
+        assert_eq!(group_id(&attested), "int2");
+        let attested = attest_x509(&chain, "deep", &without_int2, now()).unwrap();
+        assert_eq!(group_id(&attested), "int1");
+    }
+}
+
+#[test]
+fn an_individual_enrollment_beats_groups_in_any_order() {
+    let pki = TestPki::new();
+    let device = pki.device("dev");
+    let (int, root) = (pki.intermediate().der(), pki.root().der());
+    let lookup = MemoryLookup::new()
+        .with_group(x509_group("root", &pki.root_pem(), None))
+        .with_group(disabled(x509_group("int", &pki.intermediate_pem(), None)))
+        .with_enrollment(x509_individual("dev", &device.cert_pem, None));
+    for cas in permutations(&[int.as_slice(), root.as_slice()]) {
+        let attested = attest_x509(&presented(&device, &cas), "dev", &lookup, now()).unwrap();
+        assert!(matches!(
+            attested.enrollment(),
+            MatchedEnrollment::Individual(_)
+        ));
+    }
+}
+
+/// A group holding `pem` as a store written before signing certificates were checked holds
+/// it: the certificate and its info, without `prepare_group`.
+fn stored_unchecked(id: &str, pem: &str) -> EnrollmentGroup {
+    let info = ParsedCertificate::parse(pem).unwrap().info();
+    let mut group: EnrollmentGroup = serde_json::from_value(json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {
+            "primary": {"certificate": pem, "info": info}}}}}))
+    .unwrap();
+    group.stamp(None, Timestamp::now());
+    group
+}
+
+#[test]
+fn a_group_certificate_that_is_not_a_ca_issues_no_device() {
+    let pki = TestPki::new();
+    for (flaw, why) in [
+        (IssuerFlaw::NotCa, "CA:TRUE"),
+        (IssuerFlaw::NoKeyCertSign, "keyCertSign"),
+    ] {
+        let rogue = TestCa::flawed_intermediate("Rogue", pki.root(), flaw);
+        let minted = rogue.issue("anyone", DeviceOptions::default());
+        let alone = MemoryLookup::new().with_group(stored_unchecked("rogue", &rogue.pem()));
+        // The root's group nearer the top changes nothing: the nearest certificate decides.
+        let with_root = alone
+            .clone()
+            .with_group(x509_group("root", &pki.root_pem(), None));
+        for lookup in [&alone, &with_root] {
+            for chain in [chain(&minted), vec![minted.der.as_slice()]] {
+                let detail = refused(
+                    attest_x509(&chain, "anyone", lookup, now()),
+                    FailureReason::GroupCertificateNotCa,
+                );
+                assert!(
+                    detail.contains("group 'rogue'") && detail.contains(why),
+                    "{detail}"
+                );
+            }
+        }
+    }
 }
