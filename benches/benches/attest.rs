@@ -9,14 +9,16 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dps_attest::{attest_sas, attest_x509, prepare_group, prepare_individual, SasToken, UnixTime};
+use dps_attest::{
+    attest_sas, attest_x509, prepare_group, prepare_individual, EnrollmentRules, SasToken, UnixTime,
+};
 use dps_test_util::{MemoryLookup, TestPki};
 use dps_types::{EnrollmentGroup, IdScope, IndividualEnrollment, SymmetricKey, Timestamp};
 use serde_json::json;
 
 fn sas_verify(c: &mut Criterion) {
     let key = SymmetricKey::generate();
-    let mut enrollment: IndividualEnrollment = serde_json::from_value(json!({
+    let enrollment: IndividualEnrollment = serde_json::from_value(json!({
         "registrationId": "bench-device",
         "attestation": {"type": "symmetricKey", "symmetricKey": {
             "primaryKey": key.expose_base64(),
@@ -24,7 +26,9 @@ fn sas_verify(c: &mut Criterion) {
         }},
     }))
     .unwrap_or_else(|e| panic!("enrollment JSON: {e}"));
-    prepare_individual(&mut enrollment).unwrap_or_else(|e| panic!("prepare: {e}"));
+    let mut enrollment = prepare_individual(enrollment, &EnrollmentRules::default())
+        .unwrap_or_else(|e| panic!("prepare: {e}"))
+        .into_inner();
     enrollment.stamp(None, Timestamp::now());
     let lookup = MemoryLookup::new().with_enrollment(enrollment);
     let scope = IdScope::parse("0ne00000A1B").unwrap_or_else(|e| panic!("{e}"));
@@ -49,14 +53,16 @@ fn sas_verify(c: &mut Criterion) {
 
 fn x509_chain_3(c: &mut Criterion) {
     let pki = TestPki::new();
-    let mut root_group: EnrollmentGroup = serde_json::from_value(json!({
+    let root_group: EnrollmentGroup = serde_json::from_value(json!({
         "enrollmentGroupId": "root-group",
         "attestation": {"type": "x509", "x509": {"signingCertificates": {
             "primary": {"certificate": pki.root_pem()},
         }}},
     }))
     .unwrap_or_else(|e| panic!("group JSON: {e}"));
-    prepare_group(&mut root_group).unwrap_or_else(|e| panic!("prepare: {e}"));
+    let mut root_group = prepare_group(root_group, &EnrollmentRules::default())
+        .unwrap_or_else(|e| panic!("prepare: {e}"))
+        .into_inner();
     root_group.stamp(None, Timestamp::now());
     let lookup = MemoryLookup::new().with_group(root_group);
     let device = pki.device("bench-device");

@@ -41,6 +41,8 @@ fn lookups(c: &mut Criterion) {
             while !stop.load(Ordering::Relaxed) {
                 let e = serde_json::from_slice(&dps_benches::enrollment_json(n % COUNT))
                     .unwrap_or_else(|e| panic!("{e}"));
+                let e = dps_attest::prepare_individual(e, &Default::default())
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let _ = runtime.block_on(store.put_enrollment(e, &Precondition::Any));
                 n += 1;
             }

@@ -52,6 +52,8 @@ fn register(c: &mut Criterion) {
                     "primaryKey": key.expose_base64(), "secondaryKey": key.expose_base64()}}
             }))
             .unwrap_or_else(|e| panic!("{e}"));
+            let e = dps_attest::prepare_individual(e, &registrar.enrollment_rules())
+                .unwrap_or_else(|e| panic!("{e}"));
             store
                 .put_enrollment(e, &Precondition::Any)
                 .await

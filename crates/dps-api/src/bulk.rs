@@ -99,7 +99,7 @@ async fn apply<R: Resource>(state: &ApiState, mode: BulkMode, item: Value) -> Re
             .await
             .map_err(|e| R::store_error(e, &id));
     }
-    let mut item: R = decode(item)?;
+    let item: R = decode(item)?;
     let pre = match (mode, item.etag()) {
         (BulkMode::Create, _) => Precondition::MustNotExist,
         (BulkMode::UpdateIfMatchEtag, Some(etag)) => {
@@ -112,7 +112,7 @@ async fn apply<R: Resource>(state: &ApiState, mode: BulkMode, item: Value) -> Re
         }
         (BulkMode::Update | BulkMode::Delete, _) => Precondition::Any,
     };
-    crate::resource::complete_and_prepare(store, &mut item)?;
+    let item = crate::resource::complete_and_prepare(state, item)?;
     let id = item.id().clone();
     R::put(store, item, &pre)
         .await

@@ -93,6 +93,15 @@ pub enum ApiError {
     /// The attestation mechanism is invalid (bad certificate, key, endorsement key...).
     #[error("invalid attestation: {0}")]
     InvalidAttestation(#[source] AttestError),
+    /// A setting the service cannot honour: a hub that is not linked, a custom allocation
+    /// policy without its webhook, a webhook URL the policy refuses. The message names the
+    /// member.
+    #[error("{0}")]
+    InvalidEnrollment(#[source] AttestError),
+    /// The `api-version` query parameter is missing or names a version this service does not
+    /// implement.
+    #[error("{0}")]
+    ApiVersion(String),
     /// A request header has a value this service cannot use.
     #[error("the {name} header {why}")]
     InvalidHeader {
@@ -189,12 +198,15 @@ impl ApiError {
             | E::TokenExpired { .. }
             | E::AudienceMismatch { .. }
             | E::MissingRight { .. } => ErrorCode::Unauthorized,
-            E::InvalidBody(_) | E::EmptyBody(_) | E::InvalidPath(_) | E::BodyRead(_) => {
-                ErrorCode::BadRequest
-            }
+            E::InvalidBody(_)
+            | E::EmptyBody(_)
+            | E::InvalidPath(_)
+            | E::BodyRead(_)
+            | E::ApiVersion(_) => ErrorCode::BadRequest,
             E::InvalidId(_)
             | E::IdMismatch { .. }
             | E::InvalidAttestation(_)
+            | E::InvalidEnrollment(_)
             | E::InvalidHeader { .. }
             | E::EmptyQuery
             | E::TooManyBulkItems { .. }
@@ -233,6 +245,17 @@ impl ApiError {
             StoreError::NotFound => not_found(),
             StoreError::PreconditionFailed => ApiError::PreconditionFailed(what),
             other => ApiError::Store(other),
+        }
+    }
+
+    /// Maps a refused preparation: the enrollment's settings (hubs, custom allocation) or
+    /// its attestation.
+    pub(crate) fn from_preparation(e: AttestError) -> ApiError {
+        match e {
+            AttestError::UnlinkedHub { .. }
+            | AttestError::CustomWithoutDefinition
+            | AttestError::WebhookUrlRefused(_) => ApiError::InvalidEnrollment(e),
+            e => ApiError::InvalidAttestation(e),
         }
     }
 

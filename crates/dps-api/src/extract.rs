@@ -5,6 +5,7 @@
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dps_store::Precondition;
 use dps_types::{EnrollmentGroupId, RegistrationId, TypeError};
@@ -21,6 +22,55 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page served, whatever the client asks: bounds the memory and time of one query
 /// response.
 const MAX_PAGE_SIZE: usize = 1000;
+
+/// The service api-versions this service answers: those the SDKs send (C `2018-04-01`,
+/// Python v1 `2018-09-01-preview`, C# `2019-03-31`, Python and Node `2021-10-01`, the
+/// swagger's version). Their enrollment JSON is the same model; a version outside this list
+/// could expect members this service does not know, so it is refused rather than guessed at.
+pub(crate) const API_VERSIONS: [&str; 4] = [
+    "2018-04-01",
+    "2018-09-01-preview",
+    "2019-03-31",
+    "2021-10-01",
+];
+
+/// Refuses a request whose `api-version` query parameter is missing, empty, repeated with
+/// different values, or not one of [`API_VERSIONS`], with a DPS 400 before anything else is
+/// looked at.
+pub(crate) async fn require_api_version(request: Request, next: Next) -> Response {
+    match check_api_version(request.uri().query()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_api_version(query: Option<&str>) -> Result<(), ApiError> {
+    let supported = API_VERSIONS.join(", ");
+    let mut found = None;
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !name.eq_ignore_ascii_case("api-version") {
+            continue;
+        }
+        if found.is_some_and(|f| f != value) {
+            return Err(ApiError::ApiVersion(format!(
+                "the api-version query parameter is given twice with different values; \
+                 send one of {supported}"
+            )));
+        }
+        found = Some(value);
+    }
+    match found {
+        Some(version) if API_VERSIONS.contains(&version) => Ok(()),
+        None | Some("") => Err(ApiError::ApiVersion(format!(
+            "the api-version query parameter is required; supported versions: {supported}"
+        ))),
+        Some(other) => Err(ApiError::ApiVersion(format!(
+            "api-version '{}' is not supported; supported versions: {supported}",
+            crate::error::truncated(other)
+        ))),
+    }
+}
 
 /// An id parsed from the one `{id}` path segment.
 pub(crate) struct IdPath<I>(pub I);
@@ -67,8 +117,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// `x-ms-max-item-count` (clamped to `1..=MAX_PAGE_SIZE`; zero or negative means the
-/// default) and `x-ms-continuation`.
+/// `x-ms-max-item-count` (at most `MAX_PAGE_SIZE`; zero means the default, a negative or
+/// non-numeric value is a 400) and `x-ms-continuation`.
 pub(crate) struct Paging {
     pub page_size: usize,
     pub continuation: Option<String>,
@@ -82,7 +132,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
         let page_size = match header_text(&parts.headers, COUNT, COUNT)? {
             None => DEFAULT_PAGE_SIZE,
             Some(text) => match text.parse::<i64>() {
-                Ok(n) if n <= 0 => DEFAULT_PAGE_SIZE,
+                Ok(0) => DEFAULT_PAGE_SIZE,
+                Ok(n) if n < 0 => {
+                    return Err(ApiError::InvalidHeader {
+                        name: COUNT,
+                        why: "is negative; send a page size from 1 to 1000, or 0 for the default",
+                    })
+                }
                 Ok(n) => usize::try_from(n).map_or(MAX_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE)),
                 Err(_) => {
                     return Err(ApiError::InvalidHeader {
@@ -258,6 +314,30 @@ mod tests {
             check_content_type(&h),
             Err(ApiError::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn api_versions() {
+        for ok in [
+            "api-version=2021-10-01",
+            "x=1&api-version=2018-04-01",
+            "API-Version=2019-03-31&api-version=2019-03-31",
+            "api-version=2018-09-01-preview",
+        ] {
+            assert!(check_api_version(Some(ok)).is_ok(), "{ok}");
+        }
+        let message = |q: Option<&str>| {
+            check_api_version(q)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(message(None).contains("is required"));
+        assert!(message(Some("api-version=")).contains("is required"));
+        assert!(message(Some("api-version")).contains("is required"));
+        assert!(message(Some("other=2021-10-01")).contains("is required"));
+        assert!(message(Some("api-version=2099-01-01")).contains("'2099-01-01' is not supported"));
+        assert!(message(Some("api-version=2021-10-01&api-version=2099-01-01")).contains("twice"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! bulk operations, queries with paging, device registration states) over a
 //! [`dps_store::Store`], checking each request's `SharedAccessSignature` against the configured
 //! [`SharedAccessPolicy`]s and their [`Rights`]. It is lenient where real clients differ (path
-//! case, trailing slashes, quoted or bare `If-Match`, any `api-version`, explicit nulls,
-//! unknown members) and strict where it matters (ids, keys, certificates, body size, time).
+//! case, trailing slashes, quoted or bare `If-Match`, every `api-version` an SDK sends,
+//! explicit nulls, unknown members) and strict where it matters (ids, keys, certificates,
+//! body size, time, the hubs and webhook an enrollment names: writes go through
+//! `dps_attest::prepare_*` with the service's [`EnrollmentRules`]).
 //! [`serve`] runs any such router on a TCP listener: a connection limit, a TLS handshake
 //! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`].
 //!
@@ -16,7 +18,7 @@
 //! signature or a key; return keys or certificate text anywhere but the
 //! attestation-mechanism operation; panic on anything a peer sends.
 //!
-//! Main types: [`ApiState`] (store, service host, policies), [`SharedAccessPolicy`],
+//! Main types: [`ApiState`] (store, service host, policies, enrollment rules), [`SharedAccessPolicy`],
 //! [`Rights`], [`HttpLimits`], and the crate's one error enum [`ApiError`], which renders as a
 //! DPS `ProvisioningServiceErrorDetails` response.
 
@@ -34,6 +36,7 @@ use std::sync::Arc;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use axum::Router;
+use dps_attest::EnrollmentRules;
 use dps_store::Store;
 use dps_types::{EnrollmentGroup, IndividualEnrollment};
 use tower::Layer;
@@ -56,6 +59,7 @@ pub struct ApiState {
     policies: Arc<[SharedAccessPolicy]>,
     max_body_bytes: usize,
     registrar: Option<dps_registrar::Registrar>,
+    rules: Arc<EnrollmentRules>,
 }
 
 impl ApiState {
@@ -74,12 +78,23 @@ impl ApiState {
             policies: policies.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             registrar: None,
+            rules: Arc::default(),
         }
     }
 
-    /// Adds the registration service, whose failed-attempt diagnostics the API serves.
+    /// Adds the registration service, whose failed-attempt diagnostics the API serves, and
+    /// takes its [`EnrollmentRules`] (linked hubs, webhook policy) for enrollment writes.
     pub fn with_registrar(mut self, registrar: dps_registrar::Registrar) -> ApiState {
+        self.rules = Arc::new(registrar.enrollment_rules());
         self.registrar = Some(registrar);
+        self
+    }
+
+    /// Sets the rules every written enrollment must follow (which hubs it may name, where its
+    /// webhook may point). Without a registrar or this call, no hub is linked: an enrollment
+    /// that names one is refused.
+    pub fn with_enrollment_rules(mut self, rules: EnrollmentRules) -> ApiState {
+        self.rules = Arc::new(rules);
         self
     }
 
@@ -110,13 +125,18 @@ impl ApiState {
     pub(crate) fn registrar(&self) -> Option<&dps_registrar::Registrar> {
         self.registrar.as_ref()
     }
+
+    pub(crate) fn rules(&self) -> &EnrollmentRules {
+        &self.rules
+    }
 }
 
 /// Every operation of the DPS service API, plus two that DPS lacks (failed-attempt
 /// diagnostics: `GET /registrations/{id}/attempts` and `GET /diagnostics/failures`). Paths are matched case-insensitively and with or
-/// without a trailing slash (see `normalize.rs`); the `api-version` query parameter is
-/// accepted with any value or none. Unknown paths answer 404 and known paths with another
-/// method 405, both with a DPS error body.
+/// without a trailing slash (see `normalize.rs`); every operation needs an `api-version`
+/// query parameter the SDKs send (`2018-04-01` to `2021-10-01`, see `extract.rs`), else 400.
+/// Unknown paths answer 404 and known paths with another method 405, both with a DPS error
+/// body.
 ///
 /// A path `/{enrollments|enrollmentGroups}/query` is always the query operation for `POST`;
 /// a record whose id is exactly `query` (lower case) cannot be read, replaced or deleted
@@ -156,6 +176,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/registrations/{id}/query", post(registrations::query))
         .route("/registrations/{id}/attempts", get(registrations::attempts))
         .route("/diagnostics/failures", get(registrations::failure_counts))
+        .route_layer(axum::middleware::from_fn(extract::require_api_version))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

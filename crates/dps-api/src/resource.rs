@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dps_attest::AttestError;
+use dps_attest::{AttestError, EnrollmentRules, Prepared};
 use dps_store::{Page, Precondition, Store, StoreError};
 use dps_types::{
     Attestation, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,
@@ -50,9 +50,9 @@ pub(crate) trait Resource:
     fn id(&self) -> &Self::Id;
     /// The same, to complete a request from the stored record.
     fn attestation_mut(&mut self) -> &mut Attestation;
-    /// Drops what clients may not set and checks and completes the attestation (certificates
-    /// parsed, their `info` filled in).
-    fn prepare(&mut self) -> Result<(), AttestError>;
+    /// Drops what clients may not set, checks and completes the attestation (certificates
+    /// parsed, their `info` filled in) and checks the settings against `rules`.
+    fn prepare(self, rules: &EnrollmentRules) -> Result<Prepared<Self>, AttestError>;
     /// The record as responses show it: no keys, no certificate text.
     fn redacted(&self) -> Self;
     /// The record as a create or replace answers: keys included, no certificate text.
@@ -71,7 +71,7 @@ pub(crate) trait Resource:
     /// Writes durably.
     fn put(
         store: &Store,
-        item: Self,
+        item: Prepared<Self>,
         pre: &Precondition,
     ) -> impl Future<Output = Result<Arc<Self>, StoreError>> + Send;
     /// Deletes durably.
@@ -126,9 +126,9 @@ impl Resource for IndividualEnrollment {
     fn attestation_mut(&mut self) -> &mut Attestation {
         &mut self.attestation
     }
-    fn prepare(&mut self) -> Result<(), AttestError> {
+    fn prepare(mut self, rules: &EnrollmentRules) -> Result<Prepared<Self>, AttestError> {
         self.registration_state = None;
-        dps_attest::prepare_individual(self)
+        dps_attest::prepare_individual(self, rules)
     }
     fn redacted(&self) -> Self {
         IndividualEnrollment::redacted(self)
@@ -157,7 +157,7 @@ impl Resource for IndividualEnrollment {
     }
     fn put(
         store: &Store,
-        item: Self,
+        item: Prepared<Self>,
         pre: &Precondition,
     ) -> impl Future<Output = Result<Arc<Self>, StoreError>> + Send {
         store.put_enrollment(item, pre)
@@ -207,8 +207,8 @@ impl Resource for EnrollmentGroup {
     fn attestation_mut(&mut self) -> &mut Attestation {
         &mut self.attestation
     }
-    fn prepare(&mut self) -> Result<(), AttestError> {
-        dps_attest::prepare_group(self)
+    fn prepare(self, rules: &EnrollmentRules) -> Result<Prepared<Self>, AttestError> {
+        dps_attest::prepare_group(self, rules)
     }
     fn redacted(&self) -> Self {
         EnrollmentGroup::redacted(self)
@@ -227,7 +227,7 @@ impl Resource for EnrollmentGroup {
     }
     fn put(
         store: &Store,
-        item: Self,
+        item: Prepared<Self>,
         pre: &Precondition,
     ) -> impl Future<Output = Result<Arc<Self>, StoreError>> + Send {
         store.put_group(item, pre)
@@ -311,24 +311,26 @@ pub(crate) async fn put<R: Resource>(
     IfMatch(pre): IfMatch,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let mut item: R = item_from_body(&id, body)?;
-    complete_and_prepare(state.store(), &mut item)?;
+    let item: R = item_from_body(&id, body)?;
+    let item = complete_and_prepare(&state, item)?;
     let stored = R::put(state.store(), item, &pre)
         .await
         .map_err(|e| R::put_error(e, &id))?;
     json(&stored.write_response())
 }
 
-/// Fills certificate text a get-modify-put left out from the stored record, then validates.
+/// Fills certificate text a get-modify-put left out from the stored record, then validates
+/// against the service's rules: the one way a request becomes something the store accepts.
 pub(crate) fn complete_and_prepare<R: Resource>(
-    store: &Store,
-    item: &mut R,
-) -> Result<(), ApiError> {
-    if let Some(stored) = R::load(store, item.id()) {
+    state: &ApiState,
+    mut item: R,
+) -> Result<Prepared<R>, ApiError> {
+    if let Some(stored) = R::load(state.store(), item.id()) {
         item.attestation_mut()
             .restore_certificates_from(stored.attestation());
     }
-    item.prepare().map_err(ApiError::InvalidAttestation)
+    item.prepare(state.rules())
+        .map_err(ApiError::from_preparation)
 }
 
 /// `DELETE /{resource}/{id}`: 204, with `If-Match` only when the etag matches.

@@ -1,6 +1,8 @@
 //! The service API driven through `router()` without a socket, with real SAS tokens.
 
 mod common;
+#[path = "api/writes.rs"]
+mod writes;
 
 use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD;

@@ -243,7 +243,7 @@ async fn a_stalled_body_is_answered_408_even_during_shutdown() {
     let mut server = start(limits()).await;
     let mut stream = server.tls().await;
     let head = format!(
-        "PUT /enrollments/dev-1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+        "PUT /enrollments/dev-1?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"attestation\"",
         server.token
     );

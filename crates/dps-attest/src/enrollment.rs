@@ -1,5 +1,6 @@
-//! Validation of an enrollment's attestation before it is stored: the service API calls
-//! [`prepare_individual`] or [`prepare_group`] on every write.
+//! Validation of an enrollment before it is stored: every writer (service API, portal) calls
+//! [`prepare_individual`] or [`prepare_group`], and the store takes only their [`Prepared`]
+//! result.
 //!
 //! Certificates are parsed and their `info` (re)computed here, overwriting whatever the client
 //! sent. Nothing here decides trust: a device certificate whose CN differs from the
@@ -10,7 +11,7 @@ use dps_types::{
     X509CertificateWithInfo, X509Certificates,
 };
 
-use crate::{AttestError, ParsedCertificate};
+use crate::{AttestError, EnrollmentRules, ParsedCertificate, Prepared};
 
 const NONE_UNSUPPORTED: &str = "attestation type none is not supported";
 const GROUP_TPM_UNSUPPORTED: &str = "enrollment groups do not support TPM attestation";
@@ -25,33 +26,48 @@ const CA_SECONDARY: &str = "attestation.x509.caReferences.secondary";
 const GROUP_X509_MEMBERS: &str =
     "attestation.x509.signingCertificates.primary.certificate or attestation.x509.caReferences.primary";
 
-/// Checks an individual enrollment's attestation and fills the `info` of its certificates.
+/// Checks an individual enrollment before it is stored and fills the `info` of its
+/// certificates; the [`Prepared`] result is what the store accepts.
 ///
 /// X.509: `clientCertificates.primary.certificate` is required, `secondary` optional, and
 /// both must parse; `signingCertificates` and `caReferences` belong to groups. TPM (the
 /// endorsement key was checked when the JSON was read) and symmetric keys (generated when
-/// the record is stamped) need nothing here. `none` is refused.
-pub fn prepare_individual(enrollment: &mut IndividualEnrollment) -> Result<(), AttestError> {
+/// the record is stamped) need nothing here. `none` is refused. Then the settings must follow
+/// `rules`: hubs linked, a `custom` policy with its definition, the webhook URL allowed.
+pub fn prepare_individual(
+    mut enrollment: IndividualEnrollment,
+    rules: &EnrollmentRules,
+) -> Result<Prepared<IndividualEnrollment>, AttestError> {
     match &mut enrollment.attestation {
-        Attestation::None => Err(AttestError::UnsupportedAttestation(NONE_UNSUPPORTED)),
-        Attestation::Tpm(_) | Attestation::SymmetricKey(_) => Ok(()),
-        Attestation::X509(x509) => prepare_individual_x509(x509),
+        Attestation::None => return Err(AttestError::UnsupportedAttestation(NONE_UNSUPPORTED)),
+        Attestation::Tpm(_) | Attestation::SymmetricKey(_) => {}
+        Attestation::X509(x509) => prepare_individual_x509(x509)?,
     }
+    rules.check(&enrollment)?;
+    Ok(Prepared::new(enrollment))
 }
 
-/// Checks an enrollment group's attestation and fills the `info` of its certificates.
+/// Checks an enrollment group before it is stored and fills the `info` of its certificates;
+/// the [`Prepared`] result is what the store accepts.
 ///
 /// X.509: `signingCertificates.primary.certificate` (parsed, `secondary` optional) or
 /// `caReferences.primary`, not both; `clientCertificates` belong to individual enrollments.
 /// Symmetric keys need nothing here. TPM and `none` are refused: DPS groups do not support
-/// them.
-pub fn prepare_group(group: &mut EnrollmentGroup) -> Result<(), AttestError> {
+/// them. Then the settings must follow `rules`, as for [`prepare_individual`].
+pub fn prepare_group(
+    mut group: EnrollmentGroup,
+    rules: &EnrollmentRules,
+) -> Result<Prepared<EnrollmentGroup>, AttestError> {
     match &mut group.attestation {
-        Attestation::None => Err(AttestError::UnsupportedAttestation(NONE_UNSUPPORTED)),
-        Attestation::Tpm(_) => Err(AttestError::UnsupportedAttestation(GROUP_TPM_UNSUPPORTED)),
-        Attestation::SymmetricKey(_) => Ok(()),
-        Attestation::X509(x509) => prepare_group_x509(x509),
+        Attestation::None => return Err(AttestError::UnsupportedAttestation(NONE_UNSUPPORTED)),
+        Attestation::Tpm(_) => {
+            return Err(AttestError::UnsupportedAttestation(GROUP_TPM_UNSUPPORTED))
+        }
+        Attestation::SymmetricKey(_) => {}
+        Attestation::X509(x509) => prepare_group_x509(x509)?,
     }
+    rules.check(&group)?;
+    Ok(Prepared::new(group))
 }
 
 fn prepare_individual_x509(x509: &mut X509Attestation) -> Result<(), AttestError> {
@@ -200,6 +216,10 @@ mod tests {
 
     use super::*;
 
+    fn no_hubs() -> EnrollmentRules {
+        EnrollmentRules::default()
+    }
+
     fn individual(attestation: serde_json::Value) -> IndividualEnrollment {
         serde_json::from_value(json!({"registrationId": "my-device", "attestation": attestation}))
             .unwrap()
@@ -230,10 +250,10 @@ mod tests {
             "sha256Thumbprint": "00", "issuerName": "CN=lies",
             "notBeforeUtc": "2000-01-01T00:00:00Z", "notAfterUtc": "2000-01-01T00:00:00Z",
             "serialNumber": "00", "version": 1});
-        let mut e = individual(x509(json!({"clientCertificates": {
+        let e = individual(x509(json!({"clientCertificates": {
             "primary": {"certificate": primary.cert_pem, "info": bogus_info},
             "secondary": {"certificate": secondary.cert_pem}}})));
-        prepare_individual(&mut e).unwrap();
+        let e = prepare_individual(e, &no_hubs()).unwrap();
         let certs = client_certs(&e);
         let info = certs.primary.as_ref().unwrap().info.as_ref().unwrap();
         assert_eq!(info.subject_name, "CN=my-device");
@@ -246,7 +266,7 @@ mod tests {
     }
 
     fn individual_err(attestation: serde_json::Value) -> String {
-        prepare_individual(&mut individual(attestation))
+        prepare_individual(individual(attestation), &no_hubs())
             .unwrap_err()
             .to_string()
     }
@@ -285,10 +305,10 @@ mod tests {
     #[test]
     fn individual_x509_tolerates_empty_group_members() {
         let cert = TestPki::new().device("my-device").cert_pem;
-        let mut e = individual(x509(json!({
+        let e = individual(x509(json!({
             "clientCertificates": {"primary": {"certificate": cert}},
             "signingCertificates": {}, "caReferences": {"primary": null}})));
-        prepare_individual(&mut e).unwrap();
+        prepare_individual(e, &no_hubs()).unwrap();
     }
 
     #[test]
@@ -296,14 +316,14 @@ mod tests {
         let mut ek = vec![0x00, 0x04];
         ek.extend([1, 2, 3, 4]);
         let ek = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ek);
-        let mut tpm = individual(json!({"type": "tpm", "tpm": {"endorsementKey": ek}}));
-        prepare_individual(&mut tpm).unwrap();
-        let mut sym = individual(json!({"type": "symmetricKey"}));
-        prepare_individual(&mut sym).unwrap();
+        let tpm = individual(json!({"type": "tpm", "tpm": {"endorsementKey": ek}}));
+        prepare_individual(tpm, &no_hubs()).unwrap();
+        let sym = individual(json!({"type": "symmetricKey"}));
+        prepare_individual(sym, &no_hubs()).unwrap();
     }
 
     fn group_err(attestation: serde_json::Value) -> String {
-        prepare_group(&mut group(attestation))
+        prepare_group(group(attestation), &no_hubs())
             .unwrap_err()
             .to_string()
     }
@@ -311,10 +331,10 @@ mod tests {
     #[test]
     fn group_x509_signing_certificates() {
         let pki = TestPki::new();
-        let mut g = group(x509(json!({"signingCertificates": {
+        let g = group(x509(json!({"signingCertificates": {
             "primary": {"certificate": pki.intermediate_pem()},
             "secondary": {"certificate": pki.root_pem()}}})));
-        prepare_group(&mut g).unwrap();
+        let g = prepare_group(g, &no_hubs()).unwrap();
         let Attestation::X509(x) = &g.attestation else {
             panic!("not x509")
         };
@@ -362,9 +382,9 @@ mod tests {
 
     #[test]
     fn group_x509_ca_references() {
-        let mut g = group(x509(json!({"caReferences": {"primary": "my-root"},
+        let g = group(x509(json!({"caReferences": {"primary": "my-root"},
             "clientCertificates": {}})));
-        prepare_group(&mut g).unwrap();
+        prepare_group(g, &no_hubs()).unwrap();
         let err = group_err(x509(
             json!({"caReferences": {"primary": "a", "secondary": " "}}),
         ));
@@ -407,6 +427,6 @@ mod tests {
             GROUP_TPM_UNSUPPORTED
         );
         assert_eq!(group_err(json!({"type": "none"})), NONE_UNSUPPORTED);
-        prepare_group(&mut group(json!({"type": "symmetricKey"}))).unwrap();
+        prepare_group(group(json!({"type": "symmetricKey"})), &no_hubs()).unwrap();
     }
 }

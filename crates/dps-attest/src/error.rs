@@ -10,7 +10,8 @@ use x509_parser::error::X509Error;
 ///
 /// `Sas*` variants: a `SharedAccessSignature` is malformed, wrong or expired (the peer is at
 /// fault; answer 401). `Certificate*`, `Pem*` and `Der*` variants: certificate text that does
-/// not parse. The rest: an enrollment whose attestation cannot be stored (answer 400).
+/// not parse. The rest: an enrollment whose attestation or settings (hubs, custom allocation)
+/// cannot be stored (answer 400).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
@@ -162,4 +163,20 @@ pub enum AttestError {
         /// What it lacks.
         why: crate::NotAnIssuer,
     },
+    /// `iotHubs` or `iotHubHostName` names a hub this service is not linked to.
+    #[error("{member} names '{hub}', which is not a linked IoT hub of this service")]
+    UnlinkedHub {
+        /// `iotHubs` or `iotHubHostName`.
+        member: &'static str,
+        /// The hub as named (a validated host name, bounded by its grammar).
+        hub: String,
+    },
+    /// `allocationPolicy` is `custom` but there is no webhook to ask.
+    #[error(
+        "allocationPolicy custom needs a customAllocationDefinition (webhookUrl and apiVersion)"
+    )]
+    CustomWithoutDefinition,
+    /// `customAllocationDefinition.webhookUrl` is not a URL the webhook policy allows.
+    #[error("customAllocationDefinition.webhookUrl: {0}")]
+    WebhookUrlRefused(#[source] dps_types::TypeError),
 }

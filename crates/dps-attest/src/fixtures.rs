@@ -6,7 +6,7 @@ use dps_types::{
 };
 use serde_json::{json, Value};
 
-use crate::{prepare_group, prepare_individual};
+use crate::{prepare_group, prepare_individual, EnrollmentRules};
 
 /// The chain a TLS client sends, as `attest_x509` takes it.
 pub fn chain(device: &DeviceCert) -> Vec<&[u8]> {
@@ -22,18 +22,22 @@ fn certificates(primary: &str, secondary: Option<&str>) -> Value {
 }
 
 fn individual(id: &str, attestation: Value) -> IndividualEnrollment {
-    let mut e: IndividualEnrollment =
+    let e: IndividualEnrollment =
         serde_json::from_value(json!({"registrationId": id, "attestation": attestation})).unwrap();
-    prepare_individual(&mut e).unwrap();
+    let mut e = prepare_individual(e, &EnrollmentRules::default())
+        .unwrap()
+        .into_inner();
     e.stamp(None, Timestamp::now());
     e
 }
 
 fn group(id: &str, attestation: Value) -> EnrollmentGroup {
-    let mut g: EnrollmentGroup =
+    let g: EnrollmentGroup =
         serde_json::from_value(json!({"enrollmentGroupId": id, "attestation": attestation}))
             .unwrap();
-    prepare_group(&mut g).unwrap();
+    let mut g = prepare_group(g, &EnrollmentRules::default())
+        .unwrap()
+        .into_inner();
     g.stamp(None, Timestamp::now());
     g
 }

@@ -3,7 +3,8 @@
 //!
 //! What it does: parses and verifies `SharedAccessSignature` tokens and derives group device
 //! keys ([`sas`]); parses X.509 certificates and computes the `X509CertificateInfo` DPS shows
-//! ([`cert`]); validates the attestation of every enrollment before it is stored
+//! ([`cert`]); validates every enrollment before it is stored, its attestation and the hubs
+//! and webhook it names against the service's [`EnrollmentRules`], into a [`Prepared`] record
 //! ([`enrollment`]); proves a TLS client holds its certificate's key ([`PossessionVerifier`]);
 //! and attests devices, by SAS token ([`attest_sas`]) or certificate chain ([`attest_x509`]),
 //! against the enrollments an [`EnrollmentLookup`](dps_types::EnrollmentLookup) shows, into an
@@ -14,7 +15,7 @@
 //! argument (`now_unix`, `now`) so tests and callers control the clock; no state outlives a
 //! call.
 //!
-//! Main types: [`AttestedDevice`], the proof type only this crate can build;
+//! Main types: [`AttestedDevice`] and [`Prepared`], the proof types only this crate can build;
 //! [`FailureReason`] and [`Refusal`]; [`PossessionVerifier`]; [`SasToken`];
 //! [`ParsedCertificate`]; and [`AttestError`], the error enum of credential and enrollment
 //! parsing.
@@ -24,6 +25,7 @@ mod device;
 pub mod enrollment;
 mod error;
 mod refusal;
+mod rules;
 pub mod sas;
 mod symmetric_key;
 mod verifier;
@@ -37,6 +39,7 @@ pub use device::{AttestedDevice, MatchedEnrollment};
 pub use enrollment::{prepare_group, prepare_individual};
 pub use error::AttestError;
 pub use refusal::{FailureReason, Refusal};
+pub use rules::{EnrollmentRules, Prepared};
 /// The clock type of [`attest_x509`], re-exported so callers need not name rustls.
 pub use rustls::pki_types::UnixTime;
 pub use sas::{derive_device_key, SasToken};

@@ -317,7 +317,7 @@ pub(crate) async fn create_group(
 ) -> Result<Response, PortalError> {
     writable(&auth, &data)?;
     let form = EnrollmentForm::from_data(&data);
-    let mut errors = match form::new_group(&form) {
+    let mut errors = match form::new_group(&form, state.rules()) {
         Ok(group) => {
             let id = group.enrollment_group_id.to_string();
             match state
@@ -349,7 +349,7 @@ pub(crate) async fn create_individual(
 ) -> Result<Response, PortalError> {
     writable(&auth, &data)?;
     let form = EnrollmentForm::from_data(&data);
-    let mut errors = match form::new_individual(&form) {
+    let mut errors = match form::new_individual(&form, state.rules()) {
         Ok(enrollment) => {
             let id = enrollment.registration_id.to_string();
             let field = if form.mechanism == "x509" {
@@ -476,7 +476,7 @@ pub(crate) async fn update(
         Kind::Groups => {
             let gid = EnrollmentGroupId::parse(&id).map_err(|_| PortalError::NotFound)?;
             let stored = state.store().group(&gid).ok_or(PortalError::NotFound)?;
-            match form::update_group(&stored, &form) {
+            match form::update_group(&stored, &form, state.rules()) {
                 Ok(g) => state.store().put_group(g, &pre).await.map(drop),
                 Err(errors) => return Ok(invalid(&state, &auth, kind, &summary, &form, errors)),
             }
@@ -487,7 +487,7 @@ pub(crate) async fn update(
                 .store()
                 .enrollment(&rid)
                 .ok_or(PortalError::NotFound)?;
-            match form::update_individual(&stored, &form) {
+            match form::update_individual(&stored, &form, state.rules()) {
                 Ok(e) => state.store().put_enrollment(e, &pre).await.map(drop),
                 Err(errors) => return Ok(invalid(&state, &auth, kind, &summary, &form, errors)),
             }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
 use axum::Form;
 use base64::Engine;
-use dps_attest::ParsedCertificate;
+use dps_attest::{AttestError, EnrollmentRules, ParsedCertificate, Prepared};
 use dps_types::{
     AllocationPolicy, Attestation, CustomAllocationDefinition, DeviceCapabilities, DeviceId,
     EndorsementKey, EnrollmentGroup, EnrollmentGroupId, EnrollmentSettings, HubName,
@@ -527,8 +527,11 @@ fn certificates(
     Some((certificates, parsed_primary))
 }
 
-/// A new enrollment group from the add form.
-pub(crate) fn new_group(form: &EnrollmentForm) -> Result<EnrollmentGroup, FieldErrors> {
+/// A new enrollment group from the add form, prepared for the store under `rules`.
+pub(crate) fn new_group(
+    form: &EnrollmentForm,
+    rules: &EnrollmentRules,
+) -> Result<Prepared<EnrollmentGroup>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let id = match EnrollmentGroupId::parse(&form.id) {
         Ok(id) => Some(id),
@@ -562,7 +565,7 @@ pub(crate) fn new_group(form: &EnrollmentForm) -> Result<EnrollmentGroup, FieldE
     else {
         return Err(errors);
     };
-    let mut group = EnrollmentGroup {
+    let group = EnrollmentGroup {
         enrollment_group_id: id,
         attestation,
         capabilities: Some(c.capabilities),
@@ -577,12 +580,14 @@ pub(crate) fn new_group(form: &EnrollmentForm) -> Result<EnrollmentGroup, FieldE
         iot_hubs: c.iot_hubs,
         custom_allocation_definition: c.custom,
     };
-    dps_attest::prepare_group(&mut group).map_err(|e| attestation_error(&form.mechanism, e))?;
-    Ok(group)
+    dps_attest::prepare_group(group, rules).map_err(|e| preparation_error(form, e))
 }
 
-/// A new individual enrollment from the add form.
-pub(crate) fn new_individual(form: &EnrollmentForm) -> Result<IndividualEnrollment, FieldErrors> {
+/// A new individual enrollment from the add form, prepared for the store under `rules`.
+pub(crate) fn new_individual(
+    form: &EnrollmentForm,
+    rules: &EnrollmentRules,
+) -> Result<Prepared<IndividualEnrollment>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let parse_id = |errors: &mut FieldErrors| match RegistrationId::parse(&form.id) {
         Ok(id) => Some(id),
@@ -659,7 +664,7 @@ pub(crate) fn new_individual(form: &EnrollmentForm) -> Result<IndividualEnrollme
     else {
         return Err(errors);
     };
-    let mut enrollment = IndividualEnrollment {
+    let enrollment = IndividualEnrollment {
         registration_id: id,
         device_id,
         registration_state: None,
@@ -677,9 +682,7 @@ pub(crate) fn new_individual(form: &EnrollmentForm) -> Result<IndividualEnrollme
         iot_hubs: c.iot_hubs,
         custom_allocation_definition: c.custom,
     };
-    dps_attest::prepare_individual(&mut enrollment)
-        .map_err(|e| attestation_error(&form.mechanism, e))?;
-    Ok(enrollment)
+    dps_attest::prepare_individual(enrollment, rules).map_err(|e| preparation_error(form, e))
 }
 
 fn parse_device_id(form: &EnrollmentForm, errors: &mut FieldErrors) -> Option<DeviceId> {
@@ -691,20 +694,29 @@ fn parse_device_id(form: &EnrollmentForm, errors: &mut FieldErrors) -> Option<De
         .ok()
 }
 
-fn attestation_error(mechanism: &str, e: dps_attest::AttestError) -> FieldErrors {
-    let field = match mechanism {
-        "x509" => "primary_cert",
-        "tpm" => "endorsement_key",
+/// Puts a refused preparation next to the field it is about: the hubs, the webhook, or the
+/// attestation.
+fn preparation_error(form: &EnrollmentForm, e: AttestError) -> FieldErrors {
+    let field = match (&e, form.allocation_policy.as_str(), form.mechanism.as_str()) {
+        (AttestError::UnlinkedHub { .. }, "static", _) => "static_hub",
+        (AttestError::UnlinkedHub { .. }, _, _) => "iot_hubs",
+        (AttestError::CustomWithoutDefinition | AttestError::WebhookUrlRefused(_), _, _) => {
+            "webhook_url"
+        }
+        (_, _, "x509") => "primary_cert",
+        (_, _, "tpm") => "endorsement_key",
         _ => "mechanism",
     };
     FieldErrors::from([(field, e.to_string())])
 }
 
-/// The stored group with the form's changeable fields (attestation and credentials kept).
+/// The stored group with the form's changeable fields (attestation and credentials kept),
+/// prepared for the store under `rules`.
 pub(crate) fn update_group(
     stored: &EnrollmentGroup,
     form: &EnrollmentForm,
-) -> Result<EnrollmentGroup, FieldErrors> {
+    rules: &EnrollmentRules,
+) -> Result<Prepared<EnrollmentGroup>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let c = common(form, &mut errors).ok_or(errors)?;
     let mut group = stored.clone();
@@ -716,14 +728,16 @@ pub(crate) fn update_group(
     group.provisioning_status = Some(c.status);
     group.reprovision_policy = Some(c.reprovision);
     group.capabilities = Some(c.capabilities);
-    Ok(group)
+    dps_attest::prepare_group(group, rules).map_err(|e| preparation_error(form, e))
 }
 
-/// The stored enrollment with the form's changeable fields (attestation and credentials kept).
+/// The stored enrollment with the form's changeable fields (attestation and credentials
+/// kept), prepared for the store under `rules`.
 pub(crate) fn update_individual(
     stored: &IndividualEnrollment,
     form: &EnrollmentForm,
-) -> Result<IndividualEnrollment, FieldErrors> {
+    rules: &EnrollmentRules,
+) -> Result<Prepared<IndividualEnrollment>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let device_id = parse_device_id(form, &mut errors);
     let c = common(form, &mut errors).ok_or(errors)?;
@@ -737,7 +751,7 @@ pub(crate) fn update_individual(
     e.provisioning_status = Some(c.status);
     e.reprovision_policy = Some(c.reprovision);
     e.capabilities = Some(c.capabilities);
-    Ok(e)
+    dps_attest::prepare_individual(e, rules).map_err(|e| preparation_error(form, e))
 }
 
 #[cfg(test)]

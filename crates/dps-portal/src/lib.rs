@@ -10,8 +10,9 @@
 //! per source address), a server-side session map (bounded in total and per policy, idle
 //! expiry) behind an `HttpOnly; Secure; SameSite=Strict` cookie, and a per-session CSRF token
 //! checked on every POST. Each page asks for the right the API asks for the same data.
-//! Writes go through the same validation as the API (`dps_attest::prepare_*`) and the same
-//! store preconditions (an update carries the etag it was opened with).
+//! Writes go through the same validation as the API (`dps_attest::prepare_*` with the
+//! registrar's [`EnrollmentRules`]: linked hubs, webhook policy) and the same store
+//! preconditions (an update carries the etag it was opened with).
 //!
 //! What it must never do: show a key or a private key (symmetric keys and certificate text are
 //! never rendered), show enrollments to a policy without `EnrollmentRead` or registrations to
@@ -38,6 +39,7 @@ use axum::response::Redirect;
 use axum::routing::{get, post};
 use axum::Router;
 use dps_api::SharedAccessPolicy;
+use dps_attest::EnrollmentRules;
 use dps_registrar::{LinkedHub, Registrar};
 use dps_store::Store;
 
@@ -93,6 +95,7 @@ struct Inner {
     registrar: Option<Registrar>,
     policies: Vec<SharedAccessPolicy>,
     linked_hubs: Vec<LinkedHub>,
+    rules: EnrollmentRules,
     sessions: Sessions,
     throttle: SigninThrottle,
     samples: Samples,
@@ -100,7 +103,8 @@ struct Inner {
 
 impl PortalState {
     /// The portal over `store`, signing in with `policies` (the API's shared access policies).
-    /// With a registrar, linked hubs, diagnostics and the dashboard come from it.
+    /// With a registrar, linked hubs (the only hubs an enrollment may name), the webhook
+    /// policy, diagnostics and the dashboard come from it.
     pub fn new(
         store: Store,
         registrar: Option<Registrar>,
@@ -120,12 +124,17 @@ impl PortalState {
             .as_ref()
             .map(|r| r.linked_hubs().to_vec())
             .unwrap_or_default();
+        let rules = registrar
+            .as_ref()
+            .map(Registrar::enrollment_rules)
+            .unwrap_or_default();
         PortalState {
             inner: Arc::new(Inner {
                 store,
                 registrar,
                 policies: policies.into(),
                 linked_hubs,
+                rules,
                 sessions: Sessions::new(
                     limits.idle_timeout,
                     limits.max_sessions,
@@ -151,6 +160,12 @@ impl PortalState {
 
     pub(crate) fn linked_hubs(&self) -> &[LinkedHub] {
         &self.inner.linked_hubs
+    }
+
+    /// What written enrollments may name (the registrar's linked hubs and webhook policy;
+    /// without a registrar, no hub).
+    pub(crate) fn rules(&self) -> &EnrollmentRules {
+        &self.inner.rules
     }
 
     pub(crate) fn sessions(&self) -> &Sessions {

@@ -424,6 +424,11 @@ async fn walk(c: &Client, running: &dpsd::Running, dir: &Path, reader_key: &str)
     let tpm_id = RegistrationId::parse("tpm-device-1")?;
     let mut changed = (*store.enrollment(&tpm_id).context("tpm")?).clone();
     changed.device_id = Some(DeviceId::parse("changed-elsewhere")?);
+    let rules = dps_attest::EnrollmentRules {
+        linked_hubs: vec![HubName::parse(HUB_A)?, HubName::parse(HUB_B)?],
+        ..Default::default()
+    };
+    let changed = dps_attest::prepare_individual(changed, &rules)?;
     store.put_enrollment(changed, &Precondition::Any).await?;
     ui.fill("#device_id", "mine").await?;
     ui.save().await?;

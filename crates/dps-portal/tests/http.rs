@@ -11,8 +11,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use dps_api::{Rights, SharedAccessPolicy};
 use dps_portal::{PortalLimits, PortalState, SigninLimits};
+use dps_registrar::{LinkedHub, Registrar, RegistrarConfig};
 use dps_store::{Precondition, Store};
-use dps_types::{EnrollmentGroupId, EnrollmentSettings, SymmetricKey};
+use dps_types::{EnrollmentGroupId, EnrollmentSettings, HubName, IdScope, SymmetricKey};
 use tower::ServiceExt;
 
 struct Portal {
@@ -64,7 +65,17 @@ fn portal_with(limits: PortalLimits) -> Portal {
             rights: Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
         },
     ];
-    let state = PortalState::with_limits(store.clone(), None, policies, limits);
+    // Linked as dpsd links them: through the registrar's configuration.
+    let linked = ["hub-a.example.net", "hub-b.example.net"]
+        .map(|h| LinkedHub {
+            host_name: HubName::parse(h).unwrap(),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        })
+        .to_vec();
+    let config = RegistrarConfig::new(IdScope::parse("0ne00000001").unwrap(), linked);
+    let registrar = Registrar::new(store.clone(), config).unwrap();
+    let state = PortalState::with_limits(store.clone(), Some(registrar), policies, limits);
     let app = dps_portal::mount(state);
     Portal {
         app,
@@ -414,6 +425,7 @@ async fn a_stale_etag_is_reported_not_overwritten() {
     let id = EnrollmentGroupId::parse("g1").unwrap();
     let mut other = (*p.store.group(&id).unwrap()).clone();
     other.provisioning_status = Some(dps_types::ProvisioningStatus::Disabled);
+    let other = dps_attest::prepare_group(other, &Default::default()).unwrap();
     p.store.put_group(other, &Precondition::Any).await.unwrap();
 
     let mut form = group_form(&csrf, "g1", r#"{"tags":{"mine":true}}"#);
@@ -732,4 +744,54 @@ async fn every_portal_response_carries_the_security_headers() {
         }
     }
     assert!(seen >= 4, "pages were checked");
+}
+
+#[tokio::test]
+async fn only_linked_hubs_can_be_chosen() {
+    let p = portal();
+    let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
+    let mut form = group_form(&csrf, "g-rogue", "");
+    form.push(("iot_hubs", "rogue.example.net"));
+    let res = send(&p.app, post("/portal/groups/new", Some(&cookie), &form)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("iot_hubs-error"), "{}", res.body);
+    assert!(
+        res.body
+            .contains("iotHubs names 'rogue.example.net', which is not a linked IoT hub"),
+        "{}",
+        res.body
+    );
+    let id = EnrollmentGroupId::parse("g-rogue").unwrap();
+    assert!(p.store.group(&id).is_none(), "nothing refused is stored");
+
+    let mut form = group_form(&csrf, "g-static", "");
+    form.retain(|(k, _)| *k != "allocation_policy");
+    form.extend([
+        ("allocation_policy", "static"),
+        ("static_hub", "rogue.example.net"),
+    ]);
+    let res = send(&p.app, post("/portal/groups/new", Some(&cookie), &form)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("static_hub-error"), "{}", res.body);
+
+    // An update is prepared under the same rules.
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(&cookie),
+            &group_form(&csrf, "g1", ""),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    let opened = send(&p.app, get("/portal/groups/g1", Some(&cookie))).await;
+    let etag = hidden(&opened.body, "etag");
+    let mut edit = group_form(&csrf, "g1", "");
+    edit.extend([("etag", etag.as_str()), ("iot_hubs", "rogue.example.net")]);
+    let res = send(&p.app, post("/portal/groups/g1", Some(&cookie), &edit)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.body.contains("iot_hubs-error"), "{}", res.body);
+    let id = EnrollmentGroupId::parse("g1").unwrap();
+    assert!(p.store.group(&id).unwrap().iot_hubs.is_none());
 }

@@ -151,6 +151,21 @@ impl Registrar {
         &self.inner.config.linked_hubs
     }
 
+    /// What an enrollment may name, from this registrar's configuration (its linked hubs and
+    /// webhook policy): the writers of enrollments prepare them with these rules.
+    pub fn enrollment_rules(&self) -> dps_attest::EnrollmentRules {
+        dps_attest::EnrollmentRules {
+            linked_hubs: self
+                .inner
+                .config
+                .linked_hubs
+                .iter()
+                .map(|h| h.host_name.clone())
+                .collect(),
+            webhook: self.inner.config.webhook_policy.clone(),
+        }
+    }
+
     /// Failed attempts and their counts.
     pub fn diagnostics(&self) -> &Diagnostics {
         &self.inner.diagnostics

@@ -11,8 +11,8 @@ use dps_attest::{attest_sas, AttestedDevice, Refusal, SasToken};
 use dps_registrar::{LinkedHub, Registrar, RegistrarConfig, Transport, ERROR_NO_HUB};
 use dps_store::{Precondition, Store};
 use dps_types::{
-    DeviceRegistrationResult, HubName, IdScope, IndividualEnrollment, RegistrationStatus,
-    SymmetricKey, WebhookPolicy,
+    DeviceRegistrationResult, EnrollmentSettings, HubName, IdScope, IndividualEnrollment,
+    RegistrationStatus, SymmetricKey, WebhookPolicy,
 };
 use serde_json::{json, Value};
 
@@ -74,8 +74,19 @@ impl Env {
         if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
             body.extend(extra.clone());
         }
-        let mut e: IndividualEnrollment = serde_json::from_value(body).unwrap();
-        dps_attest::prepare_individual(&mut e).unwrap();
+        let e: IndividualEnrollment = serde_json::from_value(body).unwrap();
+        // Prepared under rules that link every hub it names and allow any webhook, as the
+        // write path was before it checked them.
+        let rules = dps_attest::EnrollmentRules {
+            linked_hubs: e
+                .iot_hubs()
+                .iter()
+                .chain(e.iot_hub_host_name())
+                .cloned()
+                .collect(),
+            webhook: http_allowed(),
+        };
+        let e = dps_attest::prepare_individual(e, &rules).unwrap();
         self.store
             .put_enrollment(e, &Precondition::Any)
             .await

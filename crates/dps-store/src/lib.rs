@@ -6,8 +6,8 @@
 //! `commit.rs`), and keeps a [`Cache`] of every record that is updated in the same call, so
 //! after a write returns the two agree. An acknowledged write survives `kill -9`.
 //!
-//! What it must never do: know about MQTT, HTTP or AMQP, or validate attestation (callers hand
-//! it records that `dps-attest` has checked).
+//! What it must never do: know about MQTT, HTTP or AMQP, or validate attestation (writers hand
+//! it `dps_attest::Prepared` records, which only `dps-attest` can build).
 //!
 //! Main types: [`Store`], [`Cache`], [`Precondition`], [`Page`], [`RegistrationRecord`],
 //! [`Backend`], and the crate's error enum [`StoreError`].
@@ -21,6 +21,7 @@ mod record;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use dps_attest::Prepared;
 use dps_types::{
     EnrollmentGroup, EnrollmentGroupId, IndividualEnrollment, RegistrationId, Timestamp,
 };
@@ -104,13 +105,14 @@ impl Store {
     }
 
     /// Creates or replaces an individual enrollment; returns it as stored (with secrets)
-    /// once it is durable.
+    /// once it is durable. Only a [`Prepared`] enrollment is accepted: every writer goes
+    /// through `dps_attest::prepare_individual`.
     pub async fn put_enrollment(
         &self,
-        e: IndividualEnrollment,
+        e: Prepared<IndividualEnrollment>,
         pre: &Precondition,
     ) -> Result<Arc<IndividualEnrollment>, StoreError> {
-        self.put(e, pre).await
+        self.put(e.into_inner(), pre).await
     }
 
     /// The individual enrollment with this id.
@@ -136,13 +138,14 @@ impl Store {
         self.query(page_size, continuation, |_| true)
     }
 
-    /// Creates or replaces an enrollment group; returns it as stored once durable.
+    /// Creates or replaces an enrollment group; returns it as stored once durable. Only a
+    /// [`Prepared`] group is accepted: every writer goes through `dps_attest::prepare_group`.
     pub async fn put_group(
         &self,
-        g: EnrollmentGroup,
+        g: Prepared<EnrollmentGroup>,
         pre: &Precondition,
     ) -> Result<Arc<EnrollmentGroup>, StoreError> {
-        self.put(g, pre).await
+        self.put(g.into_inner(), pre).await
     }
 
     /// The enrollment group with this id.

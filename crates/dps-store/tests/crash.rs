@@ -73,6 +73,7 @@ fn child(dir: &str) {
                         "registrationId": id, "attestation": {"type": "symmetricKey"}
                     }))
                     .unwrap();
+                    let e = dps_attest::prepare_individual(e, &Default::default()).unwrap();
                     store.put_enrollment(e, &Precondition::Any).await.unwrap();
                     if tx.send(id).is_err() {
                         return;

@@ -2,56 +2,45 @@
 
 use std::sync::Arc;
 
+use dps_attest::{EnrollmentRules, Prepared};
 use dps_store::{Precondition, RegistrationRecord, Store, StoreError};
+use dps_test_util::TestCa;
 use dps_types::{
     Attestation, DeviceRegistrationState, EnrollmentGroup, EnrollmentGroupId, IndividualEnrollment,
-    RegistrationId, RegistrationStatus, X509Attestation, X509CertificateInfo,
-    X509CertificateWithInfo, X509Certificates,
+    RegistrationId, RegistrationStatus,
 };
 
-fn enrollment(id: &str) -> IndividualEnrollment {
-    serde_json::from_value(serde_json::json!({
+fn enrollment(id: &str) -> Prepared<IndividualEnrollment> {
+    let e = serde_json::from_value(serde_json::json!({
         "registrationId": id,
         "attestation": {"type": "symmetricKey"}
     }))
-    .unwrap()
+    .unwrap();
+    dps_attest::prepare_individual(e, &EnrollmentRules::default()).unwrap()
 }
 
-fn x509_group(id: &str, thumbprint: &str) -> EnrollmentGroup {
-    let info = X509CertificateInfo {
-        subject_name: format!("CN={id}-ca"),
-        sha1_thumbprint: "00".repeat(20),
-        sha256_thumbprint: thumbprint.to_owned(),
-        issuer_name: "CN=root".into(),
-        not_before_utc: dps_types::Timestamp::now(),
-        not_after_utc: dps_types::Timestamp::now(),
-        serial_number: "01".into(),
-        version: 3,
+/// A group signed by a fresh root CA `CN={id}-ca, O=DPS Test`, and that CA's SHA-256
+/// thumbprint.
+fn x509_group(id: &str) -> (Prepared<EnrollmentGroup>, String) {
+    let ca = TestCa::root(&format!("{id}-ca"));
+    let g = serde_json::from_value(serde_json::json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {
+            "primary": {"certificate": ca.pem()}}}}
+    }))
+    .unwrap();
+    let g = dps_attest::prepare_group(g, &EnrollmentRules::default()).unwrap();
+    let Attestation::X509(x509) = &g.attestation else {
+        unreachable!("an x509 group")
     };
-    EnrollmentGroup {
-        enrollment_group_id: EnrollmentGroupId::parse(id).unwrap(),
-        attestation: Attestation::X509(Box::new(X509Attestation {
-            signing_certificates: Some(X509Certificates {
-                primary: Some(X509CertificateWithInfo {
-                    certificate: None,
-                    info: Some(info),
-                }),
-                secondary: None,
-            }),
-            ..Default::default()
-        })),
-        capabilities: None,
-        iot_hub_host_name: None,
-        initial_twin: None,
-        etag: None,
-        provisioning_status: None,
-        reprovision_policy: None,
-        created_date_time_utc: None,
-        last_updated_date_time_utc: None,
-        allocation_policy: None,
-        iot_hubs: None,
-        custom_allocation_definition: None,
-    }
+    let thumbprint = x509
+        .signing_certificates
+        .as_ref()
+        .and_then(|c| c.primary.as_ref())
+        .and_then(|c| c.info.as_ref())
+        .map(|i| i.sha256_thumbprint.clone())
+        .unwrap();
+    (g, thumbprint)
 }
 
 fn rid(id: &str) -> RegistrationId {
@@ -119,21 +108,22 @@ async fn write_read_update_with_etags_and_delete() {
 #[tokio::test]
 async fn records_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
+    let (group, thumbprint) = x509_group("grp");
     {
         let store = Store::open(dir.path()).unwrap();
         store
             .put_enrollment(enrollment("dev-a"), &Precondition::Any)
             .await
             .unwrap();
-        store
-            .put_group(x509_group("grp", &"AB".repeat(32)), &Precondition::Any)
-            .await
-            .unwrap();
+        store.put_group(group, &Precondition::Any).await.unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.cache().enrollment_count(), 1);
     assert_eq!(
-        store.cache().groups_by_thumbprint(&"ab".repeat(32)).len(),
+        store
+            .cache()
+            .groups_by_thumbprint(&thumbprint.to_ascii_lowercase())
+            .len(),
         1,
         "index rebuilt on load"
     );
@@ -143,27 +133,23 @@ async fn records_survive_reopen() {
 async fn group_indexes_follow_updates_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store
-        .put_group(x509_group("grp", &"AA".repeat(32)), &Precondition::Any)
-        .await
-        .unwrap();
-    assert_eq!(store.cache().groups_by_subject("CN=grp-ca").len(), 1);
-
-    store
-        .put_group(x509_group("grp", &"BB".repeat(32)), &Precondition::Any)
-        .await
-        .unwrap();
-    assert!(
+    let (first, old) = x509_group("grp");
+    let (second, new) = x509_group("grp");
+    store.put_group(first, &Precondition::Any).await.unwrap();
+    assert_eq!(
         store
             .cache()
-            .groups_by_thumbprint(&"AA".repeat(32))
-            .is_empty(),
-        "old certificate unindexed"
-    );
-    assert_eq!(
-        store.cache().groups_by_thumbprint(&"BB".repeat(32)).len(),
+            .groups_by_subject("CN=grp-ca, O=DPS Test")
+            .len(),
         1
     );
+
+    store.put_group(second, &Precondition::Any).await.unwrap();
+    assert!(
+        store.cache().groups_by_thumbprint(&old).is_empty(),
+        "old certificate unindexed"
+    );
+    assert_eq!(store.cache().groups_by_thumbprint(&new).len(), 1);
 
     store
         .delete_group(
@@ -172,11 +158,11 @@ async fn group_indexes_follow_updates_and_deletes() {
         )
         .await
         .unwrap();
+    assert!(store.cache().groups_by_thumbprint(&new).is_empty());
     assert!(store
         .cache()
-        .groups_by_thumbprint(&"BB".repeat(32))
+        .groups_by_subject("CN=grp-ca, O=DPS Test")
         .is_empty());
-    assert!(store.cache().groups_by_subject("CN=grp-ca").is_empty());
 }
 
 #[tokio::test]

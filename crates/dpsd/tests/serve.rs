@@ -46,7 +46,10 @@ async fn first_start_creates_pki_scope_and_credentials_and_serves() {
 
     let unsigned = client
         .http
-        .get(format!("{}/enrollments/first-device", client.base))
+        .get(format!(
+            "{}/enrollments/first-device?api-version=2021-10-01",
+            client.base
+        ))
         .send()
         .await
         .unwrap();

@@ -5,14 +5,18 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use dps_api::{router, ApiState, Rights, SharedAccessPolicy};
-use dps_attest::SasToken;
+use dps_attest::{EnrollmentRules, SasToken};
 use dps_store::Store;
-use dps_types::{SymmetricKey, Timestamp};
+use dps_types::{HubName, SymmetricKey, Timestamp, WebhookPolicy};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
 pub const HOST: &str = "localhost:8443";
+/// The IoT hubs the test service is linked to.
+pub const LINKED_HUBS: [&str; 2] = ["hub-a.example.net", "hub-b.example.net"];
+/// The api-version requests get when their path names none.
+pub const API_VERSION: &str = "2021-10-01";
 
 pub struct Api {
     pub app: Router,
@@ -61,7 +65,25 @@ impl Api {
         Self::with_max_body(dps_api::DEFAULT_MAX_BODY_BYTES)
     }
 
+    /// The rules of [`Api::new`]: [`LINKED_HUBS`], webhooks `https` only.
+    pub fn rules() -> EnrollmentRules {
+        EnrollmentRules {
+            linked_hubs: LINKED_HUBS
+                .map(|h| HubName::parse(h).expect("hub"))
+                .to_vec(),
+            webhook: WebhookPolicy::default(),
+        }
+    }
+
     pub fn with_max_body(max_body_bytes: usize) -> Api {
+        Self::with(max_body_bytes, Self::rules())
+    }
+
+    pub fn with_rules(rules: EnrollmentRules) -> Api {
+        Self::with(dps_api::DEFAULT_MAX_BODY_BYTES, rules)
+    }
+
+    fn with(max_body_bytes: usize, rules: EnrollmentRules) -> Api {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store opens");
         let owner = policy("provisioningserviceowner", Rights::ALL);
@@ -70,7 +92,8 @@ impl Api {
             Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
         );
         let state = ApiState::new(store.clone(), HOST, vec![owner.clone(), reader.clone()])
-            .with_max_body_bytes(max_body_bytes);
+            .with_max_body_bytes(max_body_bytes)
+            .with_enrollment_rules(rules);
         Api {
             app: router(state),
             store,
@@ -127,6 +150,7 @@ impl Api {
         )
     }
 
+    /// A request to `path`, with `api-version` [`API_VERSION`] added when the path has none.
     pub fn raw(
         &self,
         method: &str,
@@ -135,7 +159,26 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Request<Body> {
-        let mut builder = Request::builder().method(method).uri(path);
+        let uri = if path.contains("api-version=") {
+            path.to_owned()
+        } else if path.contains('?') {
+            format!("{path}&api-version={API_VERSION}")
+        } else {
+            format!("{path}?api-version={API_VERSION}")
+        };
+        self.exact(method, &uri, authorization, headers, body)
+    }
+
+    /// A request to exactly `uri` (no `api-version` added).
+    pub fn exact(
+        &self,
+        method: &str,
+        uri: &str,
+        authorization: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Request<Body> {
+        let mut builder = Request::builder().method(method).uri(uri);
         if !authorization.is_empty() {
             builder = builder.header("authorization", authorization);
         }

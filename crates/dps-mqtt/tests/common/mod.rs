@@ -157,8 +157,8 @@ impl Server {
     }
 
     pub async fn enroll(&self, body: Value) {
-        let mut e: IndividualEnrollment = serde_json::from_value(body).unwrap();
-        dps_attest::prepare_individual(&mut e).unwrap();
+        let e: IndividualEnrollment = serde_json::from_value(body).unwrap();
+        let e = dps_attest::prepare_individual(e, &self.registrar.enrollment_rules()).unwrap();
         self.store
             .put_enrollment(e, &Precondition::Any)
             .await
@@ -166,8 +166,8 @@ impl Server {
     }
 
     pub async fn enroll_group(&self, body: Value) {
-        let mut g: EnrollmentGroup = serde_json::from_value(body).unwrap();
-        dps_attest::prepare_group(&mut g).unwrap();
+        let g: EnrollmentGroup = serde_json::from_value(body).unwrap();
+        let g = dps_attest::prepare_group(g, &self.registrar.enrollment_rules()).unwrap();
         self.store.put_group(g, &Precondition::Any).await.unwrap();
     }
 

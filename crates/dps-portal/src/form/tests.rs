@@ -2,6 +2,38 @@
 
 use super::*;
 
+/// Every hub these tests name is linked; plain-http webhooks are allowed.
+fn rules() -> EnrollmentRules {
+    EnrollmentRules {
+        linked_hubs: [
+            "hub1.azure-devices.net",
+            "hub1.example.net",
+            "hub2.example.net",
+        ]
+        .map(|h| HubName::parse(h).unwrap())
+        .to_vec(),
+        webhook: dps_types::WebhookPolicy {
+            allow_http: true,
+            allowed_hosts: Vec::new(),
+        },
+    }
+}
+
+fn new_group(f: &EnrollmentForm) -> Result<EnrollmentGroup, FieldErrors> {
+    super::new_group(f, &rules()).map(Prepared::into_inner)
+}
+
+fn new_individual(f: &EnrollmentForm) -> Result<IndividualEnrollment, FieldErrors> {
+    super::new_individual(f, &rules()).map(Prepared::into_inner)
+}
+
+fn update_group(
+    stored: &EnrollmentGroup,
+    f: &EnrollmentForm,
+) -> Result<EnrollmentGroup, FieldErrors> {
+    super::update_group(stored, f, &rules()).map(Prepared::into_inner)
+}
+
 fn form(pairs: &[(&str, &str)]) -> EnrollmentForm {
     // The first value of a field counts, so the test's own values go first.
     let mut all = pairs.to_vec();
