@@ -13,11 +13,11 @@ use crate::ListenerLimits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shed {
     /// Every slot of the listener is taken.
-    ConnectionLimit,
+    Connections,
     /// The source address holds its share of slots.
-    AddressLimit,
+    Address,
     /// The source address holds its share of connections that have not authenticated yet.
-    UnauthenticatedLimit,
+    Unauthenticated,
 }
 
 /// A handle on one listener's counters; clones share them. Every counter is a fixed name (no
@@ -82,9 +82,9 @@ impl ListenerCounters {
     pub(crate) fn shed(&self, why: Shed) {
         let c = &self.inner;
         bump(match why {
-            Shed::ConnectionLimit => &c.shed_connection_limit,
-            Shed::AddressLimit => &c.shed_address_limit,
-            Shed::UnauthenticatedLimit => &c.shed_unauthenticated_limit,
+            Shed::Connections => &c.shed_connection_limit,
+            Shed::Address => &c.shed_address_limit,
+            Shed::Unauthenticated => &c.shed_unauthenticated_limit,
         });
     }
 
@@ -159,11 +159,11 @@ impl Slots {
                 .get(&source)
                 .map_or((0, 0), |s| (s.open, s.unauthenticated));
             if table.open >= self.limits.max_connections {
-                Some(Shed::ConnectionLimit)
+                Some(Shed::Connections)
             } else if here.0 >= self.limits.max_connections_per_ip {
-                Some(Shed::AddressLimit)
+                Some(Shed::Address)
             } else if here.1 >= self.limits.max_unauthenticated_per_ip {
-                Some(Shed::UnauthenticatedLimit)
+                Some(Shed::Unauthenticated)
             } else {
                 table.open += 1;
                 let entry = table.sources.entry(source).or_default();
@@ -275,18 +275,15 @@ mod tests {
         let first = slots.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(
             slots.admit(ip("10.0.0.1")).unwrap_err(),
-            Shed::UnauthenticatedLimit
+            Shed::Unauthenticated
         );
         first.authenticated();
         let second = slots.admit(ip("10.0.0.1")).unwrap();
         second.authenticated();
-        assert_eq!(slots.admit(ip("10.0.0.1")).unwrap_err(), Shed::AddressLimit);
+        assert_eq!(slots.admit(ip("10.0.0.1")).unwrap_err(), Shed::Address);
         let _b = slots.admit(ip("10.0.0.2")).unwrap();
         let _c = slots.admit(ip("10.0.0.3")).unwrap();
-        assert_eq!(
-            slots.admit(ip("10.0.0.4")).unwrap_err(),
-            Shed::ConnectionLimit
-        );
+        assert_eq!(slots.admit(ip("10.0.0.4")).unwrap_err(), Shed::Connections);
         let stats = slots.counters().snapshot();
         assert_eq!(stats.accepted, 4);
         assert_eq!(stats.active, 4);
@@ -321,13 +318,13 @@ mod tests {
         let _a = slots.admit(ip("2001:db8:1:2::1")).unwrap();
         assert_eq!(
             slots.admit(ip("2001:db8:1:2::ffff")).unwrap_err(),
-            Shed::AddressLimit
+            Shed::Address
         );
         let _b = slots.admit(ip("2001:db8:1:3::1")).unwrap();
         let _c = slots.admit(ip("192.0.2.7")).unwrap();
         assert_eq!(
             slots.admit(ip("::ffff:192.0.2.7")).unwrap_err(),
-            Shed::AddressLimit
+            Shed::Address
         );
     }
 }
