@@ -54,6 +54,11 @@ pub struct ApiConfig {
     pub tls_key: Option<PathBuf>,
     /// Connections beyond this are closed at once.
     pub max_connections: u32,
+    /// Connections from one source address beyond this are closed at once.
+    pub max_connections_per_ip: u32,
+    /// Connections from one source address that have not sent a request yet, beyond which
+    /// more are closed at once.
+    pub max_unauthenticated_per_ip: u32,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for a request's headers.
@@ -71,6 +76,17 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Connections beyond this are closed before the TLS handshake.
     pub max_connections: u32,
+    /// Connections from one source address beyond this are closed before the handshake.
+    pub max_connections_per_ip: u32,
+    /// Connections from one source address without an accepted CONNECT, beyond which more
+    /// are closed before the handshake.
+    pub max_unauthenticated_per_ip: u32,
+    /// Largest keep-alive honoured (0 and larger values get this one).
+    pub max_keep_alive: Duration,
+    /// Longest a device connection stays open.
+    pub max_connection_lifetime: Duration,
+    /// Authenticated connections one registration id may hold at once.
+    pub max_connections_per_device: u32,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for CONNECT after the handshake.
@@ -246,6 +262,8 @@ impl Config {
             tls_key: Some(r.take(&mut t, "api", "tls_key", PathBuf::new()))
                 .filter(|p| !p.as_os_str().is_empty()),
             max_connections: r.take(&mut t, "api", "max_connections", 4096),
+            max_connections_per_ip: r.take(&mut t, "api", "max_connections_per_ip", 256),
+            max_unauthenticated_per_ip: r.take(&mut t, "api", "max_unauthenticated_per_ip", 64),
             tls_handshake_timeout: r.take(
                 &mut t,
                 "api",
@@ -278,6 +296,16 @@ impl Config {
                 SocketAddr::from(([0, 0, 0, 0], 8883)),
             ),
             max_connections: r.take(&mut t, "mqtt", "max_connections", 16384),
+            max_connections_per_ip: r.take(&mut t, "mqtt", "max_connections_per_ip", 1024),
+            max_unauthenticated_per_ip: r.take(&mut t, "mqtt", "max_unauthenticated_per_ip", 256),
+            max_keep_alive: r.take(&mut t, "mqtt", "max_keep_alive", Duration::from_secs(180)),
+            max_connection_lifetime: r.take(
+                &mut t,
+                "mqtt",
+                "max_connection_lifetime",
+                Duration::from_secs(300),
+            ),
+            max_connections_per_device: r.take(&mut t, "mqtt", "max_connections_per_device", 2),
             tls_handshake_timeout: r.take(
                 &mut t,
                 "mqtt",
