@@ -7,7 +7,8 @@
 //! time in; packets to send, credentials to check, registrations to run out); [`serve`] is
 //! the thin tokio driver on the project's one accept loop (`dps-listener`: global and
 //! per-address limits that shed load before TLS), one task per connection, a cap on each
-//! device's connections, attestation through `dps-attest` and registration through `dps-registrar`.
+//! device's connections, attestation through `dps-attest` and registration through
+//! `dps-registrar`.
 //!
 //! What it must never do: read the store (it calls the registrar), act as a broker (response
 //! topics are private to one connection; unknown topics close it), panic or grow without
