@@ -10,7 +10,8 @@
 //! explicit nulls, unknown members) and strict where it matters (ids, keys, certificates,
 //! body size, time, the hubs and webhook an enrollment names: writes go through
 //! `dps_attest::prepare_*` with the service's [`EnrollmentRules`]).
-//! [`serve`] runs any such router on a TCP listener: a connection limit, a TLS handshake
+//! [`serve`] runs any such router on the `dps-listener` accept loop: connection limits (in
+//! total, per source address, unauthenticated per source address), a TLS handshake
 //! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`].
 //!
 //! What it must never do: create or change a registration (devices register through the
@@ -42,8 +43,9 @@ use dps_types::{EnrollmentGroup, IndividualEnrollment};
 use tower::Layer;
 
 pub use auth::{Rights, SharedAccessPolicy};
+pub use dps_listener::{ListenerCounters, ListenerStats};
 pub use error::ApiError;
-pub use server::{serve, HttpLimits};
+pub use server::{serve, serve_with_counters, HttpLimits};
 
 /// Default largest request body: DPS messages are at most 96 KB, and an enrollment with two
 /// PEM certificates is under 10 KB; 256 KiB leaves room without letting a client make the

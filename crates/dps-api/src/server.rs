@@ -1,23 +1,23 @@
-//! The HTTPS listener: accept loop, connection limit, TLS handshake, HTTP/1.1 with timeouts at
-//! every phase, graceful shutdown. Shaped like mini-redis's `server.rs`: the loop only accepts
-//! and spawns; each connection is one task that owns its socket, and a malformed or slow
-//! client only ever ends its own connection.
+//! The HTTPS listener: TLS handshake and HTTP/1.1 with timeouts at every phase, on the
+//! project's one accept loop (`dps-listener`: connection slots, per-address limits, accept
+//! back-off, drain). Each connection is one task that owns its socket, and a malformed or
+//! slow client only ever ends its own connection.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use dps_listener::{Admitted, ListenerCounters, ListenerLimits};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
@@ -31,6 +31,15 @@ pub struct HttpLimits {
     /// Default 1024: far above what management clients open, low enough that file
     /// descriptors and TLS state (tens of KiB each) stay bounded.
     pub max_connections: usize,
+    /// Connections served at once from one source address (IPv6: one /64). Default 256: a
+    /// quarter of the slots, so one address cannot take them all, and far above what a
+    /// management tool opens (the load test's setup uses 32 at once).
+    pub max_connections_per_ip: usize,
+    /// Connections from one source address that have not yet sent a complete request head
+    /// (TLS handshake included). Default 64: clients send their request right after the
+    /// handshake, so even a busy tool has only a few in this phase; a flood of handshakes
+    /// that never finish is shed here while other addresses are served.
+    pub max_unauthenticated_per_ip: usize,
     /// Time from `accept` to a finished TLS handshake. Default 10 s: a handshake is two round
     /// trips; anything slower is a dead or hostile peer holding a connection slot.
     pub tls_handshake_timeout: Duration,
@@ -58,6 +67,8 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
+            max_unauthenticated_per_ip: 64,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
@@ -71,21 +82,13 @@ impl Default for HttpLimits {
 /// Largest request head (request line and headers) hyper buffers. DPS requests carry a few
 /// short headers and a SAS token of a few hundred bytes; 64 KiB is generous and bounded.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// First pause after a failed `accept` (usually out of file descriptors); doubles up to
-/// `MAX_ACCEPT_BACKOFF` so a persistent failure does not spin a core.
-const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-/// Longest pause between `accept` retries.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-/// Consecutive failed `accept`s (about a minute of backoff) after which the listener is
-/// considered broken and `serve` returns the error so the process can restart.
-const MAX_ACCEPT_FAILURES: u32 = 64;
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting,
 /// lets in-flight requests finish for up to `limits.drain_timeout`, and returns.
 ///
-/// Returns an error only when `accept` keeps failing (`MAX_ACCEPT_FAILURES` in a row);
-/// errors of single connections (TLS, HTTP parsing, timeouts) are logged at `debug` and end
-/// only that connection.
+/// Returns an error only when `accept` keeps failing (see `dps_listener::serve`); errors of
+/// single connections (TLS, HTTP parsing, timeouts) are logged at `debug` and end only that
+/// connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -93,92 +96,49 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_counters(
+        listener,
+        tls,
+        app,
+        limits,
+        ListenerCounters::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], counting admissions and sheds into `counters` (keep a clone to read
+/// [`ListenerCounters::snapshot`]).
+pub async fn serve_with_counters(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: HttpLimits,
+    counters: ListenerCounters,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop, stopped) = watch::channel(false);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD_BYTES);
-    let mut connections = JoinSet::new();
-    let mut failures = 0u32;
-    let mut result = Ok(());
-    tokio::pin!(shutdown);
-
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = joined {
-                    tracing::error!(error = %e, "connection task failed");
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    failures = 0;
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        tracing::debug!(%peer, "connection limit reached; closing");
-                        continue;
-                    };
-                    let connection = Connection {
-                        acceptor: acceptor.clone(),
-                        http: http.clone(),
-                        app: app.clone(),
-                        limits,
-                        stopped: stopped.clone(),
-                        peer,
-                    };
-                    connections.spawn(async move {
-                        connection.run(stream).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) if is_per_connection(&e) => {
-                    tracing::debug!(error = %e, "accept: connection aborted by the peer");
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures >= MAX_ACCEPT_FAILURES {
-                        tracing::error!(error = %e, "accept keeps failing; stopping the listener");
-                        result = Err(e);
-                        break;
-                    }
-                    let pause = FIRST_ACCEPT_BACKOFF
-                        .saturating_mul(1 << failures.min(7))
-                        .min(MAX_ACCEPT_BACKOFF);
-                    tracing::warn!(error = %e, ?pause, "accept failed; backing off");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = &mut shutdown => break,
-                    }
-                }
-            }
+    let listener_limits = ListenerLimits {
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
+        drain_timeout: limits.drain_timeout,
+    };
+    dps_listener::serve(listener, listener_limits, counters, shutdown, |admitted| {
+        Connection {
+            acceptor: acceptor.clone(),
+            http: http.clone(),
+            app: app.clone(),
+            limits,
         }
-    }
-
-    drop(listener);
-    // Receivers only fail once `stop` is dropped, which happens after the drain below.
-    let _ = stop.send(true);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.drain_timeout, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = connections.len(),
-            "drain deadline passed; closing the remaining connections"
-        );
-        connections.shutdown().await;
-    }
-    result
-}
-
-/// `accept` errors that concern one connection that died before it was accepted, not the
-/// listener.
-fn is_per_connection(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+        .run(admitted)
+    })
+    .await
 }
 
 /// One accepted TCP connection and what it needs to serve it.
@@ -187,13 +147,23 @@ struct Connection {
     http: http1::Builder,
     app: Router,
     limits: HttpLimits,
-    stopped: watch::Receiver<bool>,
-    /// The client's address, given to handlers as `ConnectInfo` (per-address limits).
-    peer: std::net::SocketAddr,
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
+    /// TLS, then HTTP/1.1 until the peer closes, a timeout cuts it, or the listener drains.
+    ///
+    /// The connection stops counting as unauthenticated at its first complete request head:
+    /// the TLS handshake alone costs an attacker little, while a request head means the peer
+    /// speaks HTTP, and from then on every request is bounded by `request_timeout` and the
+    /// idle time between requests by `header_read_timeout`. (Checking the SAS token instead
+    /// would keep a management client that reads public errors unauthenticated forever.)
+    async fn run(self, admitted: Admitted<TcpStream>) {
+        let Admitted {
+            stream,
+            peer,
+            slot,
+            mut draining,
+        } = admitted;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
@@ -213,22 +183,19 @@ impl Connection {
                     return;
                 }
             },
-            _ = self.stopped.wait_for(|stop| *stop) => return,
+            () = draining.wait() => return,
         };
         let app = self.app;
         let limits = self.limits;
-        let peer = self.peer;
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            handle(app.clone(), limits, request)
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            slot.authenticated();
+            handle(app.clone(), limits, peer, request)
         });
         let connection = self.http.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
         let finished = tokio::select! {
             result = connection.as_mut() => Some(result),
-            _ = self.stopped.wait_for(|stop| *stop) => None,
+            () = draining.wait() => None,
         };
         let result = match finished {
             Some(result) => result,
@@ -245,17 +212,20 @@ impl Connection {
 }
 
 /// One request: the body bounded in size and in pace, the whole exchange in time.
+/// The peer's address goes into the request's extensions as axum's `ConnectInfo`.
 async fn handle(
     app: Router,
     limits: HttpLimits,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response, Infallible> {
-    let request = request.map(|body| {
+    let mut request = request.map(|body| {
         axum::body::Body::new(Limited::new(
             TimeoutBody::new(limits.body_read_timeout, body),
             limits.max_body_bytes,
         ))
     });
+    request.extensions_mut().insert(ConnectInfo(peer));
     Ok(
         match tokio::time::timeout(limits.request_timeout, app.oneshot(request)).await {
             Ok(Ok(response)) => response,

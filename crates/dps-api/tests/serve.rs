@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dps_api::{router, serve, ApiState, HttpLimits, Rights, SharedAccessPolicy};
+use dps_api::{
+    router, serve_with_counters, ApiState, HttpLimits, ListenerCounters, Rights, SharedAccessPolicy,
+};
 use dps_attest::SasToken;
 use dps_store::Store;
 use dps_types::{SymmetricKey, Timestamp};
@@ -22,6 +24,7 @@ struct Server {
     port: u16,
     cert: CertificateDer<'static>,
     token: String,
+    counters: ListenerCounters,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
@@ -63,13 +66,22 @@ async fn start(limits: HttpLimits) -> Server {
     .with_single_cert(vec![cert.clone()], key)
     .expect("server config");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, Arc::new(tls), app, limits, async {
-        let _ = stopped.await;
-    }));
+    let counters = ListenerCounters::default();
+    let task = tokio::spawn(serve_with_counters(
+        listener,
+        Arc::new(tls),
+        app,
+        limits,
+        counters.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Server {
         port,
         cert,
         token,
+        counters,
         stop: Some(stop),
         task,
         _dir: dir,
@@ -104,6 +116,23 @@ impl Server {
 
     /// A raw TLS connection, for clients that misbehave.
     async fn tls(&self) -> TlsStream<TcpStream> {
+        self.tls_from([127, 0, 0, 1]).await
+    }
+
+    /// A TCP connection from `source` (any 127.x.y.z is loopback on Linux).
+    async fn tcp_from(&self, source: [u8; 4]) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from((source, 0)))
+            .expect("bind the source address");
+        socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .await
+            .expect("connect")
+    }
+
+    /// A raw TLS connection from `source`.
+    async fn tls_from(&self, source: [u8; 4]) -> TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.clone()).expect("root");
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -113,9 +142,7 @@ impl Server {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .expect("connect");
+        let tcp = self.tcp_from(source).await;
         let name = ServerName::try_from("localhost").expect("name");
         tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
@@ -279,10 +306,82 @@ async fn connections_over_the_limit_are_closed_at_once() {
         matches!(refused, Ok(Ok(0)) | Ok(Err(_))),
         "the second connection is closed at once: {refused:?}"
     );
+    let stats = server.counters.snapshot();
+    assert_eq!(stats.shed_connection_limit, 1);
+    assert_eq!(stats.shed(), 1);
+    assert_eq!(stats.accepted, 1);
     let (_, waited) = read_until_closed(&mut holder).await;
     assert!(
         waited < PHASE_TIMEOUT * 4,
         "idle connection cut after {waited:?}"
     );
+    server.shutdown().await;
+}
+
+/// Asserts that the server closes `tcp` without a byte (it was shed right after `accept`).
+async fn assert_shed(tcp: &mut TcpStream) {
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {read:?}"
+    );
+}
+
+/// Sends one authorized request on a raw connection and reads the whole answer head.
+async fn authenticated_request(server: &Server, stream: &mut TlsStream<TcpStream>) {
+    let request = format!(
+        "GET /enrollments/none HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+        server.token
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 404"), "{:?}", &buf[..n]);
+}
+
+#[tokio::test]
+async fn one_address_cannot_starve_the_others() {
+    let server = start(HttpLimits {
+        max_connections_per_ip: 3,
+        max_unauthenticated_per_ip: 2,
+        // Long enough that the quiet connections below still hold their slots when checked.
+        header_read_timeout: Duration::from_secs(60),
+        ..limits()
+    })
+    .await;
+    let flooder = [127, 0, 0, 2];
+
+    // Connections that finish TLS but never send a request: two are admitted, the third
+    // connection from that address is shed before TLS.
+    let mut quiet_1 = server.tls_from(flooder).await;
+    let mut quiet_2 = server.tls_from(flooder).await;
+    let mut shed = server.tcp_from(flooder).await;
+    assert_shed(&mut shed).await;
+    assert_eq!(server.counters.snapshot().shed_unauthenticated_limit, 1);
+
+    // Meanwhile a client from another address is served.
+    let client = server.client();
+    let answer = client
+        .get(server.url("/enrollments/none"))
+        .header("authorization", &server.token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), 404);
+
+    // A connection that sent a request head no longer counts as unauthenticated...
+    authenticated_request(&server, &mut quiet_1).await;
+    authenticated_request(&server, &mut quiet_2).await;
+    let mut third = server.tls_from(flooder).await;
+    authenticated_request(&server, &mut third).await;
+    // ...but the address's share of slots is still bounded.
+    let mut over = server.tcp_from(flooder).await;
+    assert_shed(&mut over).await;
+    let stats = server.counters.snapshot();
+    assert_eq!(stats.shed_address_limit, 1);
+    assert_eq!(stats.shed_unauthenticated_limit, 1);
+    assert_eq!(stats.shed_connection_limit, 0);
     server.shutdown().await;
 }

@@ -62,6 +62,8 @@ impl From<QoS> for WireQoS {
 pub enum Inbound {
     /// CONNECT.
     Connect(ConnectPacket),
+    /// A CONNECT that must be refused before anything in it is read.
+    BadConnect(BadConnect),
     /// PUBLISH.
     Publish(PublishPacket),
     /// PUBACK for one of our QoS 1 responses.
@@ -89,6 +91,17 @@ pub enum Inbound {
     /// UNSUBACK, PINGRESP) and the QoS 2 handshake (PUBREC, PUBREL, PUBCOMP), which DPS never
     /// starts. Named for diagnostics.
     Unexpected(&'static str),
+}
+
+/// Why a CONNECT is refused from its first bytes (rumqttd's codec would only call it
+/// malformed, which closes the connection without the answer MQTT asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadConnect {
+    /// Another protocol than MQTT 3.1.1: protocol name `MQTT` with a level other than 4
+    /// (5 is MQTT 5), or `MQIsdp` (MQTT 3.1). Answered CONNACK 1 (§3.1.2.2).
+    ProtocolLevel(u8),
+    /// The reserved connect flag (bit 0) is set: closed without CONNACK (§3.1.2.3).
+    ReservedFlag,
 }
 
 /// The parts of a CONNECT that DPS reads. `Debug` never shows the password.
@@ -136,6 +149,8 @@ pub struct PublishPacket {
 pub enum ConnAckCode {
     /// 0: connection accepted.
     Accepted,
+    /// 1: the server does not speak the client's protocol level.
+    UnacceptableProtocolVersion,
     /// 2: the client id is not the username's registration id.
     IdentifierRejected,
     /// 3: the service cannot take the connection now (shutting down).
@@ -151,6 +166,7 @@ impl ConnAckCode {
     pub fn code(self) -> u8 {
         match self {
             ConnAckCode::Accepted => 0,
+            ConnAckCode::UnacceptableProtocolVersion => 1,
             ConnAckCode::IdentifierRejected => 2,
             ConnAckCode::ServerUnavailable => 3,
             ConnAckCode::BadUsernameOrPassword => 4,
@@ -161,6 +177,7 @@ impl ConnAckCode {
     fn to_rumqttd(self) -> ConnectReturnCode {
         match self {
             ConnAckCode::Accepted => ConnectReturnCode::Success,
+            ConnAckCode::UnacceptableProtocolVersion => ConnectReturnCode::RefusedProtocolVersion,
             ConnAckCode::IdentifierRejected => ConnectReturnCode::ClientIdentifierNotValid,
             ConnAckCode::ServerUnavailable => ConnectReturnCode::ServiceUnavailable,
             ConnAckCode::BadUsernameOrPassword => ConnectReturnCode::BadUserNamePassword,
@@ -236,6 +253,12 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Inbou
         }
         Err(e) => return Err(CodecError::Malformed(e)),
     };
+    if header.byte1 >> 4 == 1 {
+        if let Some(bad) = bad_connect(&buf[..header.frame_length()], header) {
+            buf.advance(header.frame_length());
+            return Ok(Some(Inbound::BadConnect(bad)));
+        }
+    }
     // rumqttd hides a PUBLISH's QoS and packet id; read them from the (complete) frame.
     let publish_meta =
         (header.byte1 >> 4 == 3).then(|| publish_meta(&buf[..header.frame_length()], header));
@@ -304,6 +327,24 @@ fn publish_meta(frame: &[u8], header: v4::FixedHeader) -> (QoS, u16) {
         .and_then(|topic_len| body.get(2 + topic_len..4 + topic_len))
         .map_or(0, |id| u16::from_be_bytes([id[0], id[1]]));
     (qos, pkid)
+}
+
+/// What rumqttd would not tell apart from garbage in a complete CONNECT frame: another
+/// protocol level (it answers `InvalidProtocolLevel`, or `InvalidProtocol` for MQTT 3.1's
+/// `MQIsdp`) and the reserved flag (it ignores it). `None` for anything else, which
+/// rumqttd's own parse then checks.
+fn bad_connect(frame: &[u8], header: v4::FixedHeader) -> Option<BadConnect> {
+    let body = frame.get(header.fixed_header_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let name = body.get(2..2 + name_len)?;
+    let level = *body.get(2 + name_len)?;
+    let flags = *body.get(3 + name_len)?;
+    match name {
+        b"MQTT" if level != 4 => Some(BadConnect::ProtocolLevel(level)),
+        b"MQIsdp" => Some(BadConnect::ProtocolLevel(level)),
+        b"MQTT" if flags & 1 != 0 => Some(BadConnect::ReservedFlag),
+        _ => None,
+    }
 }
 
 fn non_empty(text: String) -> Option<String> {

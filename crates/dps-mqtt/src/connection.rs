@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dps_attest::{AttestedDevice, Refusal};
+use dps_listener::{Draining, Slot};
 use dps_registrar::{Registrar, RegistrarError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::codec::{self, Inbound};
+use crate::devices::{DeviceConnections, DevicePlace};
 use crate::stats::{bump, MqttCounters};
 use crate::{Action, CloseReason, Credentials, MqttError, RegistrationOutcome, Session};
 
@@ -110,15 +112,20 @@ pub(crate) struct Handler {
     pub(crate) session: Session,
     pub(crate) registrar: Registrar,
     pub(crate) counters: MqttCounters,
-    /// The proof attestation gave; the registrar accepts nothing weaker.
-    pub(crate) device: Option<Arc<AttestedDevice>>,
+    /// The connection's listener slot, marked authenticated with the CONNACK 0.
+    pub(crate) slot: Slot,
+    /// Where the authenticated connections of each device are counted.
+    pub(crate) devices: DeviceConnections,
+    /// The proof attestation gave, and the connection's place among the device's
+    /// connections; the registrar accepts nothing weaker.
+    pub(crate) device: Option<(Arc<AttestedDevice>, DevicePlace)>,
     /// Registrations in progress (at most `max_operations_per_connection`, enforced by the
     /// session) with the operation id of each task.
     pub(crate) registrations: JoinSet<RegistrationOutcome>,
     pub(crate) operation_of_task: HashMap<tokio::task::Id, String>,
     /// True once the server drains; a connection with no registration running then closes,
     /// one with a registration running finishes it first (within the drain timeout).
-    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    pub(crate) draining: Draining,
 }
 
 impl Handler {
@@ -140,8 +147,8 @@ impl Handler {
                     self.registration_done(done);
                 }
                 () = sleep_until(deadline) => self.session.handle_tick(now()),
-                // `wait_for` is cancel-safe; it returns at once while the flag is set.
-                true = draining(&mut self.draining), if self.registrations.is_empty() => {
+                // Cancel-safe; resolves at once while the listener drains.
+                () = self.draining.wait(), if self.registrations.is_empty() => {
                     self.connection.shutdown().await;
                     return Ok(CloseReason::ServerShutdown);
                 }
@@ -190,10 +197,17 @@ impl Handler {
             ),
         };
         match attested {
-            Ok(device) => {
-                self.device = Some(Arc::new(device));
-                self.session.handle_authenticated(now());
-            }
+            Ok(device) => match self.devices.enter(&credentials.registration_id) {
+                Some(place) => {
+                    self.device = Some((Arc::new(device), place));
+                    self.slot.authenticated();
+                    self.session.handle_authenticated(now());
+                }
+                None => {
+                    tracing::debug!("MQTT CONNECT refused: the device holds its connections");
+                    self.session.handle_device_busy();
+                }
+            },
             Err(refusal) => {
                 tracing::debug!(reason = refusal.reason.label(), "MQTT CONNECT refused");
                 self.registrar
@@ -204,7 +218,7 @@ impl Handler {
     }
 
     fn start_registration(&mut self, operation_id: String, payload: Option<serde_json::Value>) {
-        let Some(device) = self.device.clone() else {
+        let Some(device) = self.device.as_ref().map(|(device, _)| Arc::clone(device)) else {
             tracing::error!("bug: a registration was asked for before attestation");
             self.session
                 .handle_registration_done(&operation_id, RegistrationOutcome::Failed);
@@ -271,19 +285,19 @@ fn unix_now() -> i64 {
 }
 
 /// Counts how a connection ended.
-/// Resolves to true once the server drains (false if the server is gone).
-async fn draining(flag: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    flag.wait_for(|d| *d).await.is_ok()
-}
-
 pub(crate) fn count_end(counters: &MqttCounters, end: &Result<CloseReason, MqttError>) {
     let c = counters.get();
     match end {
         Ok(CloseReason::ClientDisconnected | CloseReason::ServerShutdown) => {}
+        Ok(CloseReason::DeviceConnectionLimit) => bump(&c.device_limit),
+        Ok(CloseReason::LifetimeExceeded) => bump(&c.lifetime_ends),
         Ok(CloseReason::ConnectTimeout) => bump(&c.connect_timeouts),
         Ok(CloseReason::IdleTimeout) => bump(&c.idle_timeouts),
         Ok(
-            CloseReason::BadUsername | CloseReason::ClientIdMismatch | CloseReason::WrongIdScope,
+            CloseReason::UnsupportedProtocolVersion
+            | CloseReason::BadUsername
+            | CloseReason::ClientIdMismatch
+            | CloseReason::WrongIdScope,
         ) => bump(&c.bad_connects),
         Ok(CloseReason::NotAuthorized) => bump(&c.not_authorized),
         Ok(CloseReason::UnknownTopic | CloseReason::ProtocolViolation(_)) => {

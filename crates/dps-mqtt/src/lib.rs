@@ -5,8 +5,10 @@
 //! the CONNECT username and the two request topics and formats the response topics;
 //! [`Session`] is the DPS protocol of one connection without any I/O (packets, results and
 //! time in; packets to send, credentials to check, registrations to run out); [`serve`] is
-//! the thin tokio driver: a bounded listener that sheds load before TLS, one task per
-//! connection, attestation through `dps-attest` and registration through `dps-registrar`.
+//! the thin tokio driver on the project's one accept loop (`dps-listener`: global and
+//! per-address limits that shed load before TLS), one task per connection, a cap on each
+//! device's connections, attestation through `dps-attest` and registration through
+//! `dps-registrar`.
 //!
 //! What it must never do: read the store (it calls the registrar), act as a broker (response
 //! topics are private to one connection; unknown topics close it), panic or grow without
@@ -17,6 +19,7 @@
 
 pub mod codec;
 mod connection;
+mod devices;
 mod error;
 mod server;
 pub mod session;

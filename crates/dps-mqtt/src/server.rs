@@ -1,47 +1,55 @@
-//! The tokio driver (mini-redis shape): [`serve`] runs the [`Listener`] accept loop, one task
-//! per connection, until `shutdown` resolves; then it stops accepting and gives the open
-//! connections [`MqttLimits::drain_timeout`] to finish before aborting them.
+//! The tokio driver (mini-redis shape): [`serve`] runs the project's one accept loop
+//! (`dps-listener`), one task per connection, until `shutdown` resolves; then it stops
+//! accepting and gives the open connections [`MqttLimits::drain_timeout`] to finish before
+//! aborting them.
 //!
-//! Order per connection, each step bounded: a slot from the connection semaphore (none left →
-//! the TCP connection is closed at once, before any TLS work, and counted as shed); the TLS
-//! handshake under `tls_handshake_timeout`; the CONNECT under `connect_timeout`; then the
-//! [`Handler`] loop until the session closes.
+//! Order per connection, each step bounded: a slot from the listener (none left in total, for
+//! the source address, or for the address's unauthenticated connections → the TCP connection
+//! is closed at once, before any TLS work, and counted as shed); the TLS handshake under
+//! `tls_handshake_timeout`; the CONNECT under `connect_timeout`; attestation, then a place
+//! among the device's `max_connections_per_device` (the slot stops counting as
+//! unauthenticated with the CONNACK 0); then the [`Handler`] loop until the session closes,
+//! at the latest at `max_connection_lifetime`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dps_listener::{Admitted, ListenerLimits};
 use dps_registrar::Registrar;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{count_end, Connection, Handler};
-use crate::stats::{bump, ActiveGuard, MqttCounters};
+use crate::devices::DeviceConnections;
+use crate::stats::MqttCounters;
 use crate::{CloseReason, MqttError, Session, SessionConfig};
 
 /// DPS's largest message (`iot-dps-limits.md`: "Maximum size of message 96 KB").
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 96 * 1024;
-
-/// First pause after a failed `accept()`; doubles up to [`MAX_ACCEPT_BACKOFF`]. Accept
-/// failures are nearly always "out of file descriptors", which frees up as connections close.
-const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-
-/// Longest pause between `accept()` attempts: short enough that a recovered listener is back
-/// within a second, long enough not to spin on a persistent error.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The bounds of the MQTT frontend.
 #[derive(Debug, Clone)]
 pub struct MqttLimits {
     /// Connections served at once; more are closed right after `accept()`, before TLS.
     pub max_connections: usize,
+    /// Connections served at once from one source address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Connections from one source address that have not had their CONNECT accepted yet.
+    pub max_unauthenticated_per_ip: usize,
     /// Time for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Time from the end of the TLS handshake to a complete CONNECT.
     pub connect_timeout: Duration,
+    /// The largest keep-alive honoured: a CONNECT with keep-alive 0 (none) or above it gets
+    /// this one, and the connection is closed after 1.5 × of it without a packet.
+    pub max_keep_alive: Duration,
+    /// Longest time a connection may stay open, counted from the end of the TLS handshake.
+    pub max_connection_lifetime: Duration,
+    /// Authenticated connections one registration id may hold at once; one more gets
+    /// CONNACK 3 (server unavailable).
+    pub max_connections_per_device: usize,
     /// Largest MQTT packet (remaining length) accepted; a larger one closes its connection.
     pub max_packet_size: usize,
     /// Register and poll requests served per connection; later ones get `429`.
@@ -59,9 +67,25 @@ impl Default for MqttLimits {
     ///   buffer, ~50 KiB a connection; a connection part-way through a maximum-size packet
     ///   holds up to `max_packet_size` more) and file descriptors (raise `ulimit -n` above
     ///   this).
+    /// * `max_connections_per_ip` 1024: a quarter of the slots, so one address cannot take
+    ///   them all, while a site of devices behind one NAT address still registers a thousand
+    ///   at once.
+    /// * `max_unauthenticated_per_ip` 256: a device is unauthenticated only for its
+    ///   handshake and CONNECT (milliseconds), so even a busy NAT address has few in that
+    ///   phase; the load test runs at its documented concurrency (at most 256 devices at
+    ///   once from 127.0.0.1) under it. A load test above 256 raises both per-address keys in
+    ///   `dpsd.toml` (nothing is exempt, loopback included).
     /// * `tls_handshake_timeout` 10 s: a handshake is two round trips even on a slow cellular
     ///   link; longer only serves slowloris.
     /// * `connect_timeout` 10 s: every SDK sends CONNECT right after the handshake.
+    /// * `max_keep_alive` 180 s: Node's default keep-alive, the largest default of any SDK
+    ///   (Python 60 s; it allows up to 1740 s). A device polls every 1–2 s while it
+    ///   registers, so a shorter cap than it asked for only ends connections that sit idle.
+    /// * `max_connection_lifetime` 300 s: a DPS device connects, registers (milliseconds, or
+    ///   up to the 30 s SDK timeout behind a slow allocation webhook), polls and leaves;
+    ///   five minutes is ten times the longest legitimate registration.
+    /// * `max_connections_per_device` 2: the connection that registers, plus one left
+    ///   half-open by a device that lost its network and retried before the old one timed out.
     /// * `max_packet_size` 96 KiB: DPS's documented maximum message.
     /// * `max_requests_per_connection` 64: a registration takes one register and a few polls
     ///   (Python polls every 2 s, a registration takes milliseconds); 64 leaves room for
@@ -74,6 +98,11 @@ impl Default for MqttLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_ip: 1024,
+            max_unauthenticated_per_ip: 256,
+            max_keep_alive: Duration::from_secs(180),
+            max_connection_lifetime: Duration::from_secs(300),
+            max_connections_per_device: 2,
             tls_handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -88,8 +117,8 @@ impl Default for MqttLimits {
 /// authentication, e.g. with `dps_attest::PossessionVerifier`) until `shutdown` resolves,
 /// then drains. Returns once every connection has ended or been aborted.
 ///
-/// Failing `accept()`s are retried with back-off (and counted), never returned: the `Result`
-/// is for the caller's convenience in a `try_join!` with the other listeners.
+/// Returns `Err` only when `accept` keeps failing (see `dps_listener::serve`), after the
+/// drain, so the process can exit and be restarted.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -117,132 +146,42 @@ pub async fn serve_with_counters(
     counters: MqttCounters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut server = Listener {
-        listener,
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
-        shared: Arc::new(Shared {
-            acceptor: TlsAcceptor::from(tls),
-            registrar,
-            limits,
-            counters,
-            draining: watch::channel(false).0,
-        }),
-        connections: JoinSet::new(),
+    let listener_limits = ListenerLimits {
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
+        drain_timeout: limits.drain_timeout,
     };
-    server.run(shutdown).await;
-    server.drain().await;
-    Ok(())
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        registrar,
+        devices: DeviceConnections::new(limits.max_connections_per_device),
+        limits,
+        counters: counters.clone(),
+    });
+    dps_listener::serve(
+        listener,
+        listener_limits,
+        counters.listener().clone(),
+        shutdown,
+        |admitted| serve_connection(admitted, Arc::clone(&shared)),
+    )
+    .await
 }
 
 /// What every connection task reads.
 struct Shared {
     acceptor: TlsAcceptor,
     registrar: Registrar,
+    devices: DeviceConnections,
     limits: MqttLimits,
     counters: MqttCounters,
-    /// Set when the server starts draining: idle connections close at once.
-    draining: watch::Sender<bool>,
-}
-
-/// The accept loop.
-struct Listener {
-    listener: TcpListener,
-    /// One permit per connection; a connection task holds its permit until it ends.
-    slots: Arc<Semaphore>,
-    shared: Arc<Shared>,
-    /// Connection tasks (at most `max_connections`, finished ones reaped as they end).
-    connections: JoinSet<()>,
-}
-
-impl Listener {
-    /// Accepts until `shutdown` resolves.
-    async fn run(&mut self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut backoff = FIRST_ACCEPT_BACKOFF;
-        loop {
-            // Every branch is cancel-safe: `accept` and `join_next` lose nothing when another
-            // branch wins.
-            let accepted = tokio::select! {
-                () = &mut shutdown => return,
-                accepted = self.listener.accept() => accepted,
-                Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
-                    if let Err(e) = ended {
-                        tracing::error!(error = %e, "bug: an MQTT connection task failed");
-                    }
-                    continue;
-                }
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    backoff = FIRST_ACCEPT_BACKOFF;
-                    self.admit(tcp, peer);
-                }
-                Err(e) => {
-                    bump(&self.shared.counters.get().accept_errors);
-                    tracing::warn!(error = %e, pause_ms = backoff.as_millis(), "MQTT accept failed");
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Takes a slot for the connection or, when none is free, closes it before any TLS work.
-    fn admit(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
-            bump(&self.shared.counters.get().shed);
-            tracing::debug!(%peer, "MQTT connection shed: every slot is taken");
-            drop(tcp);
-            return;
-        };
-        bump(&self.shared.counters.get().accepted);
-        self.connections.spawn(serve_connection(
-            tcp,
-            peer,
-            permit,
-            Arc::clone(&self.shared),
-        ));
-    }
-
-    /// Stops accepting (the listener closes) and waits for open connections, aborting those
-    /// still open after the drain timeout.
-    async fn drain(self) {
-        let Listener {
-            listener,
-            mut connections,
-            shared,
-            ..
-        } = self;
-        drop(listener);
-        shared.draining.send_replace(true);
-        let open = connections.len();
-        let wait_all = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(shared.limits.drain_timeout, wait_all)
-            .await
-            .is_err()
-        {
-            tracing::info!(
-                open,
-                "MQTT drain timeout: aborting the remaining connections"
-            );
-            connections.shutdown().await;
-        }
-    }
 }
 
 /// One connection, from the TCP stream to the end.
-async fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
-) {
-    let _permit = permit;
-    let _active = ActiveGuard::new(&shared.counters);
-    let end = run_connection(tcp, &shared).await;
+async fn serve_connection(admitted: Admitted<TcpStream>, shared: Arc<Shared>) {
+    let peer = admitted.peer;
+    let end = run_connection(admitted, &shared).await;
     count_end(&shared.counters, &end);
     match &end {
         Ok(reason) => tracing::debug!(%peer, reason = reason.label(), "MQTT connection closed"),
@@ -255,20 +194,34 @@ async fn serve_connection(
     }
 }
 
-async fn run_connection(tcp: TcpStream, shared: &Shared) -> Result<CloseReason, MqttError> {
+async fn run_connection(
+    admitted: Admitted<TcpStream>,
+    shared: &Shared,
+) -> Result<CloseReason, MqttError> {
+    let Admitted {
+        stream: tcp,
+        slot,
+        mut draining,
+        ..
+    } = admitted;
     // Responses are small and latency-bound; don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
     let limits = &shared.limits;
-    let tls = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp))
-        .await
-        .map_err(|_elapsed| MqttError::TlsHandshakeTimeout)?
-        .map_err(MqttError::TlsHandshake)?;
+    let handshake = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+    let tls = tokio::select! {
+        tls = handshake => tls
+            .map_err(|_elapsed| MqttError::TlsHandshakeTimeout)?
+            .map_err(MqttError::TlsHandshake)?,
+        () = draining.wait() => return Ok(CloseReason::ServerShutdown),
+    };
     let session = Session::new(
         SessionConfig {
             id_scope: shared.registrar.id_scope().clone(),
             connect_timeout: limits.connect_timeout,
             max_requests: limits.max_requests_per_connection,
             max_operations: limits.max_operations_per_connection,
+            max_keep_alive: limits.max_keep_alive,
+            max_lifetime: limits.max_connection_lifetime,
         },
         tokio::time::Instant::now().into_std(),
     );
@@ -277,10 +230,12 @@ async fn run_connection(tcp: TcpStream, shared: &Shared) -> Result<CloseReason, 
         session,
         registrar: shared.registrar.clone(),
         counters: shared.counters.clone(),
+        slot,
+        devices: shared.devices.clone(),
         device: None,
         registrations: JoinSet::new(),
         operation_of_task: Default::default(),
-        draining: shared.draining.subscribe(),
+        draining,
     };
     handler.run().await
 }

@@ -10,16 +10,20 @@
 //! Rules (DPS MQTT, `dps-protocol.md` §3 and §11):
 //! * the first packet must be CONNECT, within the connect timeout; the client id must equal
 //!   the username's registration id (any letter case); CleanSession 0 and 1 are both fine;
-//!   CONNACK always has session-present 0;
+//!   CONNACK always has session-present 0; another protocol level gets CONNACK 1, the reserved
+//!   flag set a close without CONNACK (MQTT 3.1.1 §3.1.2.2, §3.1.2.3);
 //! * SUBSCRIBE `$dps/registrations/res/#` is granted `min(requested, 1)`, any other filter
 //!   fails (0x80); UNSUBSCRIBE, PINGREQ are answered; DISCONNECT closes;
 //! * a PUBLISH to the register topic (QoS 0 or 1, PUBACK for 1) answers `202` + `assigning`
 //!   and starts a registration; a PUBLISH to the poll topic answers `202` while it runs and
 //!   `200` with the registration state when done; an unknown operation answers `404`;
-//! * any other topic closes the connection (DPS is not a broker);
+//! * a request topic with a valid `$rid` but an otherwise malformed query (a poll without
+//!   `operationId`, say) answers `400` on that `$rid`; any other topic closes the connection
+//!   (DPS is not a broker);
 //! * limits: concurrent operations and requests per connection (`429` + `retry-after`),
 //!   unacknowledged responses (the oldest is forgotten: DPS never retransmits), packets
-//!   received while the CONNECT is being authenticated, idle time (1.5 × keep-alive).
+//!   received while the CONNECT is being authenticated, idle time (1.5 × keep-alive, with
+//!   keep-alive capped and 0 taken as the cap), and the connection's lifetime.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,8 +35,8 @@ use dps_types::{
 };
 use serde::Serialize;
 
-use crate::codec::{ConnAckCode, ConnectPacket, Inbound, Outbound, PublishPacket, QoS};
-use crate::topics::{self, Request};
+use crate::codec::{BadConnect, ConnAckCode, ConnectPacket, Inbound, Outbound, PublishPacket, QoS};
+use crate::topics::{self, NameError, Request};
 
 /// `retry-after` on the register `202`. One second: registrations finish in milliseconds (one
 /// durable write), so a longer wait is pure latency; 1 is the smallest value C accepts (it
@@ -50,11 +54,6 @@ pub const OPERATIONS_RETRY_AFTER_SECS: u32 = 2;
 /// a `429` on the same connection, so this only slows a looping client down (to one request
 /// per 30 s, the SDKs' per-request timeout).
 pub const REQUEST_BUDGET_RETRY_AFTER_SECS: u32 = 30;
-
-/// Longest idle time allowed, also used when the device sends keep-alive 0: 1.5 × 1740 s,
-/// Python's largest allowed keep-alive (`MAX_KEEP_ALIVE_SECS`), the largest any SDK documents.
-/// A DPS connection lives for seconds; this only bounds how long an idle one holds a slot.
-pub const MAX_IDLE: Duration = Duration::from_secs(2610);
 
 /// Responses whose PUBACK we still track. DPS keeps no session and never retransmits, so the
 /// set only keeps fresh packet ids from colliding with ones in flight; when it is full the
@@ -79,6 +78,10 @@ pub struct SessionConfig {
     pub max_requests: u32,
     /// Registrations running at once per connection; more get `429`.
     pub max_operations: usize,
+    /// The largest keep-alive honoured; keep-alive 0 (none) and larger values get this one.
+    pub max_keep_alive: Duration,
+    /// Time from creation to the close, whatever the device does.
+    pub max_lifetime: Duration,
 }
 
 /// What the driver must do next.
@@ -159,6 +162,12 @@ pub enum CloseReason {
     ProtocolViolation(&'static str),
     /// The server is shutting down and the connection had no registration running.
     ServerShutdown,
+    /// CONNACK 1: the CONNECT is not MQTT 3.1.1 (another protocol level or name).
+    UnsupportedProtocolVersion,
+    /// CONNACK 3: the device already holds its maximum of connections.
+    DeviceConnectionLimit,
+    /// The connection reached its maximum lifetime.
+    LifetimeExceeded,
 }
 
 impl CloseReason {
@@ -175,6 +184,9 @@ impl CloseReason {
             CloseReason::UnknownTopic => "unknown_topic",
             CloseReason::ProtocolViolation(_) => "protocol_violation",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::UnsupportedProtocolVersion => "unsupported_protocol_version",
+            CloseReason::DeviceConnectionLimit => "device_connection_limit",
+            CloseReason::LifetimeExceeded => "lifetime_exceeded",
         }
     }
 }
@@ -213,6 +225,8 @@ pub struct Session {
     actions: VecDeque<Action>,
     /// Connect deadline before the CONNACK, idle deadline after.
     deadline: Instant,
+    /// The end of the connection's lifetime.
+    expires: Instant,
     idle_timeout: Duration,
     registration_id: Option<RegistrationId>,
     pending: Vec<Inbound>,
@@ -230,12 +244,15 @@ impl Session {
     /// A session for a connection whose transport (TLS) is up at `now`.
     pub fn new(config: SessionConfig, now: Instant) -> Self {
         let deadline = now + config.connect_timeout;
+        let expires = now + config.max_lifetime;
+        let idle_timeout = idle_timeout(0, config.max_keep_alive);
         Self {
             config,
             phase: Phase::AwaitingConnect,
             actions: VecDeque::new(),
             deadline,
-            idle_timeout: MAX_IDLE,
+            expires,
+            idle_timeout,
             registration_id: None,
             pending: Vec::new(),
             granted: None,
@@ -254,7 +271,7 @@ impl Session {
 
     /// When [`Session::handle_tick`] must be called next (`None` once closed).
     pub fn next_deadline(&self) -> Option<Instant> {
-        (self.phase != Phase::Closed).then_some(self.deadline)
+        (self.phase != Phase::Closed).then_some(self.deadline.min(self.expires))
     }
 
     /// Whether a `Close` has been issued (later inputs are ignored).
@@ -278,6 +295,14 @@ impl Session {
             Phase::Closed => {}
             Phase::AwaitingConnect => match packet {
                 Inbound::Connect(connect) => self.on_connect(connect),
+                Inbound::BadConnect(BadConnect::ProtocolLevel(_)) => self.refuse(
+                    ConnAckCode::UnacceptableProtocolVersion,
+                    CloseReason::UnsupportedProtocolVersion,
+                ),
+                // MQTT 3.1.1 §3.1.2.3: disconnect, no CONNACK.
+                Inbound::BadConnect(BadConnect::ReservedFlag) => self.close(
+                    CloseReason::ProtocolViolation("the reserved CONNECT flag is set"),
+                ),
                 _ => self.close(CloseReason::ProtocolViolation(
                     "the first packet must be CONNECT",
                 )),
@@ -320,6 +345,19 @@ impl Session {
         }
     }
 
+    /// The credentials were accepted but the device already holds its maximum of
+    /// connections: CONNACK 3 (server unavailable), then close. Every SDK retries a CONNACK 3
+    /// later, by which time one of its old connections has ended.
+    pub fn handle_device_busy(&mut self) {
+        if self.phase == Phase::Authenticating {
+            self.pending.clear();
+            self.refuse(
+                ConnAckCode::ServerUnavailable,
+                CloseReason::DeviceConnectionLimit,
+            );
+        }
+    }
+
     /// A registration started by [`Action::Register`] ended. Unknown ids are ignored.
     pub fn handle_registration_done(&mut self, operation_id: &str, outcome: RegistrationOutcome) {
         let Some(operation) = self.operations.get_mut(operation_id) else {
@@ -340,9 +378,16 @@ impl Session {
         };
     }
 
-    /// Time passed: closes the session when the connect or idle deadline is past.
+    /// Time passed: closes the session when the connect or idle deadline or the end of its
+    /// lifetime is past.
     pub fn handle_tick(&mut self, now: Instant) {
-        if self.phase == Phase::Closed || now < self.deadline {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if now >= self.expires {
+            return self.close(CloseReason::LifetimeExceeded);
+        }
+        if now < self.deadline {
             return;
         }
         let reason = match self.phase {
@@ -353,7 +398,7 @@ impl Session {
     }
 
     fn on_connect(&mut self, connect: ConnectPacket) {
-        self.idle_timeout = idle_timeout(connect.keep_alive);
+        self.idle_timeout = idle_timeout(connect.keep_alive, self.config.max_keep_alive);
         let Some(username) = connect.username.as_deref() else {
             return self.refuse(ConnAckCode::BadUsernameOrPassword, CloseReason::BadUsername);
         };
@@ -382,7 +427,9 @@ impl Session {
 
     fn on_packet(&mut self, packet: Inbound) {
         match packet {
-            Inbound::Connect(_) => self.close(CloseReason::ProtocolViolation("a second CONNECT")),
+            Inbound::Connect(_) | Inbound::BadConnect(_) => {
+                self.close(CloseReason::ProtocolViolation("a second CONNECT"))
+            }
             Inbound::Publish(publish) => self.on_publish(publish),
             Inbound::PubAck { pkid } => self.unacked.retain(|&id| id != pkid),
             Inbound::Subscribe { pkid, filters } => {
@@ -413,26 +460,33 @@ impl Session {
         if publish.qos == QoS::ExactlyOnce {
             return self.close(CloseReason::ProtocolViolation("QoS 2 PUBLISH"));
         }
-        let Ok(request) = topics::parse_request(&publish.topic) else {
-            return self.close(CloseReason::UnknownTopic);
+        // A request topic with an echo-able `$rid` is answered, even when the rest of its
+        // query is wrong (the device learns why); without one there is no way to answer.
+        let request = match topics::parse_request(&publish.topic) {
+            Ok(request) => Ok(request),
+            Err(NameError::BadRequest { rid, why }) => Err((rid, why)),
+            Err(_) => return self.close(CloseReason::UnknownTopic),
         };
         if publish.qos == QoS::AtLeastOnce {
             self.send(Outbound::PubAck { pkid: publish.pkid });
         }
+        let rid = match &request {
+            Ok(request) => request.rid(),
+            Err((rid, _)) => rid.as_str(),
+        };
         self.requests = self.requests.saturating_add(1);
         if self.requests > self.config.max_requests {
             let body =
                 ErrorDetails::new(ErrorCode::Throttled, "too many requests on this connection");
-            return self.respond(
-                429,
-                request.rid(),
-                Some(REQUEST_BUDGET_RETRY_AFTER_SECS),
-                &body,
-            );
+            return self.respond(429, rid, Some(REQUEST_BUDGET_RETRY_AFTER_SECS), &body);
         }
         match request {
-            Request::Register { rid } => self.on_register(&rid, &publish.payload),
-            Request::Poll { rid, operation_id } => self.on_poll(&rid, &operation_id),
+            Ok(Request::Register { rid }) => self.on_register(&rid, &publish.payload),
+            Ok(Request::Poll { rid, operation_id }) => self.on_poll(&rid, &operation_id),
+            Err((rid, why)) => {
+                let body = ErrorDetails::new(ErrorCode::BadRequest, why);
+                self.respond(400, &rid, None, &body);
+            }
         }
     }
 
@@ -601,12 +655,16 @@ impl Session {
     }
 }
 
-/// 1.5 × keep-alive (MQTT 3.1.1 §3.1.2.10), capped at [`MAX_IDLE`]; 0 means [`MAX_IDLE`].
-fn idle_timeout(keep_alive_secs: u16) -> Duration {
-    if keep_alive_secs == 0 {
-        return MAX_IDLE;
-    }
-    (Duration::from_secs(u64::from(keep_alive_secs)) * 3 / 2).min(MAX_IDLE)
+/// 1.5 × keep-alive (MQTT 3.1.1 §3.1.2.10), where keep-alive 0 (none) and values above
+/// `max_keep_alive` count as `max_keep_alive`: a device cannot hold an idle connection longer.
+fn idle_timeout(keep_alive_secs: u16, max_keep_alive: Duration) -> Duration {
+    let asked = Duration::from_secs(u64::from(keep_alive_secs));
+    let keep_alive = if asked.is_zero() || asked > max_keep_alive {
+        max_keep_alive
+    } else {
+        asked
+    };
+    keep_alive * 3 / 2
 }
 
 /// The register body. An empty (or blank) body is taken as `{}`: the identity comes from the

@@ -5,18 +5,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dps_listener::{ListenerCounters, ListenerStats};
+
 /// A handle on the counters of one MQTT frontend; clones share them.
 #[derive(Debug, Clone, Default)]
 pub struct MqttCounters {
     inner: Arc<Counters>,
+    listener: ListenerCounters,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) shed: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
-    pub(crate) active: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
     pub(crate) tls_timeouts: AtomicU64,
     pub(crate) connect_timeouts: AtomicU64,
@@ -26,6 +25,8 @@ pub(crate) struct Counters {
     pub(crate) malformed_packets: AtomicU64,
     pub(crate) oversized_packets: AtomicU64,
     pub(crate) protocol_violations: AtomicU64,
+    pub(crate) device_limit: AtomicU64,
+    pub(crate) lifetime_ends: AtomicU64,
     pub(crate) io_errors: AtomicU64,
     pub(crate) registrations_started: AtomicU64,
     pub(crate) registrations_busy: AtomicU64,
@@ -36,14 +37,9 @@ pub(crate) struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MqttStats {
-    /// TCP connections given a slot.
-    pub accepted: u64,
-    /// TCP connections closed at once because every slot was taken (before TLS).
-    pub shed: u64,
-    /// `accept()` failures (e.g. out of file descriptors).
-    pub accept_errors: u64,
-    /// Connections holding a slot now.
-    pub active: u64,
+    /// The listener's: connections admitted, shed before TLS (by reason), `accept` errors,
+    /// connections holding a slot now.
+    pub listener: ListenerStats,
     /// TLS handshakes that failed.
     pub tls_failures: u64,
     /// TLS handshakes that did not finish in time.
@@ -52,8 +48,8 @@ pub struct MqttStats {
     pub connect_timeouts: u64,
     /// Connections closed for silence beyond 1.5 × keep-alive.
     pub idle_timeouts: u64,
-    /// CONNECTs refused before attestation: bad username, client id ≠ registration id, or
-    /// another ID scope (CONNACK 2, 4 or 5).
+    /// CONNECTs refused before attestation: another protocol level, bad username, client
+    /// id ≠ registration id, or another ID scope (CONNACK 1, 2, 4 or 5).
     pub bad_connects: u64,
     /// CONNECTs refused by attestation (CONNACK 5).
     pub not_authorized: u64,
@@ -64,6 +60,11 @@ pub struct MqttStats {
     /// Connections closed for breaking MQTT or DPS rules (unknown topic, a packet only a
     /// server sends, QoS 2, data before CONNECT, ...).
     pub protocol_violations: u64,
+    /// Authenticated CONNECTs refused because the device already held
+    /// `max_connections_per_device` connections (CONNACK 3).
+    pub device_limit: u64,
+    /// Connections closed at `max_connection_lifetime`.
+    pub lifetime_ends: u64,
     /// Connections that ended on a read or write error or timeout.
     pub io_errors: u64,
     /// Registrations handed to the registrar.
@@ -80,10 +81,7 @@ impl MqttCounters {
         let c = &self.inner;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MqttStats {
-            accepted: get(&c.accepted),
-            shed: get(&c.shed),
-            accept_errors: get(&c.accept_errors),
-            active: get(&c.active),
+            listener: self.listener.snapshot(),
             tls_failures: get(&c.tls_failures),
             tls_timeouts: get(&c.tls_timeouts),
             connect_timeouts: get(&c.connect_timeouts),
@@ -93,6 +91,8 @@ impl MqttCounters {
             malformed_packets: get(&c.malformed_packets),
             oversized_packets: get(&c.oversized_packets),
             protocol_violations: get(&c.protocol_violations),
+            device_limit: get(&c.device_limit),
+            lifetime_ends: get(&c.lifetime_ends),
             io_errors: get(&c.io_errors),
             registrations_started: get(&c.registrations_started),
             registrations_busy: get(&c.registrations_busy),
@@ -103,25 +103,13 @@ impl MqttCounters {
     pub(crate) fn get(&self) -> &Counters {
         &self.inner
     }
+
+    pub(crate) fn listener(&self) -> &ListenerCounters {
+        &self.listener
+    }
 }
 
 /// Adds one.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Counts a connection as active for as long as it lives.
-pub(crate) struct ActiveGuard(MqttCounters);
-
-impl ActiveGuard {
-    pub(crate) fn new(counters: &MqttCounters) -> Self {
-        bump(&counters.get().active);
-        Self(counters.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.get().active.fetch_sub(1, Ordering::Relaxed);
-    }
 }

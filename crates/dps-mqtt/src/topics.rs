@@ -88,6 +88,16 @@ pub enum NameError {
     /// `=`, too many pairs, or a poll without `operationId`).
     #[error("malformed request query: {0}")]
     BadQuery(&'static str),
+    /// A request topic whose `$rid` can be echoed but whose query is otherwise malformed
+    /// (a poll without `operationId`, a bad `operationId`, a pair without `=`, ...): the
+    /// device is answered `400` on `rid`.
+    #[error("malformed request query: {why}")]
+    BadRequest {
+        /// The request id to answer on (passed [`is_valid_rid`]).
+        rid: String,
+        /// What is wrong, for the `400`'s message.
+        why: &'static str,
+    },
     /// The `$rid` contains characters that cannot be echoed safely in a response topic.
     #[error("the $rid must be 1 to 128 printable ASCII characters without $ & # + = ? or space")]
     BadRid,
@@ -103,7 +113,32 @@ pub enum NameError {
 
 /// Parses a request topic (a device PUBLISH). Query pairs may come in any order; unknown
 /// keys are ignored; `$rid` is required and kept byte for byte.
+///
+/// A request topic with exactly one valid `$rid` among its first [`MAX_QUERY_PAIRS`] pieces
+/// but an otherwise malformed query is a [`NameError::BadRequest`] carrying that `$rid`.
 pub fn parse_request(topic: &[u8]) -> Result<Request, NameError> {
+    let (is_poll, query) = request_query(topic)?;
+    parse_query(is_poll, query).map_err(|e| match (e, answerable_rid(query)) {
+        (NameError::BadQuery(why), Some(rid)) => NameError::BadRequest {
+            rid: rid.to_owned(),
+            why,
+        },
+        (e, _) => e,
+    })
+}
+
+/// The `$rid` of a malformed query, if exactly one valid one is there to answer on.
+fn answerable_rid(query: &str) -> Option<&str> {
+    let mut rids = query
+        .split('&')
+        .take(MAX_QUERY_PAIRS)
+        .filter_map(|pair| pair.strip_prefix("$rid="));
+    let rid = rids.next()?;
+    (rids.next().is_none() && is_valid_rid(rid)).then_some(rid)
+}
+
+/// Whether `topic` is the register (`false`) or the poll (`true`) topic, and its query.
+fn request_query(topic: &[u8]) -> Result<(bool, &str), NameError> {
     if topic.len() > MAX_TOPIC_LEN {
         return Err(NameError::TooLong {
             what: "topic",
@@ -119,7 +154,10 @@ pub fn parse_request(topic: &[u8]) -> Result<Request, NameError> {
     } else {
         return Err(NameError::UnknownTopic);
     };
+    Ok((is_poll, query))
+}
 
+fn parse_query(is_poll: bool, query: &str) -> Result<Request, NameError> {
     let mut rid = None;
     let mut operation_id = None;
     for (index, pair) in query.split('&').enumerate() {
@@ -288,7 +326,7 @@ mod tests {
             ),
             (
                 b"$dps/registrations/PUT/iotdps-register/?$rid=1&",
-                NameError::BadQuery("a query pair has no '='"),
+                answer_400("a query pair has no '='"),
             ),
             (
                 b"$dps/registrations/PUT/iotdps-register/?$rid=1&$rid=2",
@@ -304,11 +342,11 @@ mod tests {
             ),
             (
                 b"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1",
-                NameError::BadQuery("a poll needs an operationId"),
+                answer_400("a poll needs an operationId"),
             ),
             (
                 b"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId=%zz",
-                NameError::BadQuery("the operationId is not valid percent-encoding"),
+                answer_400("the operationId is not valid percent-encoding"),
             ),
         ];
         for (topic, err) in cases {
@@ -327,8 +365,21 @@ mod tests {
         let many = format!("{REGISTER_PREFIX}$rid=1{}", "&a=b".repeat(MAX_QUERY_PAIRS));
         assert_eq!(
             parse_request(many.as_bytes()),
+            Err(answer_400("too many query pairs"))
+        );
+        let many_without_rid = format!("{REGISTER_PREFIX}{}$rid=1", "a=b&".repeat(MAX_QUERY_PAIRS));
+        assert_eq!(
+            parse_request(many_without_rid.as_bytes()),
             Err(NameError::BadQuery("too many query pairs"))
         );
+    }
+
+    /// A malformed query with `$rid=1`: answerable.
+    fn answer_400(why: &'static str) -> NameError {
+        NameError::BadRequest {
+            rid: "1".into(),
+            why,
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ async fn symmetric_key_individual_registers_then_polls_assigned() {
 
     let stats = server.stats();
     assert_eq!(stats.registrations_started, 1);
-    assert_eq!(stats.active, 1);
+    assert_eq!(stats.listener.active, 1);
 }
 
 #[tokio::test]
@@ -337,7 +337,7 @@ async fn load_is_shed_before_tls_and_shutdown_drains() {
     .await
     .expect("a shed connection is closed at once");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert_eq!(server.stats().shed, 1);
+    assert_eq!(server.stats().listener.shed_connection_limit, 1);
 
     // The holder still works; once it leaves, the slot is free again.
     let body = holder
@@ -354,7 +354,7 @@ async fn load_is_shed_before_tls_and_shutdown_drains() {
         .await;
     holder.assert_closed().await;
     for _ in 0..500 {
-        if server.stats().active == 0 {
+        if server.stats().listener.active == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -422,5 +422,187 @@ async fn shutdown_closes_idle_connections_without_waiting_for_the_drain_timeout(
         "an idle device (e.g. one whose registration failed) must not hold shutdown for the drain timeout"
     );
     idle.assert_closed().await;
-    assert_eq!(server.stats().active, 0);
+    assert_eq!(server.stats().listener.active, 0);
+}
+
+/// Reads until the server closes `tcp`; fails if it stays open for 10 s.
+async fn assert_tcp_closed(tcp: &mut tokio::net::TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(tcp, &mut byte),
+    )
+    .await
+    .expect("the connection is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_flood_from_one_address_does_not_keep_devices_of_another_out() {
+    let server = Server::with_limits(MqttLimits {
+        max_unauthenticated_per_ip: 2,
+        max_connections_per_ip: 4,
+        // Long enough that the flood still holds its slots when it is checked.
+        tls_handshake_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(60),
+        ..MqttLimits::default()
+    })
+    .await;
+    let flooder = [127, 0, 0, 2];
+
+    // Connections from 127.0.0.2 that do not finish: one never starts TLS, one sends no
+    // CONNECT (yet). The third connection from that address is shed before TLS.
+    let _no_tls = server.tcp_from(flooder).await;
+    let mut no_connect_yet = server.tls_from(flooder, None).await;
+    let mut shed = server.tcp_from(flooder).await;
+    assert_tcp_closed(&mut shed).await;
+    assert_eq!(server.stats().listener.shed_unauthenticated_limit, 1);
+
+    // A device from 127.0.0.1 registers meanwhile.
+    server.assert_still_serving().await;
+
+    // An accepted CONNECT stops counting as unauthenticated, so the address may open more...
+    let key = server.enroll_sas("sym-flood", json!({})).await;
+    let token = sas_token("sym-flood", &key, unix_now() + 3600);
+    assert_eq!(
+        no_connect_yet
+            .connect("sym-flood", &username("sym-flood"), Some(&token))
+            .await,
+        Some(0)
+    );
+    let mut device = server.tls_from(flooder, None).await;
+    assert_eq!(
+        device
+            .connect("sym-flood", &username("sym-flood"), Some(&token))
+            .await,
+        Some(0)
+    );
+    let _fourth = server.tcp_from(flooder).await;
+    // ...but its share of slots stays bounded.
+    let mut over = server.tcp_from(flooder).await;
+    assert_tcp_closed(&mut over).await;
+    let stats = server.stats().listener;
+    assert_eq!(stats.shed_address_limit, 1, "{stats:?}");
+    assert_eq!(stats.shed_unauthenticated_limit, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn keep_alive_0_is_closed_after_the_cap() {
+    let server = Server::with_limits(MqttLimits {
+        // 1.5 × 1 s of silence closes it.
+        max_keep_alive: Duration::from_secs(1),
+        ..MqttLimits::default()
+    })
+    .await;
+    let key = server.enroll_sas("sym-ka0", json!({})).await;
+    let mut device = server.tls(None).await;
+    let token = sas_token("sym-ka0", &key, unix_now() + 3600);
+    assert_eq!(
+        device
+            .connect_with_keep_alive("sym-ka0", &username("sym-ka0"), Some(&token), 0)
+            .await,
+        Some(0)
+    );
+    device.assert_closed().await;
+    assert_eq!(server.stats().idle_timeouts, 1);
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_at_its_maximum_lifetime() {
+    let server = Server::with_limits(MqttLimits {
+        max_connection_lifetime: Duration::from_secs(1),
+        ..MqttLimits::default()
+    })
+    .await;
+    let key = server.enroll_sas("sym-life", json!({})).await;
+    // Keep-alive 60 s: only the lifetime can end it within the test's patience.
+    let mut device = server.sas_device("sym-life", &key).await;
+    device.assert_closed().await;
+    let stats = server.stats();
+    assert_eq!(stats.lifetime_ends, 1, "{stats:?}");
+    assert_eq!(stats.idle_timeouts, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn connections_of_one_device_beyond_the_cap_get_connack_3() {
+    let server = Server::with_limits(MqttLimits {
+        max_connections_per_device: 2,
+        ..MqttLimits::default()
+    })
+    .await;
+    let key = server.enroll_sas("sym-twice", json!({})).await;
+    let token = sas_token("sym-twice", &key, unix_now() + 3600);
+    let _first = server.sas_device("sym-twice", &key).await;
+    let _second = server.sas_device("sym-twice", &key).await;
+    // Any letter case is the same device.
+    assert_eq!(
+        server
+            .connack(None, "SYM-TWICE", &username("SYM-TWICE"), Some(&token))
+            .await,
+        Some(3)
+    );
+    assert_eq!(server.stats().device_limit, 1);
+    // A claim that fails attestation is refused as such, and never counts for the device.
+    assert_eq!(
+        server
+            .connack(None, "sym-twice", &username("sym-twice"), Some("bad"))
+            .await,
+        Some(5)
+    );
+    server.assert_still_serving().await;
+}
+
+/// A CONNECT's bytes with the given protocol name, level and flags (and a client id).
+fn raw_connect(name: &[u8], level: u8, flags: u8) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[level, flags, 0, 60, 0, 3]);
+    body.extend_from_slice(b"dev");
+    let mut frame = vec![0x10, body.len() as u8];
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[tokio::test]
+async fn another_protocol_version_gets_connack_1_and_a_reserved_flag_is_closed() {
+    let server = Server::start().await;
+    for (name, level) in [(&b"MQTT"[..], 5), (b"MQIsdp", 3)] {
+        let mut client = server.tls(None).await;
+        client.send_raw(&raw_connect(name, level, 0b10)).await;
+        match client.recv().await {
+            Some(rumqttd::protocol::Packet::ConnAck(ack, _)) => assert_eq!(
+                ack.code,
+                rumqttd::protocol::ConnectReturnCode::RefusedProtocolVersion
+            ),
+            other => panic!("expected CONNACK 1, got {other:?}"),
+        }
+        client.assert_closed().await;
+    }
+    let mut reserved = server.tls(None).await;
+    reserved.send_raw(&raw_connect(b"MQTT", 4, 0b11)).await;
+    assert!(reserved.recv().await.is_none(), "closed without a CONNACK");
+    assert_eq!(server.stats().bad_connects, 2);
+    assert_eq!(server.stats().protocol_violations, 1);
+    server.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_poll_without_operation_id_is_answered_400_on_its_rid() {
+    let server = Server::start().await;
+    let key = server.enroll_sas("sym-400", json!({})).await;
+    let mut device = server.sas_device("sym-400", &key).await;
+    let answer = device
+        .request(
+            "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=5",
+            b" ",
+        )
+        .await;
+    assert_eq!(answer.topic, "$dps/registrations/res/400/?$rid=5");
+    assert_eq!(answer.body["errorCode"], 400001);
+    // The connection still serves.
+    let body = device
+        .register_until_done(json!({"registrationId": "sym-400"}))
+        .await;
+    assert_eq!(body["status"], "assigned");
 }

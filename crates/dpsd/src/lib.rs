@@ -214,6 +214,8 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         .with_max_body_bytes(config.api.max_body.0);
     let limits = dps_api::HttpLimits {
         max_connections: config.api.max_connections,
+        max_connections_per_ip: config.api.max_connections_per_ip,
+        max_unauthenticated_per_ip: config.api.max_unauthenticated_per_ip,
         tls_handshake_timeout: config.api.tls_handshake_timeout,
         header_read_timeout: config.api.header_read_timeout,
         request_timeout: config.api.request_timeout,
@@ -234,6 +236,11 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let m = &config.mqtt;
     let mqtt_limits = dps_mqtt::MqttLimits {
         max_connections: m.max_connections,
+        max_connections_per_ip: m.max_connections_per_ip,
+        max_unauthenticated_per_ip: m.max_unauthenticated_per_ip,
+        max_keep_alive: m.max_keep_alive,
+        max_connection_lifetime: m.max_connection_lifetime,
+        max_connections_per_device: m.max_connections_per_device,
         tls_handshake_timeout: m.tls_handshake_timeout,
         connect_timeout: m.connect_timeout,
         max_packet_size: m.max_packet.0,

@@ -202,7 +202,19 @@ impl Server {
     }
 
     pub async fn tls(&self, device: Option<&DeviceCert>) -> Client {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        self.tls_from([127, 0, 0, 1], device).await
+    }
+
+    /// A TCP connection from `source` (any 127.x.y.z is loopback on Linux).
+    pub async fn tcp_from(&self, source: [u8; 4]) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(self.addr).await.unwrap()
+    }
+
+    /// A TLS connection from `source`, with `device`'s chain as client certificate if given.
+    pub async fn tls_from(&self, source: [u8; 4], device: Option<&DeviceCert>) -> Client {
+        let tcp = self.tcp_from(source).await;
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(self.pki.root().der()))
@@ -335,16 +347,29 @@ impl Client {
         }
     }
 
-    /// CONNECT; the CONNACK return code, or `None` if the server closed without one.
+    /// CONNECT with keep-alive 60 s; the CONNACK return code, or `None` if the server closed
+    /// without one.
     pub async fn connect(
         &mut self,
         client_id: &str,
         username: &str,
         password: Option<&str>,
     ) -> Option<u8> {
+        self.connect_with_keep_alive(client_id, username, password, 60)
+            .await
+    }
+
+    /// CONNECT with `keep_alive` seconds; as [`Client::connect`].
+    pub async fn connect_with_keep_alive(
+        &mut self,
+        client_id: &str,
+        username: &str,
+        password: Option<&str>,
+        keep_alive: u16,
+    ) -> Option<u8> {
         self.send(Packet::Connect(
             Connect {
-                keep_alive: 60,
+                keep_alive,
                 client_id: client_id.into(),
                 clean_session: false,
             },
@@ -362,6 +387,7 @@ impl Client {
                 assert!(!ack.session_present);
                 Some(match ack.code {
                     ConnectReturnCode::Success => 0,
+                    ConnectReturnCode::RefusedProtocolVersion => 1,
                     ConnectReturnCode::ClientIdentifierNotValid => 2,
                     ConnectReturnCode::ServiceUnavailable => 3,
                     ConnectReturnCode::BadUserNamePassword => 4,

@@ -63,6 +63,11 @@ pub struct ApiConfig {
     pub tls_key: Option<PathBuf>,
     /// Connections beyond this are closed at once.
     pub max_connections: usize,
+    /// Connections from one source address beyond this are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Connections from one source address that have not sent a request yet, beyond which
+    /// more are closed at once.
+    pub max_unauthenticated_per_ip: usize,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for a request's headers.
@@ -80,6 +85,17 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Connections beyond this are closed before the TLS handshake.
     pub max_connections: usize,
+    /// Connections from one source address beyond this are closed before the handshake.
+    pub max_connections_per_ip: usize,
+    /// Connections from one source address without an accepted CONNECT, beyond which more
+    /// are closed before the handshake.
+    pub max_unauthenticated_per_ip: usize,
+    /// Largest keep-alive honoured (0 and larger values get this one).
+    pub max_keep_alive: Duration,
+    /// Longest a device connection stays open.
+    pub max_connection_lifetime: Duration,
+    /// Authenticated connections one registration id may hold at once.
+    pub max_connections_per_device: usize,
     /// Deadline for the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Deadline for CONNECT after the handshake.
@@ -273,6 +289,20 @@ impl Config {
                 http.max_connections,
                 positive_count,
             ),
+            max_connections_per_ip: r.take_valid(
+                &mut t,
+                "api",
+                "max_connections_per_ip",
+                http.max_connections_per_ip,
+                positive_count,
+            ),
+            max_unauthenticated_per_ip: r.take_valid(
+                &mut t,
+                "api",
+                "max_unauthenticated_per_ip",
+                http.max_unauthenticated_per_ip,
+                positive_count,
+            ),
             tls_handshake_timeout: r.take_valid(
                 &mut t,
                 "api",
@@ -324,6 +354,41 @@ impl Config {
                 "mqtt",
                 "max_connections",
                 limits.max_connections,
+                positive_count,
+            ),
+            max_connections_per_ip: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_connections_per_ip",
+                limits.max_connections_per_ip,
+                positive_count,
+            ),
+            max_unauthenticated_per_ip: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_unauthenticated_per_ip",
+                limits.max_unauthenticated_per_ip,
+                positive_count,
+            ),
+            max_keep_alive: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_keep_alive",
+                limits.max_keep_alive,
+                timeout,
+            ),
+            max_connection_lifetime: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_connection_lifetime",
+                limits.max_connection_lifetime,
+                timeout,
+            ),
+            max_connections_per_device: r.take_valid(
+                &mut t,
+                "mqtt",
+                "max_connections_per_device",
+                limits.max_connections_per_device,
                 positive_count,
             ),
             tls_handshake_timeout: r.take_valid(
