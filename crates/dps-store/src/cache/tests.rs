@@ -30,7 +30,7 @@ fn x509_group(n: usize) -> Arc<EnrollmentGroup> {
     let group = json!({
         "enrollmentGroupId": "x509-group",
         "attestation": {"type": "x509", "x509": {"signingCertificates": certs}},
-        "provisioningStatus": if n % 2 == 0 { "enabled" } else { "disabled" },
+        "provisioningStatus": if n.is_multiple_of(2) { "enabled" } else { "disabled" },
     });
     Arc::new(serde_json::from_value(group).unwrap_or_else(|e| panic!("group JSON: {e}")))
 }
@@ -41,7 +41,7 @@ fn symmetric_group(n: usize) -> Arc<EnrollmentGroup> {
     let group = json!({
         "enrollmentGroupId": "sas-group",
         "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key.expose_base64()}},
-        "provisioningStatus": if n % 2 == 0 { "enabled" } else { "disabled" },
+        "provisioningStatus": if n.is_multiple_of(2) { "enabled" } else { "disabled" },
     });
     Arc::new(serde_json::from_value(group).unwrap_or_else(|e| panic!("group JSON: {e}")))
 }
