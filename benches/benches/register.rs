@@ -92,7 +92,7 @@ fn register(c: &mut Criterion) {
                             enrollment_group_id: None,
                         };
                         store
-                            .put_registration(record)
+                            .put_registration(record, &Precondition::Any)
                             .await
                             .map(drop)
                             .unwrap_or_else(|e| panic!("{e}"));

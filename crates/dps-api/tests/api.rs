@@ -392,10 +392,13 @@ async fn registration_states() {
             "assignedHub": "hub.example.com", "deviceId": id}))
         .expect("state");
         api.store
-            .put_registration(RegistrationRecord {
-                state,
-                enrollment_group_id: group,
-            })
+            .put_registration(
+                RegistrationRecord {
+                    state,
+                    enrollment_group_id: group,
+                },
+                &dps_store::Precondition::Any,
+            )
             .await
             .expect("stored");
     }

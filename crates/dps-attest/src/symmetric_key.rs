@@ -2,11 +2,11 @@
 //! individual enrollment's keys, or against the device keys derived from each symmetric-key
 //! enrollment group's keys.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dps_types::{
-    Attestation, AttestationType, EnrollmentGroup, EnrollmentLookup, IdScope, SymmetricKey,
-    SymmetricKeyAttestation,
+    Attestation, AttestationType, EnrollmentLookup, IdScope, SymmetricKey, SymmetricKeyAttestation,
 };
 
 use crate::refusal::{parse_claimed_id, quoted};
@@ -26,7 +26,9 @@ const REGISTRATIONS: &str = "/registrations/";
 /// alone: a symmetric-key enrollment whose primary or secondary key signed the token (enabled
 /// or not), any other attestation type is refused. Without one, each symmetric-key group is
 /// tried in lookup order with the device keys derived from its primary and secondary key for
-/// the id as the device spelled it; the first that verifies wins.
+/// the id as the device spelled it; the first that verifies wins. The groups are visited in
+/// place ([`EnrollmentLookup::visit_symmetric_key_groups`]): nothing is collected or cloned
+/// per group, only the group that matched.
 ///
 /// Cost: one HMAC set per candidate key; with `g` symmetric-key groups a refused token costs
 /// up to `4g` (two derived keys and, to name [`FailureReason::DerivedKeyExpected`], two group
@@ -87,15 +89,30 @@ pub fn attest_sas(
         ));
     }
 
-    let groups = lookup.symmetric_key_groups();
-    let groups: Vec<(&Arc<EnrollmentGroup>, &SymmetricKeyAttestation)> = groups
-        .iter()
-        .filter_map(|g| match &g.attestation {
-            Attestation::SymmetricKey(keys) => Some((g, keys)),
-            _ => None,
-        })
-        .collect();
-    if groups.is_empty() {
+    let mut groups = 0usize;
+    let mut matched = None;
+    lookup.visit_symmetric_key_groups(&mut |group| {
+        let Attestation::SymmetricKey(keys) = &group.attestation else {
+            return ControlFlow::Continue(());
+        };
+        groups += 1;
+        let mut derived = keys_of(keys).map(|k| derive_device_key(k, claimed));
+        if derived.any(|key| token.verify_signature(&key).is_ok()) {
+            matched = Some(Arc::clone(group));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    if let Some(group) = matched {
+        return Ok(AttestedDevice::new(
+            registration_id,
+            MatchedEnrollment::Group(group),
+            AttestationType::SymmetricKey,
+            None,
+            None,
+        ));
+    }
+    if groups == 0 {
         return Err(Refusal::new(
             FailureReason::NoEnrollment,
             format!(
@@ -105,22 +122,16 @@ pub fn attest_sas(
             ),
         ));
     }
-    for (group, keys) in &groups {
-        let mut derived = keys_of(keys).map(|k| derive_device_key(k, claimed));
-        if derived.any(|key| token.verify_signature(&key).is_ok()) {
-            return Ok(AttestedDevice::new(
-                registration_id,
-                MatchedEnrollment::Group(Arc::clone(group)),
-                AttestationType::SymmetricKey,
-                None,
-                None,
-            ));
+    // Only a refused token pays for this second walk, to name the group whose own key signed.
+    let mut signed_by_group = None;
+    lookup.visit_symmetric_key_groups(&mut |group| match &group.attestation {
+        Attestation::SymmetricKey(keys) if signed_with_any(&token, keys_of(keys)) => {
+            signed_by_group = Some(Arc::clone(group));
+            ControlFlow::Break(())
         }
-    }
-    if let Some((group, _)) = groups
-        .iter()
-        .find(|(_, keys)| signed_with_any(&token, keys_of(keys)))
-    {
+        _ => ControlFlow::Continue(()),
+    });
+    if let Some(group) = signed_by_group {
         return Err(Refusal::new(
             FailureReason::DerivedKeyExpected,
             format!(
@@ -135,9 +146,8 @@ pub fn attest_sas(
         FailureReason::SasSignatureMismatch,
         format!(
             "no individual enrollment has registration id {}, and the token is signed with no \
-             device key derived from the {} symmetric-key enrollment groups",
+             device key derived from the {groups} symmetric-key enrollment groups",
             quoted(claimed),
-            groups.len()
         ),
     ))
 }

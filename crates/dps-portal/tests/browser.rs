@@ -466,10 +466,13 @@ async fn walk(c: &Client, running: &dpsd::Running, dir: &Path, reader_key: &str)
         state.substatus = Some(AssignedDeviceSubstatus::InitialAssignment);
         state.created_date_time_utc = Some(Timestamp::now());
         store
-            .put_registration(RegistrationRecord {
-                state,
-                enrollment_group_id: group.map(EnrollmentGroupId::parse).transpose()?,
-            })
+            .put_registration(
+                RegistrationRecord {
+                    state,
+                    enrollment_group_id: group.map(EnrollmentGroupId::parse).transpose()?,
+                },
+                &Precondition::Any,
+            )
             .await?;
     }
     running.registrar.diagnostics().record(

@@ -4,7 +4,9 @@
 //! make one, so no caller can skip attestation), refuses disabled enrollments, picks a hub by
 //! the enrollment's allocation policy (static, hashed, geoLatency, custom webhook) and its
 //! reprovision policy, writes the registration record durably, and returns the
-//! `registrationState` the device is told. Failed attempts, including attestation refusals
+//! `registrationState` the device is told. A registration's read of the previous record,
+//! allocation and write happen under its registration id's lock, and the write is conditional
+//! on the record read, so concurrent registrations of one device run as if one after another. Failed attempts, including attestation refusals
 //! that frontends report with [`Registrar::record_refusal`], are kept with their precise
 //! reasons in [`Diagnostics`].
 //!
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dps_attest::{AttestedDevice, MatchedEnrollment, Refusal};
-use dps_store::{RegistrationRecord, Store};
+use dps_store::{KeyLocks, Precondition, RegistrationRecord, Store};
 use dps_types::{
     AllocationPolicy, AssignedDeviceSubstatus, AttestationType, DeviceId, DeviceRegistrationResult,
     DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope,
@@ -102,6 +104,8 @@ struct Inner {
     config: RegistrarConfig,
     http: reqwest::Client,
     in_flight: Semaphore,
+    /// One lock per registration id being registered (at most `max_in_flight` of them).
+    registering: KeyLocks,
     diagnostics: Diagnostics,
 }
 
@@ -126,6 +130,7 @@ impl Registrar {
                 config,
                 http,
                 in_flight,
+                registering: KeyLocks::new(),
                 diagnostics: Diagnostics::default(),
             }),
         })
@@ -227,6 +232,13 @@ impl Registrar {
             return Ok(result);
         }
 
+        // Held across read, allocation (a webhook call included) and write: a second
+        // registration of this device computes from the record this one writes.
+        let _registering = self
+            .inner
+            .registering
+            .lock(&device.registration_id().key())
+            .await;
         let previous = self.inner.store.registration(device.registration_id());
         let current_hub = previous
             .as_ref()
@@ -288,7 +300,10 @@ impl Registrar {
         let stored = self
             .inner
             .store
-            .put_registration(record)
+            .put_registration(
+                record,
+                &Precondition::unchanged(previous.as_ref().and_then(|p| p.state.etag.as_ref())),
+            )
             .await
             .map_err(RegistrarError::Store)?;
         let s = &stored.state;

@@ -328,3 +328,133 @@ async fn custom_webhook_choosing_an_unlinked_hub_fails_the_registration() {
         "webhook_failed"
     );
 }
+
+/// Hubs the alternating webhook hands out, in turn.
+const ALTERNATING: [&str; 2] = ["hub-a.example.net", "hub-b.example.net"];
+
+/// A webhook that assigns the hubs of [`ALTERNATING`] in turn and records, per call, the hub
+/// the device was in (as the request says) and the hub it assigned.
+async fn alternating_webhook() -> (String, Arc<Mutex<Vec<(Option<String>, String)>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let app = {
+        let calls = Arc::clone(&calls);
+        axum::Router::new().route(
+            "/allocate",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let calls = Arc::clone(&calls);
+                async move {
+                    let current = body["deviceRuntimeContext"]["currentIotHubHostName"]
+                        .as_str()
+                        .map(str::to_owned);
+                    let mut calls = calls.lock().unwrap();
+                    let assigned = ALTERNATING[calls.len() % 2].to_owned();
+                    calls.push((current, assigned.clone()));
+                    axum::Json(json!({"iotHubHostName": assigned}))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/allocate", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_registrations_of_one_device_run_as_if_one_after_another() {
+    const REGISTRATIONS: usize = 16;
+    let env = env();
+    let (url, calls) = alternating_webhook().await;
+    env.enroll(sym(
+        "roamer",
+        json!({"allocationPolicy": "custom",
+               "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+               "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": true}}),
+    ))
+    .await;
+    let mut registrations = tokio::task::JoinSet::new();
+    for _ in 0..REGISTRATIONS {
+        let (registrar, device) = (env.registrar.clone(), env.attest("roamer", &key()));
+        registrations
+            .spawn(async move { registrar.register(&device, Transport::Mqtt, None).await });
+    }
+    let results: Vec<_> = registrations
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+
+    assert!(results
+        .iter()
+        .all(|r| r.status == RegistrationStatus::Assigned));
+    let initial = results
+        .iter()
+        .filter(|r| r.substatus == Some(AssignedDeviceSubstatus::InitialAssignment))
+        .count();
+    assert_eq!(
+        initial, 1,
+        "only the first registration is an initial assignment"
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), REGISTRATIONS);
+    let mut expected_current = None;
+    for (current, assigned) in &calls {
+        assert_eq!(
+            current, &expected_current,
+            "each call sees the hub the last one chose"
+        );
+        expected_current = Some(assigned.clone());
+    }
+    let record = env
+        .store
+        .registration(&RegistrationId::parse("roamer").unwrap())
+        .unwrap();
+    assert_eq!(
+        record.state.assigned_hub.as_ref().map(HubName::as_str),
+        expected_current.as_deref()
+    );
+    assert_eq!(
+        record.state.substatus,
+        Some(AssignedDeviceSubstatus::DeviceDataMigrated)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registrations_of_different_devices_run_in_parallel() {
+    // The webhook answers nobody until both devices' calls have arrived: registrations that
+    // waited for each other would time out in it instead.
+    let arrived = Arc::new(tokio::sync::Barrier::new(2));
+    let app = {
+        let arrived = Arc::clone(&arrived);
+        axum::Router::new().route(
+            "/allocate",
+            axum::routing::post(move || {
+                let arrived = Arc::clone(&arrived);
+                async move {
+                    arrived.wait().await;
+                    axum::Json(json!({"iotHubHostName": "hub-a.example.net"}))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/allocate", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let env = env();
+    let mut registrations = tokio::task::JoinSet::new();
+    for id in ["parallel-1", "parallel-2"] {
+        env.enroll(sym(
+            id,
+            json!({"allocationPolicy": "custom",
+                   "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"}}),
+        ))
+        .await;
+        let (registrar, device) = (env.registrar.clone(), env.attest(id, &key()));
+        registrations
+            .spawn(async move { registrar.register(&device, Transport::Mqtt, None).await });
+    }
+    for result in registrations.join_all().await {
+        assert_eq!(result.unwrap().status, RegistrationStatus::Assigned);
+    }
+}

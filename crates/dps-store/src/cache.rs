@@ -1,10 +1,16 @@
 //! The in-memory copy of every enrollment, group and registration record that the
 //! registration path reads. Reads take no global lock (dashmap shards) and never touch disk.
 //!
-//! Only [`crate::Store`] writes here, under its per-key write lock and in the same call that
-//! writes the backend, so after a write returns cache and backend agree.
+//! Only [`crate::Store`] writes here, under its per-key write lock and once the backend write
+//! is durable, so after a write returns cache and backend agree, and a write whose flush failed
+//! never shows here.
+//!
+//! Replacing a group is atomic for readers: the new index entries are added before the group
+//! itself is swapped (one map insert), and the old version's entries that the new one lacks
+//! are dropped after, so a lookup finds the old or the new version, never nothing.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -35,6 +41,8 @@ pub struct Cache {
     groups: Map<Box<str>, Arc<EnrollmentGroup>>,
     groups_by_thumbprint: MultiIndex,
     groups_by_subject: MultiIndex,
+    /// The symmetric-key subset of `groups`, which SAS attestation walks on every CONNECT.
+    symmetric_groups: Map<Box<str>, Arc<EnrollmentGroup>>,
     registrations: Map<Box<str>, Arc<RegistrationRecord>>,
 }
 
@@ -64,13 +72,18 @@ impl Cache {
         self.lookup_index(&self.groups_by_subject, subject)
     }
 
-    /// Every symmetric-key group (the candidates for a group-derived device key).
-    pub fn symmetric_key_groups(&self) -> Vec<Arc<EnrollmentGroup>> {
-        self.groups
-            .iter()
-            .filter(|g| matches!(g.attestation, Attestation::SymmetricKey(_)))
-            .map(|g| Arc::clone(g.value()))
-            .collect()
+    /// Calls `visit` with each symmetric-key group (the candidates for a group-derived device
+    /// key) until it breaks, in place: nothing is collected or cloned. A shard is read-locked
+    /// while its groups are visited, which only delays a writer to that shard.
+    pub fn visit_symmetric_key_groups(
+        &self,
+        visit: &mut dyn FnMut(&Arc<EnrollmentGroup>) -> ControlFlow<()>,
+    ) {
+        for group in self.symmetric_groups.iter() {
+            if visit(group.value()).is_break() {
+                return;
+            }
+        }
     }
 
     /// The registration record of this registration id.
@@ -113,27 +126,35 @@ impl Cache {
     }
 
     pub(crate) fn put_group(&self, key: &str, g: Arc<EnrollmentGroup>) {
-        self.remove_group(key);
-        for info in signing_infos(&g) {
-            add(
-                &self.groups_by_thumbprint,
-                info.sha256_thumbprint.to_ascii_uppercase(),
-                key,
-            );
-            add(&self.groups_by_subject, info.subject_name.clone(), key);
+        // New index entries first: until the swap below they lead to the old version.
+        for (thumbprint, subject) in index_values(&g) {
+            add(&self.groups_by_thumbprint, thumbprint, key);
+            add(&self.groups_by_subject, subject.to_owned(), key);
         }
-        self.groups.insert(key.into(), g);
+        if matches!(g.attestation, Attestation::SymmetricKey(_)) {
+            self.symmetric_groups.insert(key.into(), Arc::clone(&g));
+        } else {
+            self.symmetric_groups.remove(key);
+        }
+        let new_values: Vec<(String, &str)> = index_values(&g).collect();
+        if let Some(old) = self.groups.insert(key.into(), Arc::clone(&g)) {
+            for (thumbprint, subject) in index_values(&old) {
+                if !new_values.iter().any(|(t, _)| *t == thumbprint) {
+                    drop_key(&self.groups_by_thumbprint, &thumbprint, key);
+                }
+                if !new_values.iter().any(|(_, s)| *s == subject) {
+                    drop_key(&self.groups_by_subject, subject, key);
+                }
+            }
+        }
     }
 
     pub(crate) fn remove_group(&self, key: &str) {
+        self.symmetric_groups.remove(key);
         if let Some((_, old)) = self.groups.remove(key) {
-            for info in signing_infos(&old) {
-                drop_key(
-                    &self.groups_by_thumbprint,
-                    &info.sha256_thumbprint.to_ascii_uppercase(),
-                    key,
-                );
-                drop_key(&self.groups_by_subject, &info.subject_name, key);
+            for (thumbprint, subject) in index_values(&old) {
+                drop_key(&self.groups_by_thumbprint, &thumbprint, key);
+                drop_key(&self.groups_by_subject, subject, key);
             }
         }
     }
@@ -147,7 +168,8 @@ impl Cache {
     }
 }
 
-fn signing_infos(g: &EnrollmentGroup) -> impl Iterator<Item = &dps_types::X509CertificateInfo> {
+/// The index values of a group: (upper-case thumbprint, subject) of each signing certificate.
+fn index_values(g: &EnrollmentGroup) -> impl Iterator<Item = (String, &str)> {
     let certs = match &g.attestation {
         Attestation::X509(x) => x.signing_certificates.as_ref(),
         _ => None,
@@ -156,6 +178,12 @@ fn signing_infos(g: &EnrollmentGroup) -> impl Iterator<Item = &dps_types::X509Ce
         .into_iter()
         .flat_map(|c| c.iter())
         .filter_map(|c| c.info.as_ref())
+        .map(|info| {
+            (
+                info.sha256_thumbprint.to_ascii_uppercase(),
+                info.subject_name.as_str(),
+            )
+        })
 }
 
 fn add(index: &MultiIndex, value: String, key: &str) {
@@ -188,7 +216,13 @@ impl dps_types::EnrollmentLookup for Cache {
     fn groups_by_subject(&self, subject: &str) -> Vec<Arc<EnrollmentGroup>> {
         Cache::groups_by_subject(self, subject)
     }
-    fn symmetric_key_groups(&self) -> Vec<Arc<EnrollmentGroup>> {
-        Cache::symmetric_key_groups(self)
+    fn visit_symmetric_key_groups(
+        &self,
+        visit: &mut dyn FnMut(&Arc<EnrollmentGroup>) -> ControlFlow<()>,
+    ) {
+        Cache::visit_symmetric_key_groups(self, visit);
     }
 }
+
+#[cfg(test)]
+mod tests;

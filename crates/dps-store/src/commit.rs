@@ -1,7 +1,13 @@
 //! Group commit: writers that finished their (buffered) write wait here for a flush that
 //! started after it. One thread flushes for everybody who is waiting, so N concurrent writers
 //! cost about one fsync, not N.
+//!
+//! A failed flush leaves the store unhealthy: every waiter of that flush, and of every batch
+//! after it, fails without flushing, until a probe ([`GroupCommit::probe`]) flushes
+//! successfully. The store probes only once every write of the failed batches has been undone,
+//! so no flush ever makes a refused write durable.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
@@ -9,17 +15,34 @@ use tokio::sync::oneshot;
 use crate::backend::Backend;
 use crate::StoreError;
 
-/// What a waiter learns: the flush worked, or the text of why not (errors are not `Clone`).
-type FlushResult = Result<(), String>;
+/// Why a waiter's writes are not durable.
+#[derive(Debug, Clone)]
+enum FlushFailure {
+    /// This batch's flush failed: the text of why (errors are not `Clone`).
+    Failed(String),
+    /// The store is unhealthy after an earlier failed flush; nothing was flushed.
+    Refused,
+}
+
+/// What a waiter learns.
+type FlushResult = Result<(), FlushFailure>;
+
+/// One writer waiting for a flush; a probe is flushed even while the store is unhealthy.
+struct Waiter {
+    done: oneshot::Sender<FlushResult>,
+    probe: bool,
+}
 
 struct Queue {
-    waiters: Vec<oneshot::Sender<FlushResult>>,
+    waiters: Vec<Waiter>,
     closed: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// False from a failed flush until a probe flushes successfully.
+    healthy: AtomicBool,
 }
 
 /// Handle to the flusher thread; the thread stops when the last handle is dropped.
@@ -37,6 +60,7 @@ impl GroupCommit {
                 closed: false,
             }),
             wake: Condvar::new(),
+            healthy: AtomicBool::new(true),
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -48,20 +72,37 @@ impl GroupCommit {
         })
     }
 
-    /// Waits until every write made before this call is durable.
+    /// Waits until every write made before this call is durable. Fails without flushing
+    /// while the store is unhealthy.
     pub(crate) async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
+        self.wait(false).await
+    }
+
+    /// Flushes even though the store is unhealthy, and makes it healthy again if that worked.
+    /// The caller guarantees that no write of a failed batch is still in the backend.
+    pub(crate) async fn probe(&self) -> Result<(), StoreError> {
+        self.wait(true).await
+    }
+
+    /// Whether the last flush worked (writes are accepted).
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self, probe: bool) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
         {
             let mut q = self.shared.queue.lock().map_err(|_| StoreError::Closed)?;
             if q.closed {
                 return Err(StoreError::Closed);
             }
-            q.waiters.push(tx);
+            q.waiters.push(Waiter { done, probe });
         }
         self.shared.wake.notify_one();
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(StoreError::Backend(why.into())),
+            Ok(Err(FlushFailure::Failed(why))) => Err(StoreError::Backend(why.into())),
+            Ok(Err(FlushFailure::Refused)) => Err(StoreError::Unhealthy),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -100,13 +141,27 @@ fn flush_loop(shared: &Shared, backend: &dyn Backend) {
             }
             std::mem::take(&mut q.waiters)
         };
-        // Every waiter in `batch` registered after its write, so this flush covers it.
-        let result = backend.flush().map_err(|e| {
-            tracing::error!(error = %e, "store flush failed");
-            e.to_string()
-        });
+        let probing = batch.iter().any(|w| w.probe);
+        let result = if shared.healthy.load(Ordering::Acquire) || probing {
+            // Every waiter in `batch` registered after its write, so this flush covers it.
+            match backend.flush() {
+                Ok(()) => {
+                    shared.healthy.store(true, Ordering::Release);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Unhealthy before anyone learns of the failure, so no writer that hears
+                    // of it can start a write that a later flush would make durable.
+                    shared.healthy.store(false, Ordering::Release);
+                    tracing::error!(error = %e, "store flush failed; refusing writes");
+                    Err(FlushFailure::Failed(e.to_string()))
+                }
+            }
+        } else {
+            Err(FlushFailure::Refused)
+        };
         for waiter in batch {
-            let _ = waiter.send(result.clone());
+            let _ = waiter.done.send(result.clone());
         }
     }
 }

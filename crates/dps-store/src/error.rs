@@ -34,6 +34,10 @@ pub enum StoreError {
     /// A record could not be encoded (a bug: every model type serializes).
     #[error("record does not encode")]
     Encode(#[source] serde_json::Error),
+    /// A flush failed earlier: the store refuses writes until a flush succeeds again (each
+    /// write attempt first probes with one). Reads are unaffected.
+    #[error("the store is refusing writes after a failed flush")]
+    Unhealthy,
     /// The group-commit thread has stopped; the store is unusable.
     #[error("the store is closed")]
     Closed,

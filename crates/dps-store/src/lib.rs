@@ -3,32 +3,40 @@
 //!
 //! What it does: [`Store`] writes through a [`Backend`] (sled by default, [`SledBackend`]),
 //! waits until the write is durable (one flush shared by all concurrent writers, see
-//! `commit.rs`), and keeps a [`Cache`] of every record that is updated in the same call, so
-//! after a write returns the two agree. An acknowledged write survives `kill -9`.
+//! `commit.rs`), and keeps a [`Cache`] of every record, updated in the same call once the
+//! flush worked, so after a write returns the two agree. An acknowledged write survives
+//! `kill -9`. Writers of one key hold its lock ([`KeyLocks`]) from reading the current record
+//! to the cache update. When a flush fails, its writes are not acknowledged, are taken back out
+//! of the backend and never reach the cache, and the store refuses writes
+//! ([`StoreError::Unhealthy`]) until a flush succeeds again.
 //!
 //! What it must never do: know about MQTT, HTTP or AMQP, or validate attestation (writers hand
 //! it `dps_attest::Prepared` records, which only `dps-attest` can build).
 //!
 //! Main types: [`Store`], [`Cache`], [`Precondition`], [`Page`], [`RegistrationRecord`],
-//! [`Backend`], and the crate's error enum [`StoreError`].
+//! [`Backend`], [`KeyLocks`], and the crate's error enum [`StoreError`].
 
 mod backend;
 mod cache;
 mod commit;
 mod error;
+mod locks;
 mod record;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dps_attest::Prepared;
 use dps_types::{
-    EnrollmentGroup, EnrollmentGroupId, IndividualEnrollment, RegistrationId, Timestamp,
+    EnrollmentGroup, EnrollmentGroupId, Etag, IndividualEnrollment, RegistrationId, Timestamp,
 };
+use tokio::sync::{RwLock, RwLockReadGuard};
 
 pub use backend::{Backend, SledBackend, Table, Visit};
 pub use cache::Cache;
 pub use error::StoreError;
+pub use locks::{KeyGuard, KeyLocks};
 pub use record::RegistrationRecord;
 
 use cache::lower;
@@ -46,6 +54,16 @@ pub enum Precondition {
     IfMatch(String),
 }
 
+impl Precondition {
+    /// The record must still be the one read before: the same etag, or still absent.
+    pub fn unchanged(etag: Option<&Etag>) -> Self {
+        match etag {
+            Some(etag) => Precondition::IfMatch(etag.as_str().to_owned()),
+            None => Precondition::MustNotExist,
+        }
+    }
+}
+
 /// One page of a query and the token for the next one (absent on the last page).
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -54,11 +72,6 @@ pub struct Page<T> {
     /// Pass this back to get the next page.
     pub continuation: Option<String>,
 }
-
-/// Writers to the same key are serialized by one of these locks (chosen by key hash); writers
-/// to different keys rarely share one. Held only for the in-memory part of a write, never
-/// across the flush.
-const WRITE_LOCK_STRIPES: usize = 64;
 
 /// Enrollments, groups and registration records: durable in a [`Backend`], readable from
 /// the [`Cache`]. Cheap to clone.
@@ -71,7 +84,16 @@ struct Inner {
     backend: Arc<dyn Backend>,
     cache: Cache,
     commit: GroupCommit,
-    stripes: Vec<Mutex<()>>,
+    /// Writers of one key, held from reading the current record until the cache is updated
+    /// (across the flush), so the cache only ever shows durable writes, in order.
+    locks: KeyLocks,
+    /// Every write holds this shared from its backend write until it is durable or undone; a
+    /// probe after a failed flush takes it exclusively, so it flushes only once every write of
+    /// the failed batches is out of the backend.
+    gate: RwLock<()>,
+    /// An undo failed: the backend may hold a refused write, so no flush may run on this
+    /// store's behalf again (until the process restarts and reloads).
+    broken: AtomicBool,
 }
 
 impl Store {
@@ -88,13 +110,14 @@ impl Store {
         load::<RegistrationRecord>(&*backend, &cache)?;
         let commit = GroupCommit::start(Arc::clone(&backend))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
-        let stripes = (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
                 cache,
                 commit,
-                stripes,
+                locks: KeyLocks::new(),
+                gate: RwLock::new(()),
+                broken: AtomicBool::new(false),
             }),
         })
     }
@@ -171,12 +194,14 @@ impl Store {
         self.query(page_size, continuation, |_| true)
     }
 
-    /// Writes a registration record (new etag) and returns it once durable.
+    /// Writes a registration record (new etag) if `pre` holds, and returns it once durable.
+    /// A read-modify-write passes [`Precondition::unchanged`] with the etag it read.
     pub async fn put_registration(
         &self,
         r: RegistrationRecord,
+        pre: &Precondition,
     ) -> Result<Arc<RegistrationRecord>, StoreError> {
-        self.put(r, &Precondition::Any).await
+        self.put(r, pre).await
     }
 
     /// The registration record of this registration id.
@@ -214,12 +239,9 @@ impl Store {
         })
     }
 
-    fn stripe(&self, key: &str) -> &Mutex<()> {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .hash_one(key);
-        // The modulo keeps the index below the stripe count, so it fits in usize.
-        &self.inner.stripes[(h % WRITE_LOCK_STRIPES as u64) as usize]
+    /// Whether writes are accepted: false after a failed flush, until a flush succeeds.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.commit.is_healthy() && !self.inner.broken.load(Ordering::Acquire)
     }
 
     async fn put<R: Record>(
@@ -228,31 +250,83 @@ impl Store {
         pre: &Precondition,
     ) -> Result<Arc<R>, StoreError> {
         let key = record.key();
-        let stored = {
-            let _guard = self.stripe(&key).lock().map_err(|_| StoreError::Closed)?;
-            let previous = R::cached(&self.inner.cache, &key);
-            check(previous.as_deref(), pre, false)?;
-            record.stamp(previous.as_deref(), Timestamp::now());
-            let bytes = serde_json::to_vec(&record).map_err(StoreError::Encode)?;
-            self.inner.backend.put(R::TABLE, &key, &bytes)?;
-            let stored = Arc::new(record);
-            R::cache_put(&self.inner.cache, &key, Arc::clone(&stored));
-            stored
-        };
-        self.inner.commit.durable().await?;
+        let _key = self.inner.locks.lock(&key).await;
+        let _gate = self.healthy_gate().await?;
+        let previous = R::cached(&self.inner.cache, &key);
+        check(previous.as_deref(), pre, false)?;
+        record.stamp(previous.as_deref(), Timestamp::now());
+        let bytes = serde_json::to_vec(&record).map_err(StoreError::Encode)?;
+        self.inner.backend.put(R::TABLE, &key, &bytes)?;
+        self.settle(&key, previous.as_deref()).await?;
+        let stored = Arc::new(record);
+        R::cache_put(&self.inner.cache, &key, Arc::clone(&stored));
         Ok(stored)
     }
 
     async fn delete<R: Record>(&self, key: &str, pre: &Precondition) -> Result<(), StoreError> {
         let key = lower(key);
-        {
-            let _guard = self.stripe(&key).lock().map_err(|_| StoreError::Closed)?;
-            let previous = R::cached(&self.inner.cache, &key);
-            check(previous.as_deref(), pre, true)?;
-            self.inner.backend.remove(R::TABLE, &key)?;
-            R::cache_remove(&self.inner.cache, &key);
+        let _key = self.inner.locks.lock(&key).await;
+        let _gate = self.healthy_gate().await?;
+        let previous = R::cached(&self.inner.cache, &key);
+        check(previous.as_deref(), pre, true)?;
+        self.inner.backend.remove(R::TABLE, &key)?;
+        self.settle(&key, previous.as_deref()).await?;
+        R::cache_remove(&self.inner.cache, &key);
+        Ok(())
+    }
+
+    /// Admits a write: a shared hold of the gate while the store is healthy. After a failed
+    /// flush, first probes with a flush of its own (see `Inner::gate`); refuses with
+    /// [`StoreError::Unhealthy`] while that fails.
+    async fn healthy_gate(&self) -> Result<RwLockReadGuard<'_, ()>, StoreError> {
+        if self.inner.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Unhealthy);
         }
-        self.inner.commit.durable().await
+        let gate = self.inner.gate.read().await;
+        if self.inner.commit.is_healthy() {
+            return Ok(gate);
+        }
+        drop(gate);
+        {
+            let _exclusive = self.inner.gate.write().await;
+            if !self.inner.commit.is_healthy() && !self.inner.broken.load(Ordering::Acquire) {
+                if let Err(e) = self.inner.commit.probe().await {
+                    tracing::warn!(error = %e, "store still cannot flush; refusing writes");
+                    return Err(StoreError::Unhealthy);
+                }
+                tracing::info!("store flush works again; accepting writes");
+            }
+        }
+        let gate = self.inner.gate.read().await;
+        if self.is_healthy() {
+            Ok(gate)
+        } else {
+            Err(StoreError::Unhealthy)
+        }
+    }
+
+    /// Waits for the flush that covers a backend write of `key`. If it failed, puts `previous`
+    /// back into the backend (so no later flush makes the refused write durable) and returns
+    /// the error; the caller then leaves the cache alone.
+    async fn settle<R: Record>(&self, key: &str, previous: Option<&R>) -> Result<(), StoreError> {
+        let Err(e) = self.inner.commit.durable().await else {
+            return Ok(());
+        };
+        let undo = match previous {
+            Some(p) => serde_json::to_vec(p)
+                .map_err(StoreError::Encode)
+                .and_then(|bytes| self.inner.backend.put(R::TABLE, key, &bytes)),
+            None => self.inner.backend.remove(R::TABLE, key),
+        };
+        if let Err(undo) = undo {
+            self.inner.broken.store(true, Ordering::Release);
+            tracing::error!(
+                error = %undo,
+                table = R::TABLE.name(),
+                "cannot take back a write whose flush failed; refusing writes until restart"
+            );
+        }
+        Err(e)
     }
 
     fn query<R: Record>(

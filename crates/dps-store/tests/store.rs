@@ -208,10 +208,13 @@ async fn registration_records_are_queryable_by_group() {
         let mut state = DeviceRegistrationState::unassigned(rid(id));
         state.status = Some(RegistrationStatus::Assigned);
         let stored = store
-            .put_registration(RegistrationRecord {
-                state,
-                enrollment_group_id: g,
-            })
+            .put_registration(
+                RegistrationRecord {
+                    state,
+                    enrollment_group_id: g,
+                },
+                &Precondition::Any,
+            )
             .await
             .unwrap();
         assert!(stored.state.etag.is_some() && stored.state.created_date_time_utc.is_some());

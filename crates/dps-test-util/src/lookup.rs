@@ -1,6 +1,7 @@
 //! [`MemoryLookup`]: the `EnrollmentLookup` that attestation tests and benchmarks use instead
 //! of the store's cache, with the same matching rules.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dps_types::{Attestation, EnrollmentGroup, EnrollmentLookup, IndividualEnrollment};
@@ -74,11 +75,14 @@ impl EnrollmentLookup for MemoryLookup {
         self.groups_where(|info| info.subject_name == subject)
     }
 
-    fn symmetric_key_groups(&self) -> Vec<Arc<EnrollmentGroup>> {
-        self.groups
+    fn visit_symmetric_key_groups(
+        &self,
+        visit: &mut dyn FnMut(&Arc<EnrollmentGroup>) -> ControlFlow<()>,
+    ) {
+        let _ = self
+            .groups
             .iter()
             .filter(|g| matches!(g.attestation, Attestation::SymmetricKey(_)))
-            .cloned()
-            .collect()
+            .try_for_each(visit);
     }
 }

@@ -1,6 +1,7 @@
 //! What attestation needs to read about enrollments. `dps-store`'s cache implements it;
 //! `dps-attest` consumes it, so neither depends on the other and attestation stays free of I/O.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::{EnrollmentGroup, IndividualEnrollment};
@@ -15,6 +16,11 @@ pub trait EnrollmentLookup {
     /// Groups whose primary or secondary signing certificate has this subject name (as
     /// `X509CertificateInfo::subject_name` spells it).
     fn groups_by_subject(&self, subject: &str) -> Vec<Arc<EnrollmentGroup>>;
-    /// Every symmetric-key group.
-    fn symmetric_key_groups(&self) -> Vec<Arc<EnrollmentGroup>>;
+    /// Calls `visit` with each symmetric-key group, in the lookup's order, until it breaks.
+    /// A visitor rather than a list: attestation walks the groups on every SAS CONNECT, and
+    /// must not allocate or clone per group to do it.
+    fn visit_symmetric_key_groups(
+        &self,
+        visit: &mut dyn FnMut(&Arc<EnrollmentGroup>) -> ControlFlow<()>,
+    );
 }
