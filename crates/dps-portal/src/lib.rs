@@ -14,7 +14,8 @@
 //! never rendered), let a policy without `EnrollmentWrite` change an enrollment (the buttons
 //! are hidden *and* the server refuses the POST), or load anything from a third party.
 //!
-//! Main types: [`PortalState`] and [`router`].
+//! Main types: [`PortalState`] and [`router`]; [`validate_enrollment_form`] runs the
+//! add-enrollment handlers' form reading and validation on bytes alone (for the fuzz targets).
 
 mod charts;
 mod enrollments;
@@ -22,6 +23,7 @@ mod form;
 mod html;
 mod operations;
 mod session;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,8 @@ use dps_store::Store;
 
 use crate::charts::Samples;
 use crate::session::Sessions;
+
+pub use validate::{validate_enrollment_form, ValidatedForm};
 
 /// Where [`router`] is mounted; every link and redirect the portal renders starts with it.
 pub const BASE: &str = "/portal";
