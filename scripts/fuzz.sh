@@ -4,8 +4,9 @@
 # blow-up (the reproducer lands in fuzz/artifacts/<target>/). See docs/fuzzing.md.
 #
 # Bounds (override with the environment):
-#   FUZZ_SECONDS  per target, default 15: seven targets and the build stay within about five
-#                 minutes on a 2-core CI machine (docs/fuzzing.md has the measurement);
+#   FUZZ_SECONDS  per target, default 10: the build of the targets is most of the step (about
+#                 8.5 CPU-minutes from scratch, docs/fuzzing.md), so seven runs of 10 s keep
+#                 the whole step near five minutes on a 2-core CI machine;
 #   FUZZ_RSS_MB   per process, default 1024: far above what a target needs (~100 MiB), well
 #                 below what would disturb the rest of CI; libFuzzer reports going over as a
 #                 crash;
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds="${FUZZ_SECONDS:-15}"
+seconds="${FUZZ_SECONDS:-10}"
 rss_mb="${FUZZ_RSS_MB:-1024}"
 timeout="${FUZZ_TIMEOUT:-10}"
 

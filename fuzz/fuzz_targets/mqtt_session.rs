@@ -45,14 +45,15 @@ struct Driver {
     now: Instant,
     last_operation: Option<String>,
     device: Option<RegistrationId>,
+    /// Whether a `Close` came out.
+    closed: bool,
 }
 
 impl Driver {
     /// Runs every action the session has queued, answering as the control byte says.
     fn drain(&mut self, session: &mut Session) {
-        let mut closed = false;
         while let Some(action) = session.poll_action() {
-            assert!(!closed, "an action after Close: {action:?}");
+            assert!(!self.closed, "an action after Close: {action:?}");
             match action {
                 Action::Send(packet) => {
                     let mut out = BytesMut::new();
@@ -73,11 +74,11 @@ impl Driver {
                         session.handle_registration_done(&operation_id, outcome);
                     }
                 }
-                Action::Close(_) => closed = true,
+                Action::Close(_) => self.closed = true,
             }
             assert!(session.running_operations() <= MAX_OPERATIONS);
         }
-        assert_eq!(closed, session.is_closed());
+        assert_eq!(self.closed, session.is_closed());
     }
 
     fn outcome(&self) -> Option<RegistrationOutcome> {
@@ -133,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
         now: epoch(),
         last_operation: None,
         device: None,
+        closed: false,
     };
     let config = SessionConfig {
         id_scope,
