@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"). On a fresh machine it installs what the
 # tests need, builds once, runs every Rust suite, then the Azure SDK compatibility tests (the
-# official Python and Node.js SDKs, unchanged) against the real dpsd binary.
+# official Python and Node.js SDKs, unchanged) against the real dpsd binary, and finally runs
+# every fuzz target for a short bounded time (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,5 @@ cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
 "$venv/bin/pytest" -q tests/sdk
 tests/sdk-node/run.sh
+# Every network-facing parser under libFuzzer for a bounded time (docs/fuzzing.md).
+scripts/fuzz.sh

@@ -20,7 +20,9 @@
 //! enrollment (the buttons are hidden *and* the server refuses the POST), or load anything
 //! from a third party.
 //!
-//! Main types: [`PortalState`], [`PortalLimits`] and [`router`].
+//! Main types: [`PortalState`], [`PortalLimits`] and [`router`]; [`validate_enrollment_form`]
+//! runs the add-enrollment handlers' form reading and validation on bytes alone (for the fuzz
+//! targets).
 
 mod charts;
 mod enrollments;
@@ -29,6 +31,7 @@ mod html;
 mod operations;
 mod session;
 mod throttle;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +50,8 @@ use crate::charts::Samples;
 use crate::session::Sessions;
 pub use crate::throttle::SigninLimits;
 use crate::throttle::SigninThrottle;
+
+pub use validate::{validate_enrollment_form, ValidatedForm};
 
 /// Where [`router`] is mounted; every link and redirect the portal renders starts with it.
 pub const BASE: &str = "/portal";
