@@ -331,7 +331,7 @@ async fn assert_shed(tcp: &mut TcpStream) {
 /// Sends one authorized request on a raw connection and reads the whole answer head.
 async fn authenticated_request(server: &Server, stream: &mut TlsStream<TcpStream>) {
     let request = format!(
-        "GET /enrollments/none HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+        "GET /enrollments/none?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
         server.token
     );
     stream.write_all(request.as_bytes()).await.expect("write");

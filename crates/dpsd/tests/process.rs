@@ -88,6 +88,11 @@ impl Dpsd {
                 "--data-dir",
             ])
             .arg(data)
+            // The durability test has a thousand requests in flight from 127.0.0.1: lift the
+            // per-address limits (they have tests of their own in dps-api).
+            .env("DPSD_API_MAX_CONNECTIONS", "2048")
+            .env("DPSD_API_MAX_CONNECTIONS_PER_IP", "2048")
+            .env("DPSD_API_MAX_UNAUTHENTICATED_PER_IP", "2048")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
