@@ -39,7 +39,7 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 3
 MQTT_READY_LINE = re.compile(r"^  device MQTT     mqtts://(?P<addr>\S+)$")
-SCOPE_READY_LINE = re.compile(r"^  ID scope        (?P<scope>\S+)$")
+SCOPE_READY_LINE = re.compile(r"^  ID scope        (?P<scope>\S+)(?: \(also in .*\))?$")
 # The only port azure-iot-device's MQTT transport dials (mqtt_transport.py: port=8883).
 MQTT_PORT = 8883
 # The IoT hubs linked to the session's dpsd: (host name, allocation weight).
