@@ -159,7 +159,7 @@ done
 
 api_addr="$(sed -n 's/^  service API     https:\/\///p' "$tmp/dpsd.stdout")"
 mqtt_addr="$(sed -n 's/^  device MQTT     mqtts:\/\///p' "$tmp/dpsd.stdout")"
-banner_scope="$(sed -n 's/^  ID scope        //p' "$tmp/dpsd.stdout")"
+banner_scope="$(sed -n 's/^  ID scope        \([^ ]*\).*/\1/p' "$tmp/dpsd.stdout")"
 if [ "$api_addr" != "127.0.0.1:$api_port" ] || [ "$mqtt_addr" != "127.0.0.1:$mqtt_port" ]; then
   echo "run.sh: dpsd serves on $api_addr / $mqtt_addr, not on 127.0.0.1:$api_port / 127.0.0.1:$mqtt_port" >&2
   exit 1
