@@ -141,6 +141,8 @@ fuzz_target!(|data: &[u8]| {
         connect_timeout: Duration::from_secs(10),
         max_requests: MAX_REQUESTS,
         max_operations: MAX_OPERATIONS,
+        max_keep_alive: Duration::from_secs(180),
+        max_lifetime: Duration::from_secs(300),
     };
     let mut session = Session::new(config, driver.now);
     let mut buf = BytesMut::from(stream);

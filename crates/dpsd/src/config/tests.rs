@@ -1,0 +1,237 @@
+//! Configuration parsing: defaults, sources, ranges, and every bad key reported at once.
+use super::*;
+
+fn parse(text: &str, env: &[(&str, &str)], flags: &Flags) -> Result<Config, ConfigError> {
+    let table: toml::Table = text.parse().unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_table(table, env, flags)
+}
+
+#[test]
+fn defaults_need_nothing() {
+    let c = Config::defaults().unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("./data"));
+    assert_eq!(c.api.listen.port(), 8443);
+    assert_eq!(c.api.max_body, ByteSize(256 * 1024));
+}
+
+#[test]
+fn documented_file_matches_the_defaults() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/dpsd.toml");
+    let loaded = Config::load(Some(&file), std::iter::empty(), &Flags::default()).unwrap();
+    assert_eq!(
+        format!("{loaded:?}"),
+        format!("{:?}", Config::defaults().unwrap())
+    );
+}
+
+#[test]
+fn defaults_are_the_libraries() {
+    let c = Config::defaults().unwrap();
+    let http = dps_api::HttpLimits::default();
+    assert_eq!(c.api.max_connections, http.max_connections);
+    assert_eq!(c.api.tls_handshake_timeout, http.tls_handshake_timeout);
+    assert_eq!(c.api.header_read_timeout, http.header_read_timeout);
+    assert_eq!(c.api.request_timeout, http.request_timeout);
+    assert_eq!(c.api.max_body.0, http.max_body_bytes);
+    let mqtt = dps_mqtt::MqttLimits::default();
+    assert_eq!(c.mqtt.max_connections, mqtt.max_connections);
+    assert_eq!(c.mqtt.tls_handshake_timeout, mqtt.tls_handshake_timeout);
+    assert_eq!(c.mqtt.connect_timeout, mqtt.connect_timeout);
+    assert_eq!(c.mqtt.max_packet.0, mqtt.max_packet_size);
+    assert_eq!(
+        c.mqtt.max_requests_per_connection,
+        mqtt.max_requests_per_connection
+    );
+    assert_eq!(
+        c.mqtt.max_operations_per_connection,
+        mqtt.max_operations_per_connection
+    );
+    let reg = dps_registrar::RegistrarConfig::new(IdScope::generate(), Vec::new());
+    assert_eq!(
+        c.registration.default_allocation_policy,
+        reg.default_allocation_policy
+    );
+    assert_eq!(c.registration.webhook_timeout, reg.webhook_timeout);
+    assert_eq!(c.registration.max_in_flight, reg.max_in_flight);
+}
+
+#[test]
+fn values_out_of_range_name_their_keys_at_once() {
+    let text = r#"
+        [api]
+        max_connections = 0
+        tls_handshake_timeout = "0s"
+        header_read_timeout = "0ms"
+        request_timeout = "2h"
+        max_body = "0B"
+        [mqtt]
+        max_connections = 0
+        tls_handshake_timeout = "3601s"
+        connect_timeout = "0s"
+        max_packet = "0B"
+        max_requests_per_connection = 0
+        max_operations_per_connection = 0
+        [registration]
+        webhook_timeout = "0s"
+        max_in_flight = 0
+    "#;
+    let err = parse(text, &[], &Flags::default()).unwrap_err().to_string();
+    for key in [
+        "api.max_connections: is 0: must be at least 1",
+        "api.tls_handshake_timeout",
+        "api.header_read_timeout",
+        "api.request_timeout",
+        "api.max_body",
+        "mqtt.max_connections",
+        "mqtt.tls_handshake_timeout",
+        "mqtt.connect_timeout",
+        "mqtt.max_packet",
+        "mqtt.max_requests_per_connection",
+        "mqtt.max_operations_per_connection",
+        "registration.webhook_timeout",
+        "registration.max_in_flight",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 14, "one line per key:\n{err}");
+}
+
+#[test]
+fn limits_at_the_edges_are_accepted() {
+    let c = parse(
+        "[api]\nmax_connections = 1\nrequest_timeout = \"1h\"\nmax_body = \"1B\"\n[mqtt]\nmax_packet = \"268435455B\"\nconnect_timeout = \"1ms\"",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.api.max_connections, 1);
+    assert_eq!(c.api.request_timeout, MAX_TIMEOUT);
+    assert_eq!(c.mqtt.max_packet, ByteSize(268_435_455));
+    let err = parse("[mqtt]\nmax_packet = \"256MiB\"", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mqtt.max_packet"), "{err}");
+}
+
+#[test]
+fn an_override_out_of_range_names_its_source() {
+    let err = parse(
+        "",
+        &[("DPSD_REGISTRATION_MAX_IN_FLIGHT", "0")],
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("registration.max_in_flight: environment variable DPSD_REGISTRATION_MAX_IN_FLIGHT is '0': must be at least 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_log_filter_is_an_error() {
+    let flags = Flags {
+        log: Some("dps_api=loud".into()),
+        ..Default::default()
+    };
+    let err = parse("", &[], &flags).unwrap_err().to_string();
+    assert!(
+        err.contains("log: 'dps_api=loud' is not a log filter"),
+        "{err}"
+    );
+    let ok = parse("log = \"dps_api=debug,info\"", &[], &Flags::default()).unwrap();
+    assert_eq!(ok.log.as_str(), "dps_api=debug,info");
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let flags = Flags {
+        data_dir: Some("/flag".into()),
+        ..Default::default()
+    };
+    let c = parse(
+        "data_dir = \"/file\"\n[api]\nlisten = \"127.0.0.1:1\"",
+        &[
+            ("DPSD_DATA_DIR", "/env"),
+            ("DPSD_API_LISTEN", "127.0.0.1:2"),
+        ],
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/flag"));
+    assert_eq!(c.api.listen.port(), 2);
+}
+
+#[test]
+fn webhook_policy_keys() {
+    let c = Config::defaults().unwrap();
+    assert_eq!(
+        c.registration.webhook_policy,
+        dps_types::WebhookPolicy::default()
+    );
+    let c = parse(
+        "[registration]\nwebhook_allow_http = true\nwebhook_allowed_hosts = [\"Alloc.example.com\", \"[::1]\"]",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert!(c.registration.webhook_policy.allow_http);
+    assert_eq!(
+        c.registration.webhook_policy.allowed_hosts,
+        ["Alloc.example.com", "[::1]"]
+    );
+    let c = parse(
+        "",
+        &[(
+            "DPSD_REGISTRATION_WEBHOOK_ALLOWED_HOSTS",
+            "a.example, 10.0.0.7",
+        )],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.registration.webhook_policy.allowed_hosts,
+        ["a.example", "10.0.0.7"]
+    );
+    let err = parse(
+        "[registration]\nwebhook_allowed_hosts = [\"https://a.example/\", \"b.example:443\"]\nwebhook_allow_http = \"maybe\"",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "'https://a.example/' is not a host",
+        "'b.example:443' is not a host",
+        "registration.webhook_allow_http",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+}
+
+#[test]
+fn every_bad_key_is_named_at_once() {
+    let text = r#"
+        colour = "blue"
+        [api]
+        max_connections = "many"
+        request_timeout = "30"
+        [[linked_hubs]]
+        host_name = "bad host"
+        allocation_weight = 0
+    "#;
+    let err = parse(text, &[("DPSD_NOPE", "1")], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "colour: unknown key",
+        "api.max_connections",
+        "api.request_timeout",
+        "linked_hubs[0].host_name",
+        "linked_hubs[0].allocation_weight",
+        "DPSD_NOPE",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in:\n{err}");
+    }
+}
