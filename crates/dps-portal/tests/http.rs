@@ -225,6 +225,20 @@ fn group_form<'a>(csrf: &'a str, id: &'a str, twin: &'a str) -> Vec<(&'a str, &'
     ]
 }
 
+/// Adds the symmetric-key group `id` through the portal's add form, as an operator would.
+async fn add_group(p: &Portal, cookie: &str, csrf: &str, id: &str) {
+    let res = send(
+        &p.app,
+        post(
+            "/portal/groups/new",
+            Some(cookie),
+            &group_form(csrf, id, ""),
+        ),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+}
+
 #[tokio::test]
 async fn pages_need_a_session_and_sign_in_checks_key_and_form_token() {
     let p = portal();
@@ -359,15 +373,7 @@ async fn validation_errors_keep_what_was_typed() {
 async fn a_read_only_policy_sees_no_buttons_and_cannot_post() {
     let p = portal();
     let (owner, owner_csrf) = sign_in(&p, "owner", &p.owner_key).await;
-    send(
-        &p.app,
-        post(
-            "/portal/groups/new",
-            Some(&owner),
-            &group_form(&owner_csrf, "g1", ""),
-        ),
-    )
-    .await;
+    add_group(&p, &owner, &owner_csrf, "g1").await;
     let (cookie, csrf) = sign_in(&p, "reader", &p.reader_key).await;
     let list = send(&p.app, get("/portal/enrollments", Some(&cookie))).await;
     assert!(list.body.contains("g1"));
@@ -409,15 +415,7 @@ async fn a_read_only_policy_sees_no_buttons_and_cannot_post() {
 async fn a_stale_etag_is_reported_not_overwritten() {
     let p = portal();
     let (cookie, csrf) = sign_in(&p, "owner", &p.owner_key).await;
-    send(
-        &p.app,
-        post(
-            "/portal/groups/new",
-            Some(&cookie),
-            &group_form(&csrf, "g1", ""),
-        ),
-    )
-    .await;
+    add_group(&p, &cookie, &csrf, "g1").await;
     let opened = send(&p.app, get("/portal/groups/g1", Some(&cookie))).await;
     let etag = hidden(&opened.body, "etag");
 
@@ -529,15 +527,7 @@ async fn custom_allocation_round_trips_through_the_forms() {
 async fn pages_ask_for_the_rights_the_api_asks_for() {
     let p = portal();
     let (owner, owner_csrf) = sign_in(&p, "owner", &p.owner_key).await;
-    send(
-        &p.app,
-        post(
-            "/portal/groups/new",
-            Some(&owner),
-            &group_form(&owner_csrf, "g1", ""),
-        ),
-    )
-    .await;
+    add_group(&p, &owner, &owner_csrf, "g1").await;
     let res = send(&p.app, get("/portal/", Some(&owner))).await;
     assert_eq!(res.location.as_deref(), Some("/portal/enrollments"));
 

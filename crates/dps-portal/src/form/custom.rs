@@ -8,8 +8,9 @@ use super::{EnrollmentForm, FieldErrors};
 
 /// The API version the Azure portal preselects for a new custom allocation.
 pub(crate) const DEFAULT_API_VERSION: &str = "2021-10-01";
-/// Longest webhook URL accepted (an Azure Function URL with its `code=` key fits easily).
-pub(crate) const MAX_WEBHOOK_URL: usize = 2048;
+/// Longest webhook URL accepted: the service's own limit, so the form refuses nothing the API
+/// would take and the reverse.
+pub(crate) const MAX_WEBHOOK_URL: usize = dps_types::MAX_WEBHOOK_URL_LEN;
 /// Longest API version accepted (`2021-10-01`, `2019-03-31-preview`, …).
 const MAX_API_VERSION: usize = 32;
 
