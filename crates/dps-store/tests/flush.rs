@@ -57,6 +57,17 @@ fn enrollment(id: &str, device_id: &str) -> Prepared<IndividualEnrollment> {
     dps_attest::prepare_individual(e, &EnrollmentRules::default()).unwrap()
 }
 
+/// Creates or replaces the symmetric-key enrollment `id` with this device id.
+async fn put(
+    store: &Store,
+    id: &str,
+    device_id: &str,
+) -> Result<std::sync::Arc<IndividualEnrollment>, StoreError> {
+    store
+        .put_enrollment(enrollment(id, device_id), &Precondition::Any)
+        .await
+}
+
 /// The device id of the stored enrollment `id`, if there is one.
 fn device_id(store: &Store, id: &str) -> Option<String> {
     let e = store.enrollment(&RegistrationId::parse(id).unwrap())?;
@@ -71,22 +82,15 @@ fn device_id(store: &Store, id: &str) -> Option<String> {
 async fn a_failed_flush_is_not_acknowledged_and_writes_are_refused_until_a_flush_works() {
     let dir = tempfile::tempdir().unwrap();
     let (store, backend) = open_faulty(dir.path());
-    store
-        .put_enrollment(enrollment("kept", "first"), &Precondition::Any)
-        .await
-        .unwrap();
+    put(&store, "kept", "first").await.unwrap();
 
     backend.failing.store(true, Ordering::SeqCst);
-    let failed = store
-        .put_enrollment(enrollment("kept", "second"), &Precondition::Any)
-        .await;
+    let failed = put(&store, "kept", "second").await;
     assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
     assert_eq!(device_id(&store, "kept").as_deref(), Some("first"));
     assert!(!store.is_healthy());
 
-    let refused = store
-        .put_enrollment(enrollment("fresh", "new"), &Precondition::Any)
-        .await;
+    let refused = put(&store, "fresh", "new").await;
     assert!(matches!(refused, Err(StoreError::Unhealthy)), "{refused:?}");
     assert_eq!(
         refused.unwrap_err().to_string(),
@@ -100,10 +104,7 @@ async fn a_failed_flush_is_not_acknowledged_and_writes_are_refused_until_a_flush
     assert_eq!(device_id(&store, "kept").as_deref(), Some("first"));
 
     backend.failing.store(false, Ordering::SeqCst);
-    store
-        .put_enrollment(enrollment("fresh", "new"), &Precondition::Any)
-        .await
-        .unwrap();
+    put(&store, "fresh", "new").await.unwrap();
     assert!(store.is_healthy());
     assert_eq!(device_id(&store, "fresh").as_deref(), Some("new"));
 
@@ -118,28 +119,18 @@ async fn a_failed_flush_is_not_acknowledged_and_writes_are_refused_until_a_flush
 async fn a_write_whose_flush_failed_leaves_no_trace_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (store, backend) = open_faulty(dir.path());
-    store
-        .put_enrollment(enrollment("kept", "first"), &Precondition::Any)
-        .await
-        .unwrap();
+    put(&store, "kept", "first").await.unwrap();
 
     backend.failing.store(true, Ordering::SeqCst);
-    let created = store
-        .put_enrollment(enrollment("created", "new"), &Precondition::Any)
-        .await;
+    let created = put(&store, "created", "new").await;
     assert!(created.is_err());
     assert_eq!(device_id(&store, "created"), None);
     backend.failing.store(false, Ordering::SeqCst);
     // The next write probes; the refused one must not ride along on that flush.
-    store
-        .put_enrollment(enrollment("kept", "second"), &Precondition::Any)
-        .await
-        .unwrap();
+    put(&store, "kept", "second").await.unwrap();
 
     backend.failing.store(true, Ordering::SeqCst);
-    let replaced = store
-        .put_enrollment(enrollment("kept", "third"), &Precondition::Any)
-        .await;
+    let replaced = put(&store, "kept", "third").await;
     assert!(replaced.is_err());
     let deleted = store
         .delete_enrollment(&RegistrationId::parse("kept").unwrap(), &Precondition::Any)
