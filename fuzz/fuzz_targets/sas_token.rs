@@ -15,7 +15,7 @@ use axum::body::Body;
 use dps_api::{ApiState, Rights, SharedAccessPolicy};
 use dps_attest::sas::MAX_TOKEN_LEN;
 use dps_attest::{attest_sas, SasToken};
-use dps_store::{Backend, Store, StoreError, Table, Visit};
+use dps_store::{Backend, Store, StoreError, Table, Visit, Write};
 use dps_test_util::MemoryLookup;
 use dps_types::{EnrollmentGroup, IdScope, IndividualEnrollment, SymmetricKey};
 use http::{header, Request};
@@ -35,10 +35,7 @@ const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 struct EmptyBackend;
 
 impl Backend for EmptyBackend {
-    fn put(&self, _: Table, _: &str, _: &[u8]) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn remove(&self, _: Table, _: &str) -> Result<(), StoreError> {
+    fn write(&self, _: &[Write<'_>]) -> Result<(), StoreError> {
         Ok(())
     }
     fn scan(&self, _: Table, _: Option<&str>, _: &mut Visit<'_>) -> Result<(), StoreError> {

@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use sled::Transactional;
+
 use crate::StoreError;
 
 /// The record kinds, one keyspace each. Keys are lower-case ids.
@@ -17,11 +19,18 @@ pub enum Table {
     Groups,
     /// Registration records by registration id.
     Registrations,
+    /// Events waiting to be published, by sequence number (see `outbox.rs`).
+    Outbox,
 }
 
 impl Table {
     /// All tables.
-    pub const ALL: [Table; 3] = [Table::Enrollments, Table::Groups, Table::Registrations];
+    pub const ALL: [Table; 4] = [
+        Table::Enrollments,
+        Table::Groups,
+        Table::Registrations,
+        Table::Outbox,
+    ];
 
     /// The table's name (also the sled tree name).
     pub fn name(self) -> &'static str {
@@ -29,8 +38,18 @@ impl Table {
             Table::Enrollments => "enrollments",
             Table::Groups => "enrollment_groups",
             Table::Registrations => "registrations",
+            Table::Outbox => "outbox",
         }
     }
+}
+
+/// One change of a [`Backend::write`] batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// Create or replace the value of a key.
+    Put(Table, &'a str, &'a [u8]),
+    /// Remove a key (absent is fine).
+    Remove(Table, &'a str),
 }
 
 /// Called for each record of a scan, in key order; returns `false` to stop.
@@ -38,10 +57,9 @@ pub type Visit<'a> = dyn FnMut(&str, &[u8]) -> Result<bool, StoreError> + 'a;
 
 /// A durable, ordered key/value store with one keyspace per table.
 pub trait Backend: Send + Sync + 'static {
-    /// Writes a value (durable after the next [`Backend::flush`]).
-    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
-    /// Removes a value (durable after the next [`Backend::flush`]).
-    fn remove(&self, table: Table, key: &str) -> Result<(), StoreError>;
+    /// Applies every change of the batch or none of them, also across a crash (durable after
+    /// the next [`Backend::flush`]).
+    fn write(&self, batch: &[Write<'_>]) -> Result<(), StoreError>;
     /// Visits records with keys strictly after `after` (all when `None`) in key order.
     fn scan(
         &self,
@@ -70,7 +88,7 @@ fn is_lock_busy(e: &sled::Error) -> bool {
 /// The default backend: an embedded sled database in a directory.
 pub struct SledBackend {
     db: sled::Db,
-    trees: [sled::Tree; 3],
+    trees: [sled::Tree; 4],
 }
 
 impl SledBackend {
@@ -98,6 +116,7 @@ impl SledBackend {
             db.open_tree(Table::Enrollments.name())?,
             db.open_tree(Table::Groups.name())?,
             db.open_tree(Table::Registrations.name())?,
+            db.open_tree(Table::Outbox.name())?,
         ];
         Ok(Self { db, trees })
     }
@@ -108,14 +127,36 @@ impl SledBackend {
 }
 
 impl Backend for SledBackend {
-    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.tree(table).insert(key.as_bytes(), value)?;
-        Ok(())
-    }
-
-    fn remove(&self, table: Table, key: &str) -> Result<(), StoreError> {
-        self.tree(table).remove(key.as_bytes())?;
-        Ok(())
+    fn write(&self, batch: &[Write<'_>]) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        // One change needs no transaction (the common case: every write without events).
+        if let [one] = batch {
+            match *one {
+                Write::Put(table, key, value) => self.tree(table).insert(key.as_bytes(), value)?,
+                Write::Remove(table, key) => self.tree(table).remove(key.as_bytes())?,
+            };
+            return Ok(());
+        }
+        let applied = self.trees[..].transaction(|trees| {
+            for change in batch {
+                match *change {
+                    Write::Put(table, key, value) => {
+                        trees[table as usize].insert(key.as_bytes(), value)?;
+                    }
+                    Write::Remove(table, key) => {
+                        trees[table as usize].remove(key.as_bytes())?;
+                    }
+                }
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match applied {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Backend(
+                "the storage transaction was aborted".into(),
+            )),
+        }
     }
 
     fn scan(

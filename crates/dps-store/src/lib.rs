@@ -21,6 +21,7 @@ mod cache;
 mod commit;
 mod error;
 mod locks;
+mod outbox;
 mod record;
 
 use std::path::Path;
@@ -33,15 +34,20 @@ use dps_types::{
 };
 use tokio::sync::{RwLock, RwLockReadGuard};
 
-pub use backend::{Backend, SledBackend, Table, Visit};
+pub use backend::{Backend, SledBackend, Table, Visit, Write};
 pub use cache::Cache;
 pub use error::StoreError;
 pub use locks::{KeyGuard, KeyLocks};
+pub use outbox::Seq;
 pub use record::RegistrationRecord;
 
 use cache::lower;
 use commit::GroupCommit;
+use outbox::Outbox;
 use record::Record;
+
+/// Events a write produces for the outbox, already encoded (the store keeps them opaque).
+pub type Events = Vec<Vec<u8>>;
 
 /// What must be true of the current record for a write or delete to happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +100,8 @@ struct Inner {
     /// An undo failed: the backend may hold a refused write, so no flush may run on this
     /// store's behalf again (until the process restarts and reloads).
     broken: AtomicBool,
+    /// Which outbox entries are durable and waiting.
+    outbox: Outbox,
 }
 
 impl Store {
@@ -108,6 +116,7 @@ impl Store {
         load::<IndividualEnrollment>(&*backend, &cache)?;
         load::<EnrollmentGroup>(&*backend, &cache)?;
         load::<RegistrationRecord>(&*backend, &cache)?;
+        let outbox = Outbox::load(&*backend)?;
         let commit = GroupCommit::start(Arc::clone(&backend))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Store {
@@ -118,6 +127,7 @@ impl Store {
                 locks: KeyLocks::new(),
                 gate: RwLock::new(()),
                 broken: AtomicBool::new(false),
+                outbox,
             }),
         })
     }
@@ -239,16 +249,116 @@ impl Store {
         })
     }
 
+    /// [`Store::put_registration`], writing the events `events` makes of the new record (and
+    /// of the one it replaces) to the outbox in the same atomic batch. Returns the stored
+    /// record and the events' sequence numbers, all durable.
+    pub async fn put_registration_with(
+        &self,
+        r: RegistrationRecord,
+        pre: &Precondition,
+        events: impl FnOnce(&RegistrationRecord, Option<&RegistrationRecord>) -> Events,
+    ) -> Result<(Arc<RegistrationRecord>, Vec<Seq>), StoreError> {
+        self.put_with(r, pre, events).await
+    }
+
+    /// [`Store::delete_registration`], writing the events `events` makes of the deleted
+    /// record in the same atomic batch.
+    pub async fn delete_registration_with(
+        &self,
+        id: &RegistrationId,
+        pre: &Precondition,
+        events: impl FnOnce(&RegistrationRecord) -> Events,
+    ) -> Result<Vec<Seq>, StoreError> {
+        self.delete_with(&id.key(), pre, events).await
+    }
+
+    /// [`Store::delete_enrollment`], writing the events `events` makes of the deleted
+    /// enrollment in the same atomic batch.
+    pub async fn delete_enrollment_with(
+        &self,
+        id: &RegistrationId,
+        pre: &Precondition,
+        events: impl FnOnce(&IndividualEnrollment) -> Events,
+    ) -> Result<Vec<Seq>, StoreError> {
+        self.delete_with(&id.key(), pre, events).await
+    }
+
+    /// [`Store::delete_group`], writing the events `events` makes of the deleted group in the
+    /// same atomic batch.
+    pub async fn delete_group_with(
+        &self,
+        id: &EnrollmentGroupId,
+        pre: &Precondition,
+        events: impl FnOnce(&EnrollmentGroup) -> Events,
+    ) -> Result<Vec<Seq>, StoreError> {
+        self.delete_with(&id.key(), pre, events).await
+    }
+
+    /// Durable outbox entries after `after` (from the first when `None`), in sequence order,
+    /// at most `limit`. Reads the backend: for the relay, not the registration path.
+    pub fn outbox_scan(
+        &self,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, StoreError> {
+        let mut entries = Vec::new();
+        let start = after.map(outbox::key);
+        self.inner
+            .backend
+            .scan(Table::Outbox, start.as_deref(), &mut |k, value| {
+                if entries.len() >= limit {
+                    return Ok(false);
+                }
+                let seq = k
+                    .parse::<Seq>()
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                if self.inner.outbox.is_durable(seq) {
+                    entries.push((seq, value.to_vec()));
+                }
+                Ok(true)
+            })?;
+        Ok(entries)
+    }
+
+    /// Removes delivered outbox entries. Not waited for: an entry whose removal a crash loses
+    /// is delivered again, which the events' ids make harmless.
+    pub fn outbox_remove(&self, seqs: &[Seq]) -> Result<(), StoreError> {
+        let gone = self.inner.outbox.take(seqs);
+        if gone.is_empty() || self.inner.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let keys: Vec<String> = gone.iter().map(|s| outbox::key(*s)).collect();
+        let batch: Vec<Write<'_>> = keys
+            .iter()
+            .map(|k| Write::Remove(Table::Outbox, k))
+            .collect();
+        self.inner.backend.write(&batch)
+    }
+
+    /// How many outbox entries are durable and not yet delivered.
+    pub fn outbox_len(&self) -> usize {
+        self.inner.outbox.len()
+    }
+
     /// Whether writes are accepted: false after a failed flush, until a flush succeeds.
     pub fn is_healthy(&self) -> bool {
         self.inner.commit.is_healthy() && !self.inner.broken.load(Ordering::Acquire)
     }
 
-    async fn put<R: Record>(
+    async fn put<R: Record>(&self, record: R, pre: &Precondition) -> Result<Arc<R>, StoreError> {
+        self.put_with(record, pre, |_, _| Vec::new())
+            .await
+            .map(|(stored, _)| stored)
+    }
+
+    /// Writes `record` and the events `events` makes of it (and of the record it replaces)
+    /// in one atomic batch; returns the stored record and the events' sequence numbers.
+    async fn put_with<R: Record>(
         &self,
         mut record: R,
         pre: &Precondition,
-    ) -> Result<Arc<R>, StoreError> {
+        events: impl FnOnce(&R, Option<&R>) -> Events,
+    ) -> Result<(Arc<R>, Vec<Seq>), StoreError> {
         let key = record.key();
         let _key = self.inner.locks.lock(&key).await;
         let _gate = self.healthy_gate().await?;
@@ -256,23 +366,54 @@ impl Store {
         check(previous.as_deref(), pre, false)?;
         record.stamp(previous.as_deref(), Timestamp::now());
         let bytes = serde_json::to_vec(&record).map_err(StoreError::Encode)?;
-        self.inner.backend.put(R::TABLE, &key, &bytes)?;
-        self.settle(&key, previous.as_deref()).await?;
+        let events = events(&record, previous.as_deref());
+        let seqs = self.write_batch(Write::Put(R::TABLE, &key, &bytes), &events)?;
+        self.settle(&key, previous.as_deref(), &seqs).await?;
         let stored = Arc::new(record);
         R::cache_put(&self.inner.cache, &key, Arc::clone(&stored));
-        Ok(stored)
+        self.inner.outbox.made_durable(&seqs);
+        Ok((stored, seqs))
     }
 
     async fn delete<R: Record>(&self, key: &str, pre: &Precondition) -> Result<(), StoreError> {
+        self.delete_with::<R>(key, pre, |_| Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes a record and writes the events `events` makes of it in one atomic batch.
+    async fn delete_with<R: Record>(
+        &self,
+        key: &str,
+        pre: &Precondition,
+        events: impl FnOnce(&R) -> Events,
+    ) -> Result<Vec<Seq>, StoreError> {
         let key = lower(key);
         let _key = self.inner.locks.lock(&key).await;
         let _gate = self.healthy_gate().await?;
         let previous = R::cached(&self.inner.cache, &key);
         check(previous.as_deref(), pre, true)?;
-        self.inner.backend.remove(R::TABLE, &key)?;
-        self.settle(&key, previous.as_deref()).await?;
+        let events = previous.as_deref().map(events).unwrap_or_default();
+        let seqs = self.write_batch(Write::Remove(R::TABLE, &key), &events)?;
+        self.settle(&key, previous.as_deref(), &seqs).await?;
         R::cache_remove(&self.inner.cache, &key);
-        Ok(())
+        self.inner.outbox.made_durable(&seqs);
+        Ok(seqs)
+    }
+
+    /// Writes one change and its outbox entries atomically (not yet durable).
+    fn write_batch(&self, change: Write<'_>, events: &[Vec<u8>]) -> Result<Vec<Seq>, StoreError> {
+        let seqs = self.inner.outbox.reserve(events.len());
+        let keys: Vec<String> = seqs.iter().map(|s| outbox::key(*s)).collect();
+        let mut batch = Vec::with_capacity(1 + events.len());
+        batch.push(change);
+        batch.extend(
+            keys.iter()
+                .zip(events)
+                .map(|(k, e)| Write::Put(Table::Outbox, k, e)),
+        );
+        self.inner.backend.write(&batch)?;
+        Ok(seqs)
     }
 
     /// Admits a write: a shared hold of the gate while the store is healthy. After a failed
@@ -305,19 +446,31 @@ impl Store {
         }
     }
 
-    /// Waits for the flush that covers a backend write of `key`. If it failed, puts `previous`
-    /// back into the backend (so no later flush makes the refused write durable) and returns
-    /// the error; the caller then leaves the cache alone.
-    async fn settle<R: Record>(&self, key: &str, previous: Option<&R>) -> Result<(), StoreError> {
+    /// Waits for the flush that covers a backend write of `key` (and of the outbox entries
+    /// `seqs` written with it). If it failed, puts `previous` back and removes the entries
+    /// (so no later flush makes the refused write durable) and returns the error; the caller
+    /// then leaves the cache alone.
+    async fn settle<R: Record>(
+        &self,
+        key: &str,
+        previous: Option<&R>,
+        seqs: &[Seq],
+    ) -> Result<(), StoreError> {
         let Err(e) = self.inner.commit.durable().await else {
             return Ok(());
         };
-        let undo = match previous {
-            Some(p) => serde_json::to_vec(p)
-                .map_err(StoreError::Encode)
-                .and_then(|bytes| self.inner.backend.put(R::TABLE, key, &bytes)),
-            None => self.inner.backend.remove(R::TABLE, key),
-        };
+        let undo = previous
+            .map(|p| serde_json::to_vec(p).map_err(StoreError::Encode))
+            .transpose()
+            .and_then(|bytes| {
+                let keys: Vec<String> = seqs.iter().map(|s| outbox::key(*s)).collect();
+                let mut batch = vec![match &bytes {
+                    Some(bytes) => Write::Put(R::TABLE, key, bytes),
+                    None => Write::Remove(R::TABLE, key),
+                }];
+                batch.extend(keys.iter().map(|k| Write::Remove(Table::Outbox, k)));
+                self.inner.backend.write(&batch)
+            });
         if let Err(undo) = undo {
             self.inner.broken.store(true, Ordering::Release);
             tracing::error!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dps_attest::{EnrollmentRules, Prepared};
-use dps_store::{Backend, Precondition, SledBackend, Store, StoreError, Table, Visit};
+use dps_store::{Backend, Precondition, SledBackend, Store, StoreError, Table, Visit, Write};
 use dps_types::{IndividualEnrollment, RegistrationId};
 
 /// The real sled backend whose flush fails while `failing` is set.
@@ -16,11 +16,8 @@ struct FaultyFlush {
 }
 
 impl Backend for FaultyFlush {
-    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(table, key, value)
-    }
-    fn remove(&self, table: Table, key: &str) -> Result<(), StoreError> {
-        self.inner.remove(table, key)
+    fn write(&self, batch: &[Write<'_>]) -> Result<(), StoreError> {
+        self.inner.write(batch)
     }
     fn scan(
         &self,
@@ -172,4 +169,50 @@ async fn a_failed_flush_fails_every_writer_of_its_batch() {
         Store::open(dir.path()).unwrap().cache().enrollment_count(),
         0
     );
+}
+
+#[tokio::test]
+async fn the_events_of_a_write_whose_flush_failed_are_taken_back_with_it() {
+    use dps_store::RegistrationRecord;
+    use dps_types::{DeviceRegistrationState, RegistrationStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, backend) = open_faulty(dir.path());
+    let record = || {
+        let mut state = DeviceRegistrationState::unassigned(RegistrationId::parse("dev").unwrap());
+        state.status = Some(RegistrationStatus::Assigned);
+        RegistrationRecord {
+            state,
+            enrollment_group_id: None,
+        }
+    };
+    backend.failing.store(true, Ordering::SeqCst);
+    let failed = store
+        .put_registration_with(record(), &Precondition::Any, |_, _| {
+            vec![b"assigned".to_vec()]
+        })
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(store.outbox_len(), 0);
+    assert!(store.outbox_scan(None, 10).unwrap().is_empty());
+
+    backend.failing.store(false, Ordering::SeqCst);
+    store
+        .put_registration_with(
+            record(),
+            &Precondition::Any,
+            |_, _| vec![b"second".to_vec()],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    drop(backend);
+    let reopened = Store::open(dir.path()).unwrap();
+    let events: Vec<Vec<u8>> = reopened
+        .outbox_scan(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(events, [b"second".to_vec()]);
 }
