@@ -44,6 +44,10 @@ SCOPE_READY_LINE = re.compile(r"^  ID scope        (?P<scope>\S+)(?: \(also in .
 MQTT_PORT = 8883
 # The IoT hubs linked to the session's dpsd: (host name, allocation weight).
 LINKED_HUBS = (("hub-one.example.net", 1), ("hub-two.example.net", 3))
+# The session's dpsd publishes every assignment to this exchange of the RabbitMQ on
+# 127.0.0.1:5672 (tests/sdk/test_feed.py reads it); unique per run, so runs never mix.
+FEED_EXCHANGE = f"dps.sdk-test.{os.getpid()}"
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 
 # Loopback requests must never go through a proxy from the environment.
 for _var in ("NO_PROXY", "no_proxy"):
@@ -66,6 +70,7 @@ class Dpsd:
     id_scope: str
     mqtt_addr: str
     linked_hubs: tuple
+    feed_exchange: str
 
     @property
     def ca_pem(self) -> str:
@@ -132,8 +137,10 @@ def _check_mqtt_port_free() -> None:
 
 
 def _write_config(path: Path) -> None:
-    """The session's dpsd config file: only the linked hubs (everything else by flags)."""
-    lines = []
+    """The session's dpsd config file: the assignment feed and the linked hubs (everything
+    else by flags). Reconnections to the broker are retried at least every 2 s, so the outage
+    test does not wait out the default back-off."""
+    lines = ["[feed]", "enabled = true", f'exchange = "{FEED_EXCHANGE}"', 'reconnect_max = "2s"', ""]
     for host_name, weight in LINKED_HUBS:
         lines += ["[[linked_hubs]]", f'host_name = "{host_name}"', f"allocation_weight = {weight}", ""]
     path.write_text("\n".join(lines))
@@ -263,6 +270,7 @@ def _start(binary: Path, data_dir: Path) -> Dpsd:
         id_scope=id_scope,
         mqtt_addr=mqtt_addr,
         linked_hubs=tuple(h for h, _ in LINKED_HUBS),
+        feed_exchange=FEED_EXCHANGE,
     )
 
 
@@ -292,6 +300,21 @@ def dpsd(tmp_path_factory) -> Dpsd:
             print(f"\ndpsd did not exit within {STOP_TIMEOUT_S:.0f}s of SIGTERM and was killed")
         elif code != 0:
             print(f"\ndpsd exited with status {code} after SIGTERM; stderr:\n{server.stderr_tail()}")
+        _delete_exchange(FEED_EXCHANGE)
+
+
+def _delete_exchange(name: str) -> None:
+    """Removes the session's feed exchange from the shared broker (best effort)."""
+    import pika
+
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    except pika.exceptions.AMQPError:
+        return
+    try:
+        connection.channel().exchange_delete(name)
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

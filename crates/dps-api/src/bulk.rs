@@ -95,7 +95,7 @@ async fn apply<R: Resource>(state: &ApiState, mode: BulkMode, item: Value) -> Re
             Some(etag) => Precondition::IfMatch(etag.to_owned()),
             None => Precondition::Any,
         };
-        return R::delete(store, &id, &pre)
+        return R::delete(state, &id, &pre)
             .await
             .map_err(|e| R::store_error(e, &id));
     }

@@ -92,6 +92,42 @@ impl ApiState {
         self
     }
 
+    /// Deletes a registration record (through the registrar when there is one).
+    pub(crate) async fn delete_registration(
+        &self,
+        id: &dps_types::RegistrationId,
+        pre: &dps_store::Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        match &self.registrar {
+            Some(r) => r.delete_registration(id, pre).await,
+            None => self.store.delete_registration(id, pre).await,
+        }
+    }
+
+    /// Deletes an individual enrollment (through the registrar when there is one).
+    pub(crate) async fn delete_enrollment(
+        &self,
+        id: &dps_types::RegistrationId,
+        pre: &dps_store::Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        match &self.registrar {
+            Some(r) => r.delete_enrollment(id, pre).await,
+            None => self.store.delete_enrollment(id, pre).await,
+        }
+    }
+
+    /// Deletes an enrollment group (through the registrar when there is one).
+    pub(crate) async fn delete_group(
+        &self,
+        id: &dps_types::EnrollmentGroupId,
+        pre: &dps_store::Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        match &self.registrar {
+            Some(r) => r.delete_group(id, pre).await,
+            None => self.store.delete_group(id, pre).await,
+        }
+    }
+
     /// Sets the rules every written enrollment must follow (which hubs it may name, where its
     /// webhook may point). Without a registrar or this call, no hub is linked: an enrollment
     /// that names one is refused.
@@ -134,7 +170,7 @@ impl ApiState {
 }
 
 /// Every operation of the DPS service API, plus two that DPS lacks (failed-attempt
-/// diagnostics: `GET /registrations/{id}/attempts` and `GET /diagnostics/failures`). Paths are matched case-insensitively and with or
+/// diagnostics: `GET /registrations/{id}/attempts`, `GET /diagnostics/failures` and `GET /diagnostics/feed`). Paths are matched case-insensitively and with or
 /// without a trailing slash (see `normalize.rs`); every operation needs an `api-version`
 /// query parameter the SDKs send (`2018-04-01` to `2021-10-01`, see `extract.rs`), else 400.
 /// Unknown paths answer 404 and known paths with another method 405, both with a DPS error
@@ -178,6 +214,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/registrations/{id}/query", post(registrations::query))
         .route("/registrations/{id}/attempts", get(registrations::attempts))
         .route("/diagnostics/failures", get(registrations::failure_counts))
+        .route("/diagnostics/feed", get(registrations::feed_status))
         .route_layer(axum::middleware::from_fn(extract::require_api_version))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

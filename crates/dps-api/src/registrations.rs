@@ -38,7 +38,6 @@ pub(crate) async fn delete(
     IfMatch(pre): IfMatch,
 ) -> Result<Response, ApiError> {
     state
-        .store()
         .delete_registration(&id, &pre)
         .await
         .map_err(|e| ApiError::from_store(e, || not_found(&id), "registration state"))?;
@@ -95,4 +94,16 @@ pub(crate) async fn failure_counts(
         .map(|(reason, n)| (reason.to_owned(), n.into()))
         .collect();
     json(&serde_json::json!({ "failures": counts }))
+}
+
+/// `GET /diagnostics/feed` (not in DPS): the assignment feed's broker link and, per linked
+/// hub, events published, confirmed and waiting. `{"enabled": false}` when the feed is off.
+pub(crate) async fn feed_status(
+    _: Authorized<RegistrationStatusRead>,
+    State(state): State<ApiState>,
+) -> Result<Response, ApiError> {
+    match state.registrar().and_then(|r| r.feed()) {
+        Some(feed) => json(&serde_json::json!({ "enabled": true, "status": feed.stats() })),
+        None => json(&serde_json::json!({ "enabled": false })),
+    }
 }

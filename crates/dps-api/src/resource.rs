@@ -74,9 +74,10 @@ pub(crate) trait Resource:
         item: Prepared<Self>,
         pre: &Precondition,
     ) -> impl Future<Output = Result<Arc<Self>, StoreError>> + Send;
-    /// Deletes durably.
+    /// Deletes durably (through the registrar when there is one, so the assignment feed
+    /// learns of the devices the record covered).
     fn delete(
-        store: &Store,
+        state: &ApiState,
         id: &Self::Id,
         pre: &Precondition,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -163,11 +164,11 @@ impl Resource for IndividualEnrollment {
         store.put_enrollment(item, pre)
     }
     fn delete(
-        store: &Store,
+        state: &ApiState,
         id: &RegistrationId,
         pre: &Precondition,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        store.delete_enrollment(id, pre)
+        state.delete_enrollment(id, pre)
     }
     fn query(
         store: &Store,
@@ -233,11 +234,11 @@ impl Resource for EnrollmentGroup {
         store.put_group(item, pre)
     }
     fn delete(
-        store: &Store,
+        state: &ApiState,
         id: &EnrollmentGroupId,
         pre: &Precondition,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        store.delete_group(id, pre)
+        state.delete_group(id, pre)
     }
     fn query(
         store: &Store,
@@ -340,7 +341,7 @@ pub(crate) async fn delete<R: Resource>(
     IdPath(id): IdPath<R::Id>,
     IfMatch(pre): IfMatch,
 ) -> Result<Response, ApiError> {
-    R::delete(state.store(), &id, &pre)
+    R::delete(&state, &id, &pre)
         .await
         .map_err(|e| R::store_error(e, &id))?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -229,7 +229,10 @@ impl Handler {
         let task = self.registrations.spawn(async move {
             match registrar.register(&device, Transport::Mqtt, payload).await {
                 Ok(result) => RegistrationOutcome::Done(Box::new(result)),
-                Err(RegistrarError::Busy { retry_after_secs }) => RegistrationOutcome::Busy { retry_after_secs },
+                Err(
+                    RegistrarError::Busy { retry_after_secs }
+                    | RegistrarError::BrokerUnavailable { retry_after_secs },
+                ) => RegistrationOutcome::Busy { retry_after_secs },
                 Err(e) => {
                     tracing::error!(error = %e, source = ?std::error::Error::source(&e), "registration failed");
                     RegistrationOutcome::Failed

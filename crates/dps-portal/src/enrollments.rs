@@ -573,14 +573,11 @@ pub(crate) async fn delete(
     let result = match kind {
         Kind::Groups => {
             let id = EnrollmentGroupId::parse(&id).map_err(|_| PortalError::NotFound)?;
-            state.store().delete_group(&id, &Precondition::Any).await
+            state.delete_group(&id).await
         }
         Kind::Individual => {
             let id = RegistrationId::parse(&id).map_err(|_| PortalError::NotFound)?;
-            state
-                .store()
-                .delete_enrollment(&id, &Precondition::Any)
-                .await
+            state.delete_enrollment(&id).await
         }
     };
     match result {

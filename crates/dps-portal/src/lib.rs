@@ -159,6 +159,43 @@ impl PortalState {
         self.inner.registrar.as_ref()
     }
 
+    /// Deletes a registration record (through the registrar when there is one, so the
+    /// assignment feed learns of it).
+    pub(crate) async fn delete_registration(
+        &self,
+        id: &dps_types::RegistrationId,
+    ) -> Result<(), dps_store::StoreError> {
+        let pre = &dps_store::Precondition::Any;
+        match self.registrar() {
+            Some(r) => r.delete_registration(id, pre).await,
+            None => self.store().delete_registration(id, pre).await,
+        }
+    }
+
+    /// Deletes an individual enrollment (through the registrar when there is one).
+    pub(crate) async fn delete_enrollment(
+        &self,
+        id: &dps_types::RegistrationId,
+    ) -> Result<(), dps_store::StoreError> {
+        let pre = &dps_store::Precondition::Any;
+        match self.registrar() {
+            Some(r) => r.delete_enrollment(id, pre).await,
+            None => self.store().delete_enrollment(id, pre).await,
+        }
+    }
+
+    /// Deletes an enrollment group (through the registrar when there is one).
+    pub(crate) async fn delete_group(
+        &self,
+        id: &dps_types::EnrollmentGroupId,
+    ) -> Result<(), dps_store::StoreError> {
+        let pre = &dps_store::Precondition::Any;
+        match self.registrar() {
+            Some(r) => r.delete_group(id, pre).await,
+            None => self.store().delete_group(id, pre).await,
+        }
+    }
+
     pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
         &self.inner.policies
     }

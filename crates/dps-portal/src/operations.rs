@@ -239,11 +239,7 @@ pub(crate) async fn delete_registration(
     auth.check_csrf(&data)?;
     auth.require(Need::REGISTRATION_WRITE)?;
     let rid = RegistrationId::parse(&id).map_err(|e| PortalError::BadRequest(e.to_string()))?;
-    match state
-        .store()
-        .delete_registration(&rid, &Precondition::Any)
-        .await
-    {
+    match state.delete_registration(&rid).await {
         Ok(()) | Err(StoreError::NotFound) => Ok(Redirect::to(&format!(
             "{BASE}/registrations?deleted={}",
             rid.as_str()

@@ -56,6 +56,9 @@ pub enum RegistrarReason {
     NoHub,
     /// The custom allocation webhook failed.
     WebhookFailed,
+    /// The assignment feed's broker did not confirm the assignment's event (link down,
+    /// refused or too slow): the device is asked to retry.
+    BrokerUnavailable,
 }
 
 impl RegistrarReason {
@@ -65,6 +68,7 @@ impl RegistrarReason {
             RegistrarReason::EnrollmentDisabled => "enrollment_disabled",
             RegistrarReason::NoHub => "no_hub",
             RegistrarReason::WebhookFailed => "webhook_failed",
+            RegistrarReason::BrokerUnavailable => "broker_unavailable",
         }
     }
 }

@@ -18,6 +18,7 @@
 
 mod allocation;
 mod diagnostics;
+mod feed;
 mod webhook;
 
 use std::sync::Arc;
@@ -28,13 +29,14 @@ use dps_store::{KeyLocks, Precondition, RegistrationRecord, Store};
 use dps_types::{
     AllocationPolicy, AssignedDeviceSubstatus, AttestationType, DeviceId, DeviceRegistrationResult,
     DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope,
-    RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, WebhookPolicy,
+    RegistrationId, RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, WebhookPolicy,
     X509RegistrationResult,
 };
 use tokio::sync::Semaphore;
 
 pub use allocation::{weighted_rendezvous, LinkedHub};
 pub use diagnostics::{Diagnostics, FailedAttempt, RegistrarReason, Transport};
+pub use feed::StoreOutbox;
 pub use webhook::WebhookError;
 
 use allocation::{AllocationInput, NoHub};
@@ -43,6 +45,9 @@ use allocation::{AllocationInput, NoHub};
 pub const ERROR_NO_HUB: i32 = 400208;
 /// Seconds a device is asked to wait when the registrar is saturated.
 const BUSY_RETRY_AFTER_SECS: u32 = 2;
+/// Seconds a device is asked to wait when the assignment feed's broker did not confirm its
+/// event: long enough for a reconnection, short enough that devices come back soon after.
+const BROKER_RETRY_AFTER_SECS: u32 = 5;
 
 /// Registrar settings.
 #[derive(Debug, Clone)]
@@ -85,6 +90,13 @@ pub enum RegistrarError {
         /// Seconds to wait.
         retry_after_secs: u32,
     },
+    /// The assignment feed's broker has not confirmed the assignment's event; the device
+    /// should retry (the event stays in the outbox and is delivered later).
+    #[error("the assignment feed is unavailable; retry after {retry_after_secs} s")]
+    BrokerUnavailable {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
     /// The registration record could not be written.
     #[error("the registration record could not be stored")]
     Store(#[source] dps_store::StoreError),
@@ -107,6 +119,8 @@ struct Inner {
     /// One lock per registration id being registered (at most `max_in_flight` of them).
     registering: KeyLocks,
     diagnostics: Diagnostics,
+    /// The assignment feed, when configured: assignments wait for its confirmation.
+    feed: Option<dps_feed::Feed>,
 }
 
 /// The enrollment fields registration reads, whichever kind matched.
@@ -120,8 +134,18 @@ struct Matched<'a> {
 }
 
 impl Registrar {
-    /// A registrar over `store`.
+    /// A registrar over `store`, without an assignment feed.
     pub fn new(store: Store, config: RegistrarConfig) -> Result<Self, RegistrarError> {
+        Self::with_feed(store, config, None)
+    }
+
+    /// A registrar over `store` that publishes every assignment and deprovisioning through
+    /// `feed` (started over this store's outbox, [`StoreOutbox`]).
+    pub fn with_feed(
+        store: Store,
+        config: RegistrarConfig,
+        feed: Option<dps_feed::Feed>,
+    ) -> Result<Self, RegistrarError> {
         let http = webhook::client().map_err(RegistrarError::Setup)?;
         let in_flight = Semaphore::new(config.max_in_flight);
         Ok(Self {
@@ -132,6 +156,7 @@ impl Registrar {
                 in_flight,
                 registering: KeyLocks::new(),
                 diagnostics: Diagnostics::default(),
+                feed,
             }),
         })
     }
@@ -169,6 +194,11 @@ impl Registrar {
                 .collect(),
             webhook: self.inner.config.webhook_policy.clone(),
         }
+    }
+
+    /// The assignment feed, when configured.
+    pub fn feed(&self) -> Option<&dps_feed::Feed> {
+        self.inner.feed.as_ref()
     }
 
     /// Failed attempts and their counts.
@@ -232,8 +262,14 @@ impl Registrar {
             return Ok(result);
         }
 
-        // Held across read, allocation (a webhook call included) and write: a second
-        // registration of this device computes from the record this one writes.
+        let feed = self.inner.feed.as_ref();
+        if feed.is_some_and(|f| !f.is_up()) {
+            return Err(self.broker_unavailable(device, transport, "the broker link is down"));
+        }
+
+        // Held across read, allocation (a webhook call included), write and the feed's
+        // confirmation: a second registration of this device computes from the record this
+        // one writes, and waits for its event.
         let _registering = self
             .inner
             .registering
@@ -244,13 +280,28 @@ impl Registrar {
             .as_ref()
             .filter(|p| p.state.status == Some(RegistrationStatus::Assigned))
             .and_then(|p| p.state.assigned_hub.clone());
-        let (hub, webhook_payload) = match (&current_hub, m.reprovision.update_hub_assignment) {
+        if let (Some(feed), Some(previous)) = (feed, &previous) {
+            // The device retries an assignment whose event the broker has not confirmed yet:
+            // that assignment stands; it is told once the event is confirmed.
+            if let Some(seq) = feed::unconfirmed(feed, previous) {
+                if feed.wait_confirmed(seq, feed.confirm_timeout()).await {
+                    assigned(&mut result, previous);
+                    return Ok(result);
+                }
+                return Err(self.broker_unavailable(
+                    device,
+                    transport,
+                    "the broker has not confirmed the assignment's event",
+                ));
+            }
+        }
+        let (hub, webhook) = match (&current_hub, m.reprovision.update_hub_assignment) {
             (Some(hub), false) => (hub.clone(), None),
             _ => match self
                 .allocate(device, &m, previous.as_deref(), payload.as_ref())
                 .await
             {
-                Ok(found) => found,
+                Ok((hub, webhook)) => (hub, webhook),
                 Err((reason, message)) => {
                     self.fail(device, transport, reason, message.clone());
                     result.status = RegistrationStatus::Failed;
@@ -260,6 +311,7 @@ impl Registrar {
                 }
             },
         };
+        let (webhook_payload, webhook_twin) = webhook.map_or((None, None), |w| (w.payload, w.initial_twin));
         let substatus = match (
             &current_hub,
             previous.as_ref().and_then(|p| p.state.substatus),
@@ -297,25 +349,153 @@ impl Registrar {
             },
             enrollment_group_id: m.group_id.cloned(),
         };
-        let stored = self
+        let mut events = Vec::new();
+        let (stored, seqs) = self
             .inner
             .store
-            .put_registration(
+            .put_registration_with(
                 record,
                 &Precondition::unchanged(previous.as_ref().and_then(|p| p.state.etag.as_ref())),
+                |new, old| match feed {
+                    Some(f) => feed::keep_and_encode(
+                        feed::assignment(
+                            device,
+                            new,
+                            old,
+                            webhook_twin.as_ref(),
+                            f.include_device_keys(),
+                        )
+                        .into_iter()
+                        .collect(),
+                        &mut events,
+                    ),
+                    None => Vec::new(),
+                },
             )
             .await
             .map_err(RegistrarError::Store)?;
-        let s = &stored.state;
-        result.status = RegistrationStatus::Assigned;
-        result.created_date_time_utc = s.created_date_time_utc;
-        result.assigned_hub = s.assigned_hub.clone();
-        result.device_id = s.device_id.clone();
-        result.substatus = s.substatus;
-        result.last_updated_date_time_utc = s.last_updated_date_time_utc;
-        result.etag = s.etag.clone();
-        result.payload = s.payload.clone();
+        if let Some(feed) = feed {
+            for (seq, event) in seqs.into_iter().zip(events) {
+                if feed.publish(seq, event).await.is_err() {
+                    return Err(self.broker_unavailable(
+                        device,
+                        transport,
+                        "the broker did not confirm the assignment's event",
+                    ));
+                }
+            }
+        }
+        assigned(&mut result, &stored);
         Ok(result)
+    }
+
+    /// Deletes a registration record; with the feed on, its `device.deprovisioned` event is
+    /// written with the delete and published (now, or by the relay once the broker is back).
+    pub async fn delete_registration(
+        &self,
+        id: &RegistrationId,
+        pre: &Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        let mut events = Vec::new();
+        let seqs = self
+            .inner
+            .store
+            .delete_registration_with(id, pre, |r| self.events(&mut events, || {
+                feed::deprovisioned(
+                    r,
+                    feed::record_enrollment(r),
+                    dps_feed::DeprovisionReason::RegistrationDeleted,
+                )
+                .into_iter()
+                .collect()
+            }))
+            .await?;
+        self.publish_later(seqs, events);
+        Ok(())
+    }
+
+    /// Deletes an individual enrollment; with the feed on, the device it registered gets a
+    /// `device.deprovisioned` event, written with the delete.
+    pub async fn delete_enrollment(
+        &self,
+        id: &RegistrationId,
+        pre: &Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        let store = &self.inner.store;
+        let mut events = Vec::new();
+        let seqs = store
+            .delete_enrollment_with(id, pre, |e| {
+                self.events(&mut events, || feed::enrollment_deleted(store, e))
+            })
+            .await?;
+        self.publish_later(seqs, events);
+        Ok(())
+    }
+
+    /// Deletes an enrollment group; with the feed on, every device registered through it
+    /// gets a `device.deprovisioned` event, written with the delete.
+    pub async fn delete_group(
+        &self,
+        id: &EnrollmentGroupId,
+        pre: &Precondition,
+    ) -> Result<(), dps_store::StoreError> {
+        let store = &self.inner.store;
+        let mut events = Vec::new();
+        let seqs = store
+            .delete_group_with(id, pre, |g| {
+                self.events(&mut events, || feed::group_deleted(store, g))
+            })
+            .await?;
+        self.publish_later(seqs, events);
+        Ok(())
+    }
+
+    /// The encoded events `make` builds when the feed is on (kept in `keep`); none when off.
+    fn events(
+        &self,
+        keep: &mut Vec<dps_feed::FeedEvent>,
+        make: impl FnOnce() -> Vec<dps_feed::FeedEvent>,
+    ) -> dps_store::Events {
+        match self.inner.feed {
+            Some(_) => feed::keep_and_encode(make(), keep),
+            None => Vec::new(),
+        }
+    }
+
+    /// Publishes durable events without waiting for the broker (the relay retries them).
+    fn publish_later(&self, seqs: Vec<dps_store::Seq>, events: Vec<dps_feed::FeedEvent>) {
+        let Some(feed) = self.inner.feed.clone() else {
+            return;
+        };
+        if seqs.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for (seq, event) in seqs.into_iter().zip(events) {
+                if feed.publish(seq, event).await.is_err() {
+                    // Still in the outbox: the relay sends it once the broker is back.
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Records `broker_unavailable` and returns the retry answer.
+    fn broker_unavailable(
+        &self,
+        device: &AttestedDevice,
+        transport: Transport,
+        detail: &str,
+    ) -> RegistrarError {
+        self.fail(
+            device,
+            transport,
+            RegistrarReason::BrokerUnavailable,
+            detail.to_owned(),
+        );
+        RegistrarError::BrokerUnavailable {
+            retry_after_secs: BROKER_RETRY_AFTER_SECS,
+        }
     }
 
     async fn allocate(
@@ -324,7 +504,7 @@ impl Registrar {
         m: &Matched<'_>,
         previous: Option<&RegistrationRecord>,
         payload: Option<&serde_json::Value>,
-    ) -> Result<(HubName, Option<serde_json::Value>), (RegistrarReason, String)> {
+    ) -> Result<(HubName, Option<webhook::Allocation>), (RegistrarReason, String)> {
         let config = &self.inner.config;
         let policy = m
             .allocation
@@ -394,7 +574,7 @@ impl Registrar {
             &offered,
         )
         .await
-        .map(|a| (a.hub, a.payload))
+        .map(|a| (a.hub.clone(), Some(a)))
         .map_err(|e| (RegistrarReason::WebhookFailed, e.to_string()))
     }
 
@@ -468,4 +648,17 @@ fn base_result(device: &AttestedDevice, m: &Matched<'_>) -> DeviceRegistrationRe
     result.x509 = x509;
     result.symmetric_key = symmetric_key;
     result
+}
+
+/// Fills the device's answer from its (durable, confirmed) registration record.
+fn assigned(result: &mut DeviceRegistrationResult, stored: &RegistrationRecord) {
+    let s = &stored.state;
+    result.status = RegistrationStatus::Assigned;
+    result.created_date_time_utc = s.created_date_time_utc;
+    result.assigned_hub = s.assigned_hub.clone();
+    result.device_id = s.device_id.clone();
+    result.substatus = s.substatus;
+    result.last_updated_date_time_utc = s.last_updated_date_time_utc;
+    result.etag = s.etag.clone();
+    result.payload = s.payload.clone();
 }

@@ -96,8 +96,7 @@ pub struct DeviceRuntimeContext<'a> {
     pub payload: Option<&'a serde_json::Value>,
 }
 
-/// `AllocationResponse`. Its `initialTwin` is not read: twins reach a hub only once the
-/// hub-side assignment feed exists.
+/// `AllocationResponse`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationResponse {
@@ -106,6 +105,9 @@ pub struct AllocationResponse {
     /// Returned to the device as `registrationState.payload`.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The twin the hub should give the device (in place of the enrollment's).
+    #[serde(default)]
+    pub initial_twin: Option<serde_json::Value>,
 }
 
 /// What the webhook decided.
@@ -115,6 +117,8 @@ pub struct Allocation {
     pub hub: HubName,
     /// The webhook's payload for the device.
     pub payload: Option<serde_json::Value>,
+    /// The webhook's initial twin, for the hub (through the assignment feed).
+    pub initial_twin: Option<serde_json::Value>,
 }
 
 /// The HTTP client for webhooks: redirects are not followed (a 3xx is a failure).
@@ -165,5 +169,6 @@ pub async fn call(
     Ok(Allocation {
         hub,
         payload: answer.payload,
+        initial_twin: answer.initial_twin,
     })
 }

@@ -62,6 +62,9 @@ pub enum DpsdError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] dps_store::StoreError),
+    /// The assignment feed's first connection to the broker failed (`[feed]` is on).
+    #[error("feed.url: {0}")]
+    Feed(#[source] dps_feed::FeedError),
     /// The registration service could not be created.
     #[error("registration service: {0}")]
     Registrar(#[source] dps_registrar::RegistrarError),
@@ -136,9 +139,14 @@ impl Running {
         self.listeners.wait().await
     }
 
-    /// Stops accepting, lets in-flight requests finish, and returns when all is closed.
+    /// Stops accepting, lets in-flight requests finish, and returns when all is closed (the
+    /// assignment feed last: registrations still in flight wait for its confirmations).
     pub async fn shutdown(self) -> Result<(), DpsdError> {
-        self.listeners.shutdown().await
+        let result = self.listeners.shutdown().await;
+        if let Some(feed) = self.registrar.feed() {
+            feed.shutdown().await;
+        }
+        result
     }
 }
 
@@ -201,7 +209,19 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
     registrar_config.webhook_policy = config.registration.webhook_policy.clone();
     registrar_config.max_in_flight = config.registration.max_in_flight;
-    let registrar = dps_registrar::Registrar::new(store.clone(), registrar_config)
+    let feed = match &config.feed {
+        section if !section.enabled => None,
+        section => Some(
+            dps_feed::Feed::start(
+                section.config.clone(),
+                config.linked_hubs.iter().map(|h| h.host_name.clone()).collect(),
+                dps_registrar::StoreOutbox::new(store.clone()),
+            )
+            .await
+            .map_err(DpsdError::Feed)?,
+        ),
+    };
+    let registrar = dps_registrar::Registrar::with_feed(store.clone(), registrar_config, feed)
         .map_err(DpsdError::Registrar)?;
 
     let mut listeners = Listeners::new();

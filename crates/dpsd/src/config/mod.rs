@@ -9,6 +9,7 @@
 //! timeouts, timeouts beyond [`MAX_TIMEOUT`]) are errors naming the key.
 
 mod checks;
+mod feed;
 mod reader;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use dps_types::{HubName, IdScope, SymmetricKey};
 
 use checks::{body_size, packet_size, positive_count, timeout};
 pub use checks::{LogFilter, MAX_TIMEOUT};
+pub use feed::FeedSection;
 use reader::Reader;
 pub use reader::{env_name, ByteSize, ENV_PREFIX};
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Registration behaviour.
     pub registration: RegistrationConfig,
+    /// The assignment feed (`[feed]`).
+    pub feed: FeedSection,
     /// Shared access policies in addition to the generated owner policy.
     pub policies: Vec<PolicyConfig>,
     /// IoT hubs devices can be assigned to.
@@ -481,6 +485,8 @@ impl Config {
         }
         r.finish_table(t, "registration");
 
+        let feed = feed::read(&mut r, &mut root);
+
         let mut policies = Vec::new();
         for (i, mut t) in r.tables(&mut root, "", "policies").into_iter().enumerate() {
             let p = format!("policies[{i}]");
@@ -554,6 +560,7 @@ impl Config {
             api,
             mqtt,
             registration,
+            feed,
             policies,
             linked_hubs,
             log,

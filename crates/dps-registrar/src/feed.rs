@@ -1,0 +1,246 @@
+//! The registrar's side of the assignment feed: which events a registration or a delete
+//! writes to the store's outbox, and the outbox as the feed reads it.
+//!
+//! Every change that a hub must learn of is written with its event in one atomic store batch
+//! (so no assignment exists without its event); the device hears "assigned" only once the
+//! broker confirmed that event.
+
+use std::sync::Arc;
+
+use dps_attest::{derive_device_key, AttestedDevice, MatchedEnrollment};
+use dps_feed::{
+    Assignment, DeprovisionReason, Deprovision, DeviceAuthentication, EnrollmentRef, FeedEvent,
+    Outbox, Seq,
+};
+use dps_store::{Events, RegistrationRecord, Store};
+use dps_types::{
+    AssignedDeviceSubstatus, Attestation, AttestationType, EnrollmentGroup, EnrollmentSettings,
+    IndividualEnrollment, RegistrationStatus, Timestamp,
+};
+
+/// The store's outbox, as the feed's relay reads it.
+pub struct StoreOutbox(Store);
+
+impl StoreOutbox {
+    /// The outbox of `store`, for `dps_feed::Feed::start`.
+    pub fn new(store: Store) -> Arc<dyn Outbox> {
+        Arc::new(StoreOutbox(store))
+    }
+}
+
+impl Outbox for StoreOutbox {
+    fn scan(
+        &self,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<(Seq, FeedEvent)>, dps_feed::BoxError> {
+        let mut events = Vec::new();
+        for (seq, bytes) in self.0.outbox_scan(after, limit)? {
+            match serde_json::from_slice::<FeedEvent>(&bytes) {
+                Ok(event) => events.push((seq, event)),
+                Err(e) => {
+                    // Written by this process from a FeedEvent: undecodable means a damaged
+                    // data directory. Publishing it is impossible; keeping it would stall no
+                    // one (the relay skips it) but would count as waiting forever.
+                    tracing::error!(seq, error = %e, "dropping an undecodable outbox entry");
+                    self.0.outbox_remove(&[seq])?;
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn confirmed(&self, seqs: &[Seq]) {
+        if let Err(e) = self.0.outbox_remove(seqs) {
+            tracing::warn!(error = %e, "cannot remove delivered outbox entries; they will be sent again");
+        }
+    }
+}
+
+/// The outbox entry of `previous`'s assignment if the broker has not confirmed it yet.
+pub(crate) fn unconfirmed(feed: &dps_feed::Feed, previous: &RegistrationRecord) -> Option<Seq> {
+    let state = &previous.state;
+    if state.status != Some(RegistrationStatus::Assigned) {
+        return None;
+    }
+    let etag = state.etag.as_ref()?;
+    feed.pending(&dps_feed::assignment_message_id(&state.registration_id, etag))
+}
+
+/// The encoded outbox entry of `event`.
+pub(crate) fn encode(event: &FeedEvent) -> Vec<u8> {
+    // A FeedEvent is strings, a timestamp and an enum: it always serializes.
+    serde_json::to_vec(event).unwrap_or_default()
+}
+
+/// The `device.assigned` / `device.reassigned` event of a registration that wrote `record`.
+pub(crate) fn assignment(
+    device: &AttestedDevice,
+    record: &RegistrationRecord,
+    previous: Option<&RegistrationRecord>,
+    webhook_twin: Option<&serde_json::Value>,
+    include_device_keys: bool,
+) -> Option<FeedEvent> {
+    let state = &record.state;
+    let (hub, device_id, etag) = (
+        state.assigned_hub.as_ref()?,
+        state.device_id.as_ref()?,
+        state.etag.as_ref()?,
+    );
+    let previous_hub = previous
+        .filter(|p| p.state.status == Some(RegistrationStatus::Assigned))
+        .and_then(|p| p.state.assigned_hub.as_ref());
+    let settings = device.enrollment().settings();
+    let enrollment_twin = settings
+        .initial_twin()
+        .and_then(|t| serde_json::to_value(t).ok());
+    let initial_twin = webhook_twin.cloned().or(enrollment_twin);
+    let event = dps_feed::assigned_event(
+        &Assignment {
+            registration_id: &state.registration_id,
+            device_id,
+            hub,
+            previous_hub,
+            enrollment: enrollment_ref(device.enrollment()),
+            iot_edge: settings.capabilities().is_some_and(|c| c.iot_edge),
+            initial_twin: initial_twin.as_ref(),
+            payload: state.payload.as_ref(),
+            substatus: state
+                .substatus
+                .unwrap_or(AssignedDeviceSubstatus::InitialAssignment),
+            authentication: authentication(device),
+            record_etag: etag,
+            time: state.last_updated_date_time_utc.unwrap_or_else(Timestamp::now),
+        },
+        include_device_keys,
+    );
+    Some(event)
+}
+
+fn enrollment_ref(enrollment: &MatchedEnrollment) -> EnrollmentRef {
+    match enrollment {
+        MatchedEnrollment::Individual(e) => EnrollmentRef::Individual(e.registration_id.clone()),
+        MatchedEnrollment::Group(g) => EnrollmentRef::Group(g.enrollment_group_id.clone()),
+    }
+}
+
+/// How the hub should authenticate the device, as DPS hands it to IoT Hub.
+fn authentication(device: &AttestedDevice) -> DeviceAuthentication {
+    let attestation = match device.enrollment() {
+        MatchedEnrollment::Individual(e) => &e.attestation,
+        MatchedEnrollment::Group(g) => &g.attestation,
+    };
+    match (device.method(), attestation, device.enrollment()) {
+        (AttestationType::SymmetricKey, Attestation::SymmetricKey(keys), enrollment) => {
+            let key = |k: Option<&dps_types::SymmetricKey>| {
+                k.map(|k| match enrollment {
+                    MatchedEnrollment::Group(_) => {
+                        derive_device_key(k, device.registration_id().as_str())
+                    }
+                    MatchedEnrollment::Individual(_) => k.clone(),
+                })
+            };
+            DeviceAuthentication::SymmetricKey {
+                primary: key(keys.primary_key.as_ref()),
+                secondary: key(keys.secondary_key.as_ref()),
+            }
+        }
+        (AttestationType::X509, Attestation::X509(x509), MatchedEnrollment::Individual(_)) => {
+            let thumbprint = |c: Option<&dps_types::X509CertificateWithInfo>| {
+                c.and_then(|c| c.info.as_ref())
+                    .map(|i| i.sha1_thumbprint.clone())
+            };
+            let certs = x509.client_certificates.as_ref();
+            DeviceAuthentication::SelfSigned {
+                primary_thumbprint: thumbprint(certs.and_then(|c| c.primary.as_ref())),
+                secondary_thumbprint: thumbprint(certs.and_then(|c| c.secondary.as_ref())),
+            }
+        }
+        (AttestationType::X509, _, _) => DeviceAuthentication::CertificateAuthority {
+            leaf_sha1_thumbprint: device
+                .certificate_info()
+                .map(|i| i.sha1_thumbprint.clone()),
+            leaf_sha256_thumbprint: device
+                .certificate_info()
+                .map(|i| i.sha256_thumbprint.clone()),
+        },
+        _ => DeviceAuthentication::Tpm,
+    }
+}
+
+/// The `device.deprovisioned` event of a registration record that is going away.
+pub(crate) fn deprovisioned(
+    record: &RegistrationRecord,
+    enrollment: EnrollmentRef,
+    reason: DeprovisionReason,
+) -> Option<FeedEvent> {
+    let state = &record.state;
+    if state.status != Some(RegistrationStatus::Assigned) {
+        return None;
+    }
+    Some(dps_feed::deprovisioned_event(&Deprovision {
+        registration_id: &state.registration_id,
+        device_id: state.device_id.as_ref()?,
+        hub: state.assigned_hub.as_ref()?,
+        enrollment,
+        record_etag: state.etag.as_ref()?,
+        reason,
+        time: Timestamp::now(),
+    }))
+}
+
+/// The enrollment a registration record came through.
+pub(crate) fn record_enrollment(record: &RegistrationRecord) -> EnrollmentRef {
+    match &record.enrollment_group_id {
+        Some(g) => EnrollmentRef::Group(g.clone()),
+        None => EnrollmentRef::Individual(record.state.registration_id.clone()),
+    }
+}
+
+/// Deprovisioning events for the device an individual enrollment registered.
+pub(crate) fn enrollment_deleted(store: &Store, e: &IndividualEnrollment) -> Vec<FeedEvent> {
+    store
+        .registration(&e.registration_id)
+        .filter(|r| r.enrollment_group_id.is_none())
+        .and_then(|r| {
+            deprovisioned(
+                &r,
+                EnrollmentRef::Individual(e.registration_id.clone()),
+                DeprovisionReason::EnrollmentDeleted,
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
+/// Deprovisioning events for every device registered through a group.
+pub(crate) fn group_deleted(store: &Store, g: &EnrollmentGroup) -> Vec<FeedEvent> {
+    let mut events = Vec::new();
+    let mut continuation: Option<String> = None;
+    loop {
+        let Ok(page) =
+            store.query_registrations(&g.enrollment_group_id, 1024, continuation.as_deref())
+        else {
+            break;
+        };
+        events.extend(page.items.iter().filter_map(|r| {
+            deprovisioned(
+                r,
+                EnrollmentRef::Group(g.enrollment_group_id.clone()),
+                DeprovisionReason::EnrollmentDeleted,
+            )
+        }));
+        match page.continuation {
+            Some(next) => continuation = Some(next),
+            None => break,
+        }
+    }
+    events
+}
+
+/// Encodes `events` for the store, keeping them in `keep` to publish once durable.
+pub(crate) fn keep_and_encode(events: Vec<FeedEvent>, keep: &mut Vec<FeedEvent>) -> Events {
+    let encoded = events.iter().map(encode).collect();
+    *keep = events;
+    encoded
+}
