@@ -49,7 +49,7 @@ pub enum FeedError {
         endpoint: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The broker did not complete the connection (TCP, TLS, AMQP handshake and declarations)
     /// in time.
@@ -69,7 +69,7 @@ pub enum FeedError {
         user: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The virtual host named in the URL does not exist (or the user may not use it).
     #[error("virtual host '{vhost}' not found at {endpoint} (or the user may not use it)")]
@@ -80,7 +80,7 @@ pub enum FeedError {
         vhost: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// Any other failure to connect (name resolution, TLS, protocol).
     #[error("cannot connect to {endpoint}: {source}")]
@@ -89,7 +89,7 @@ pub enum FeedError {
         endpoint: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The broker refused a declaration (exchange, queue, binding, confirm mode), e.g. an
     /// exchange of that name exists with another type.
@@ -99,7 +99,7 @@ pub enum FeedError {
         what: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// There is no usable link to the broker right now (down, reconnecting, or blocked by
     /// the broker's resource alarm); the event stays in the outbox.
@@ -126,7 +126,7 @@ pub enum FeedError {
     Publish {
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The event cannot be published at all (its routing key or message id is longer than
     /// the 255 bytes AMQP allows).

@@ -306,12 +306,16 @@ enum Ended {
     Stopped,
 }
 
-/// Publishes on one link until it fails or the feed stops.
-async fn serve(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<bool>) -> Ended {
+/// Makes a new link the one `publish` uses.
+fn install(shared: &Shared, link: &Link) {
     shared.tracker().link_changed();
     *lock(&shared.channel) = Some(link.channel.clone());
     shared.blocked.store(false, Ordering::Release);
     shared.up.store(true, Ordering::Release);
+}
+
+/// Publishes on an installed link until it fails or the feed stops.
+async fn serve(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<bool>) -> Ended {
     let mut relay = tokio::spawn(relay_pass(shared.clone(), link.channel.clone()));
     let mut sweep = tokio::time::interval(shared.settings.sweep_interval);
     sweep.reset();
@@ -401,6 +405,7 @@ async fn run(shared: Arc<Shared>, first: Link, mut stop: watch::Receiver<bool>) 
                 };
                 match attempt {
                     Ok(link) => {
+                        install(&shared, &link);
                         lock(&shared.status).reconnects += 1;
                         tracing::info!(broker = %settings.url, "broker link re-established");
                         link
@@ -471,6 +476,7 @@ impl Feed {
             kick: Notify::new(),
             status: Mutex::new(LinkStatus::default()),
         });
+        install(&shared, &first);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(shared.clone(), first, stop_rx));
         tracing::info!(broker = %shared.settings.url, exchange = %shared.settings.exchange, "assignment feed linked");

@@ -56,7 +56,7 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
         .with_connection_name(settings.connection_name.as_str().into());
     let runtime = lapin::runtime::default_runtime().map_err(|source| FeedError::Connect {
         endpoint: settings.url.endpoint(),
-        source,
+        source: Box::new(source),
     })?;
     let connection = Connection::connect_uri_with_config(
         settings.url.uri().clone(),
@@ -67,7 +67,12 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
     .await
     .map_err(|e| classify(settings, e))?;
     let events = Box::pin(connection.events_listener());
-    let declare = |what: String| move |source| FeedError::Declare { what, source };
+    let declare = |what: String| {
+        move |source| FeedError::Declare {
+            what,
+            source: Box::new(source),
+        }
+    };
     let channel = connection
         .create_channel()
         .await
@@ -119,9 +124,11 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
 }
 
 /// Names the failure the way an operator fixes it.
-fn classify(settings: &Settings, source: lapin::Error) -> FeedError {
+fn classify(settings: &Settings, error: lapin::Error) -> FeedError {
     let endpoint = settings.url.endpoint();
-    match source.kind() {
+    let kind = error.kind().clone();
+    let source = Box::new(error);
+    match &kind {
         ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             FeedError::Refused { endpoint, source }
         }

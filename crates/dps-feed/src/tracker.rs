@@ -33,7 +33,9 @@ impl From<Failure> for FeedError {
         match f {
             Failure::LinkDown => FeedError::LinkDown,
             Failure::Nacked => FeedError::Nacked,
-            Failure::Publish(source) => FeedError::Publish { source },
+            Failure::Publish(source) => FeedError::Publish {
+                source: Box::new(source),
+            },
         }
     }
 }
@@ -116,7 +118,10 @@ pub(crate) struct Tracker {
     configured: Vec<HubName>,
     other: HubCounters,
     pass: Option<Pass>,
-    high_mark: Option<Seq>,
+    /// Entries up to here were counted by the last pass (or after it, when first held).
+    counted_upto: Option<Seq>,
+    /// The newest entry counted although `publish` found no room to hold it.
+    unheld_upto: Option<Seq>,
 }
 
 impl Tracker {
@@ -137,7 +142,8 @@ impl Tracker {
             configured: hubs.to_vec(),
             other: HubCounters::default(),
             pass: None,
-            high_mark: None,
+            counted_upto: None,
+            unheld_upto: None,
         }
     }
 
@@ -185,14 +191,14 @@ impl Tracker {
             self.next_attempt += 1;
             return Claim::Send { attempt };
         }
-        if source == Source::Publish {
-            self.note_new(seq, &event.hub);
-        }
         let bound = match source {
             Source::Publish => self.limit,
             Source::Relay => self.relay_limit,
         };
         if self.entries.len() >= bound {
+            if source == Source::Publish {
+                self.note_unheld(seq, &event.hub);
+            }
             return Claim::Full;
         }
         self.next_attempt += 1;
@@ -209,6 +215,9 @@ impl Tracker {
             },
         );
         self.by_id.insert(event.message_id.clone(), seq);
+        if source == Source::Publish {
+            self.note_new(seq, &event.hub);
+        }
         Claim::Send { attempt }
     }
 
@@ -283,12 +292,23 @@ impl Tracker {
             .count()
     }
 
-    /// First sight of an entry handed to `publish`: count it as waiting unless a pass is
-    /// counting (it will see the entry) or it was counted already.
+    /// An entry handed to `publish` is held for the first time: count it as waiting unless a
+    /// pass is counting (it will see the entry) or the last pass counted it already.
     fn note_new(&mut self, seq: Seq, hub: &HubName) {
-        if self.pass.is_none() && self.high_mark.is_none_or(|h| seq > h) {
+        if self.pass.is_none() && self.counted_upto.is_none_or(|c| seq > c) {
             self.counters(hub).waiting += 1;
-            self.high_mark = Some(seq);
+        }
+    }
+
+    /// An entry handed to `publish` found no room: it waits in the outbox all the same.
+    /// Counted once if `publish` sees the entries in order (the registrar hands each over
+    /// once); the next pass corrects what this misses.
+    fn note_unheld(&mut self, seq: Seq, hub: &HubName) {
+        let fresh =
+            self.counted_upto.is_none_or(|c| seq > c) && self.unheld_upto.is_none_or(|u| seq > u);
+        if self.pass.is_none() && fresh {
+            self.counters(hub).waiting += 1;
+            self.unheld_upto = Some(seq);
         }
     }
 
@@ -335,7 +355,7 @@ impl Tracker {
             self.counters(&hub).waiting += waiting;
         }
         let newest = self.entries.keys().copied().max();
-        self.high_mark = [self.high_mark, position, newest]
+        self.counted_upto = [self.counted_upto, position, newest]
             .into_iter()
             .flatten()
             .max();

@@ -193,3 +193,16 @@ fn hubs_beyond_the_configured_ones_are_bounded() {
     assert_eq!(hubs.len(), 1 + MAX_EXTRA_HUBS);
     assert_eq!(other.waiting, 10);
 }
+
+#[test]
+fn events_without_room_still_count_as_waiting_once() {
+    let mut t = Tracker::new(2, &[hub("a.example")]);
+    for seq in 1..=5 {
+        let _ = t.claim(seq, &event(seq, "a.example"), Source::Publish);
+    }
+    assert_eq!(
+        t.claim(5, &event(5, "a.example"), Source::Publish),
+        Claim::Full
+    );
+    assert_eq!(waiting(&t, "a.example"), 5);
+}
