@@ -10,6 +10,9 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::FeedError;
 
+/// The broker [`BrokerUrl::default`] names: the local RabbitMQ's default user and virtual host.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// The broker URL. Its `Debug` and `Display` hide the password.
 #[derive(Clone)]
 pub struct BrokerUrl {
@@ -70,7 +73,7 @@ impl BrokerUrl {
 impl Default for BrokerUrl {
     /// The local RabbitMQ's default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
     fn default() -> Self {
-        let text = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let text = DEFAULT_BROKER_URL;
         Self {
             text: text.to_owned(),
             uri: AMQPUri::from_str(text).unwrap_or_default(),
@@ -179,6 +182,7 @@ pub(crate) struct Settings {
     pub(crate) sweep_interval: Duration,
     pub(crate) max_unconfirmed: usize,
     pub(crate) connection_name: String,
+    pub(crate) include_device_keys: bool,
 }
 
 fn amqp_name(what: &'static str, text: String) -> Result<ShortString, FeedError> {
@@ -273,6 +277,7 @@ impl Settings {
             sweep_interval: nonzero("sweep_interval", config.sweep_interval)?,
             max_unconfirmed: config.max_unconfirmed,
             connection_name: config.connection_name.clone(),
+            include_device_keys: config.include_device_keys,
         })
     }
 }

@@ -119,9 +119,10 @@ impl Shared {
     }
 
     fn confirm(&self, seq: Seq) {
-        if self.tracker().confirmed(seq) {
-            self.outbox.confirmed(&[seq]);
-        }
+        // The outbox first: whoever sees the entry confirmed may rely on it being gone
+        // (removing an entry twice is harmless).
+        self.outbox.confirmed(&[seq]);
+        self.tracker().confirmed(seq);
         self.freed.notify_waiters();
     }
 
@@ -487,6 +488,18 @@ impl Feed {
                 task: tokio::sync::Mutex::new(Some(task)),
             }),
         })
+    }
+
+    /// Whether `device.assigned` documents should carry symmetric keys (the configuration's
+    /// `include_device_keys`, for whoever builds the events).
+    pub fn include_device_keys(&self) -> bool {
+        self.shared.settings.include_device_keys
+    }
+
+    /// How long [`Feed::publish`] waits for a confirmation; callers waiting for an event
+    /// with [`Feed::wait_confirmed`] use the same bound.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.shared.settings.confirm_timeout
     }
 
     /// Whether events can be published now.

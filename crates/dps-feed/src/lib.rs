@@ -28,7 +28,7 @@ mod feed;
 mod link;
 mod tracker;
 
-pub use config::{BrokerUrl, FeedConfig};
+pub use config::{BrokerUrl, FeedConfig, DEFAULT_BROKER_URL};
 pub use error::FeedError;
 pub use event::{
     assigned_event, deprovisioned_event, message_id, Assignment, Deprovision, DeprovisionReason,

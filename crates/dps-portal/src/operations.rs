@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use dps_store::{Precondition, RegistrationRecord, StoreError};
+use dps_store::{RegistrationRecord, StoreError};
 use dps_types::{RegistrationId, RegistrationStatus, Timestamp};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -249,6 +249,50 @@ pub(crate) async fn delete_registration(
     }
 }
 
+/// The assignment feed's link and per-hub event counts, when the feed is on.
+fn feed_section(state: &PortalState) -> Markup {
+    let Some(stats) = state.registrar().and_then(|r| r.feed()).map(|f| f.stats()) else {
+        return html! {
+            section.card {
+                h2 { "Assignment feed" }
+                p.empty { "Off: hubs are not told of assignments. Enable " code { "[feed]" } " in the dpsd configuration." }
+            }
+        };
+    };
+    let link = match (stats.link_up, stats.blocked) {
+        (true, false) => "up".to_owned(),
+        (_, true) => "blocked by the broker (resource alarm)".to_owned(),
+        (false, false) => format!("down ({})", stats.last_error.unwrap_or("connecting")),
+    };
+    html! {
+        section.card {
+            h2 { "Assignment feed" }
+            p { "Broker link: " strong.feed-link { (link) } " · reconnections: " (stats.reconnects)
+                " · events in flight: " (stats.in_flight) }
+            div.table-wrap { table.feed {
+                thead { tr {
+                    th scope="col" { "Hub" } th scope="col" { "Events published" }
+                    th scope="col" { "Confirmed" } th scope="col" { "Waiting" }
+                } }
+                tbody {
+                    @for h in &stats.hubs {
+                        tr {
+                            td { (h.hub.as_str()) } td { (h.counters.published) }
+                            td { (h.counters.confirmed) } td { (h.counters.waiting) }
+                        }
+                    }
+                    @if stats.other_hubs != dps_feed::HubCounters::default() {
+                        tr {
+                            td { "other hubs" } td { (stats.other_hubs.published) }
+                            td { (stats.other_hubs.confirmed) } td { (stats.other_hubs.waiting) }
+                        }
+                    }
+                }
+            } }
+        }
+    }
+}
+
 /// `GET /hubs`.
 pub(crate) async fn hubs(
     State(state): State<PortalState>,
@@ -301,6 +345,7 @@ pub(crate) async fn hubs(
                 } }
             } }
         }
+        (feed_section(&state))
         section.card {
             h2 { "Devices per hub (registration records)" }
             (svg(labelled_bars("Devices per hub", &chart, "#2f6fb3")))

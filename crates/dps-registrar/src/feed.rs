@@ -5,17 +5,18 @@
 //! (so no assignment exists without its event); the device hears "assigned" only once the
 //! broker confirmed that event.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use dps_attest::{derive_device_key, AttestedDevice, MatchedEnrollment};
 use dps_feed::{
-    Assignment, DeprovisionReason, Deprovision, DeviceAuthentication, EnrollmentRef, FeedEvent,
-    Outbox, Seq,
+    Assignment, Deprovision, DeprovisionReason, DeviceAuthentication, EnrollmentRef, EventType,
+    FeedEvent, Outbox, Seq, Thumbprint,
 };
 use dps_store::{Events, RegistrationRecord, Store};
 use dps_types::{
-    AssignedDeviceSubstatus, Attestation, AttestationType, EnrollmentGroup, EnrollmentSettings,
-    IndividualEnrollment, RegistrationStatus, Timestamp,
+    AssignedDeviceSubstatus, Attestation, AttestationType, EnrollmentGroup, Etag,
+    IndividualEnrollment, RegistrationStatus, SymmetricKey, Timestamp, X509CertificateWithInfo,
 };
 
 /// The store's outbox, as the feed's relay reads it.
@@ -57,6 +58,46 @@ impl Outbox for StoreOutbox {
     }
 }
 
+/// Registration records written whose device was asked to retry because the broker had not
+/// confirmed the record's event in time: the device's next attempt is answered with that
+/// record (once its event is confirmed) instead of making a second assignment with a second
+/// event. Kept in memory, bounded: beyond [`Untold::MAX`] devices (or after a restart) such a
+/// retry makes a new assignment, and the hub hears of both.
+#[derive(Default)]
+pub(crate) struct Untold {
+    records: Mutex<HashMap<String, Etag>>,
+}
+
+impl Untold {
+    /// Devices remembered at most: a broker outage under full load leaves about
+    /// `max_in_flight` (4096 by default) of them at any time.
+    const MAX: usize = 65_536;
+
+    /// The device (registration id key) was not told of its record with this etag.
+    pub(crate) fn remember(&self, key: String, etag: Etag) {
+        let mut records = self.lock();
+        if records.len() < Self::MAX || records.contains_key(&key) {
+            records.insert(key, etag);
+        }
+    }
+
+    /// Whether the device was not told of its record with `etag`; forgets it either way.
+    pub(crate) fn take(&self, key: &str, etag: Option<&Etag>) -> bool {
+        let mut records = self.lock();
+        match records.remove(key) {
+            Some(untold) => etag == Some(&untold),
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Etag>> {
+        // Every update is one map call: a panic elsewhere cannot leave the map half-changed.
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The outbox entry of `previous`'s assignment if the broker has not confirmed it yet.
 pub(crate) fn unconfirmed(feed: &dps_feed::Feed, previous: &RegistrationRecord) -> Option<Seq> {
     let state = &previous.state;
@@ -64,7 +105,9 @@ pub(crate) fn unconfirmed(feed: &dps_feed::Feed, previous: &RegistrationRecord) 
         return None;
     }
     let etag = state.etag.as_ref()?;
-    feed.pending(&dps_feed::assignment_message_id(&state.registration_id, etag))
+    [EventType::Assigned, EventType::Reassigned]
+        .into_iter()
+        .find_map(|t| feed.pending(&dps_feed::message_id(&state.registration_id, etag, t)))
 }
 
 /// The encoded outbox entry of `event`.
@@ -110,7 +153,9 @@ pub(crate) fn assignment(
                 .unwrap_or(AssignedDeviceSubstatus::InitialAssignment),
             authentication: authentication(device),
             record_etag: etag,
-            time: state.last_updated_date_time_utc.unwrap_or_else(Timestamp::now),
+            time: state
+                .last_updated_date_time_utc
+                .unwrap_or_else(Timestamp::now),
         },
         include_device_keys,
     );
@@ -130,40 +175,54 @@ fn authentication(device: &AttestedDevice) -> DeviceAuthentication {
         MatchedEnrollment::Individual(e) => &e.attestation,
         MatchedEnrollment::Group(g) => &g.attestation,
     };
-    match (device.method(), attestation, device.enrollment()) {
-        (AttestationType::SymmetricKey, Attestation::SymmetricKey(keys), enrollment) => {
-            let key = |k: Option<&dps_types::SymmetricKey>| {
-                k.map(|k| match enrollment {
-                    MatchedEnrollment::Group(_) => {
-                        derive_device_key(k, device.registration_id().as_str())
-                    }
-                    MatchedEnrollment::Individual(_) => k.clone(),
-                })
+    match (device.method(), attestation) {
+        (AttestationType::SymmetricKey, Attestation::SymmetricKey(keys)) => {
+            let device_key = |k: &SymmetricKey| match device.enrollment() {
+                MatchedEnrollment::Group(_) => {
+                    derive_device_key(k, device.registration_id().as_str())
+                }
+                MatchedEnrollment::Individual(_) => k.clone(),
             };
-            DeviceAuthentication::SymmetricKey {
-                primary: key(keys.primary_key.as_ref()),
-                secondary: key(keys.secondary_key.as_ref()),
+            // Prepared enrollments always hold both keys (absent ones are generated).
+            match (&keys.primary_key, &keys.secondary_key) {
+                (Some(primary), secondary) => DeviceAuthentication::SymmetricKey {
+                    primary: device_key(primary),
+                    secondary: device_key(secondary.as_ref().unwrap_or(primary)),
+                },
+                (None, _) => DeviceAuthentication::Tpm,
             }
         }
-        (AttestationType::X509, Attestation::X509(x509), MatchedEnrollment::Individual(_)) => {
-            let thumbprint = |c: Option<&dps_types::X509CertificateWithInfo>| {
+        (AttestationType::X509, Attestation::X509(x509)) => {
+            let leaf = device.certificate_info();
+            let leaf_sha1 = leaf.and_then(|i| Thumbprint::parse(&i.sha1_thumbprint).ok());
+            let leaf_sha256 = leaf.and_then(|i| Thumbprint::parse(&i.sha256_thumbprint).ok());
+            let enrolled = |c: Option<&X509CertificateWithInfo>| {
                 c.and_then(|c| c.info.as_ref())
-                    .map(|i| i.sha1_thumbprint.clone())
+                    .and_then(|i| Thumbprint::parse(&i.sha1_thumbprint).ok())
             };
-            let certs = x509.client_certificates.as_ref();
-            DeviceAuthentication::SelfSigned {
-                primary_thumbprint: thumbprint(certs.and_then(|c| c.primary.as_ref())),
-                secondary_thumbprint: thumbprint(certs.and_then(|c| c.secondary.as_ref())),
+            let clients = x509.client_certificates.as_ref();
+            match (device.enrollment(), leaf_sha1, leaf_sha256) {
+                (MatchedEnrollment::Individual(_), leaf_sha1, _) => {
+                    match enrolled(clients.and_then(|c| c.primary.as_ref())).or(leaf_sha1) {
+                        Some(primary) => DeviceAuthentication::SelfSigned {
+                            primary_thumbprint: primary,
+                            secondary_thumbprint: enrolled(
+                                clients.and_then(|c| c.secondary.as_ref()),
+                            ),
+                        },
+                        None => DeviceAuthentication::Tpm,
+                    }
+                }
+                (MatchedEnrollment::Group(_), Some(sha1), Some(sha256)) => {
+                    DeviceAuthentication::CertificateAuthority {
+                        leaf_thumbprint: sha1,
+                        leaf_sha256_thumbprint: sha256,
+                    }
+                }
+                // An attested X.509 device always has its leaf's information.
+                (MatchedEnrollment::Group(_), _, _) => DeviceAuthentication::Tpm,
             }
         }
-        (AttestationType::X509, _, _) => DeviceAuthentication::CertificateAuthority {
-            leaf_sha1_thumbprint: device
-                .certificate_info()
-                .map(|i| i.sha1_thumbprint.clone()),
-            leaf_sha256_thumbprint: device
-                .certificate_info()
-                .map(|i| i.sha256_thumbprint.clone()),
-        },
         _ => DeviceAuthentication::Tpm,
     }
 }

@@ -28,8 +28,8 @@ use dps_attest::{AttestedDevice, MatchedEnrollment, Refusal};
 use dps_store::{KeyLocks, Precondition, RegistrationRecord, Store};
 use dps_types::{
     AllocationPolicy, AssignedDeviceSubstatus, AttestationType, DeviceId, DeviceRegistrationResult,
-    DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope,
-    RegistrationId, RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, WebhookPolicy,
+    DeviceRegistrationState, EnrollmentGroupId, EnrollmentLookup, HubName, IdScope, RegistrationId,
+    RegistrationStatus, SymmetricKeyRegistrationResult, Timestamp, WebhookPolicy,
     X509RegistrationResult,
 };
 use tokio::sync::Semaphore;
@@ -121,6 +121,8 @@ struct Inner {
     diagnostics: Diagnostics,
     /// The assignment feed, when configured: assignments wait for its confirmation.
     feed: Option<dps_feed::Feed>,
+    /// Records written whose device was asked to retry before their event was confirmed.
+    untold: feed::Untold,
 }
 
 /// The enrollment fields registration reads, whichever kind matched.
@@ -157,6 +159,7 @@ impl Registrar {
                 registering: KeyLocks::new(),
                 diagnostics: Diagnostics::default(),
                 feed,
+                untold: feed::Untold::default(),
             }),
         })
     }
@@ -281,12 +284,22 @@ impl Registrar {
             .filter(|p| p.state.status == Some(RegistrationStatus::Assigned))
             .and_then(|p| p.state.assigned_hub.clone());
         if let (Some(feed), Some(previous)) = (feed, &previous) {
-            // The device retries an assignment whose event the broker has not confirmed yet:
-            // that assignment stands; it is told once the event is confirmed.
-            if let Some(seq) = feed::unconfirmed(feed, previous) {
-                if feed.wait_confirmed(seq, feed.confirm_timeout()).await {
+            // The device retries an assignment it was not told of (its event was not yet
+            // confirmed): that assignment stands, and it is told once the event is confirmed.
+            let key = device.registration_id().key();
+            let untold = self.inner.untold.take(&key, previous.state.etag.as_ref());
+            let waiting = feed::unconfirmed(feed, previous);
+            if untold || waiting.is_some() {
+                let confirmed = match waiting {
+                    Some(seq) => feed.wait_confirmed(seq, feed.confirm_timeout()).await,
+                    None => true,
+                };
+                if confirmed {
                     assigned(&mut result, previous);
                     return Ok(result);
+                }
+                if let Some(etag) = &previous.state.etag {
+                    self.inner.untold.remember(key, etag.clone());
                 }
                 return Err(self.broker_unavailable(
                     device,
@@ -311,7 +324,8 @@ impl Registrar {
                 }
             },
         };
-        let (webhook_payload, webhook_twin) = webhook.map_or((None, None), |w| (w.payload, w.initial_twin));
+        let (webhook_payload, webhook_twin) =
+            webhook.map_or((None, None), |w| (w.payload, w.initial_twin));
         let substatus = match (
             &current_hub,
             previous.as_ref().and_then(|p| p.state.substatus),
@@ -377,6 +391,10 @@ impl Registrar {
         if let Some(feed) = feed {
             for (seq, event) in seqs.into_iter().zip(events) {
                 if feed.publish(seq, event).await.is_err() {
+                    if let Some(etag) = &stored.state.etag {
+                        let key = device.registration_id().key();
+                        self.inner.untold.remember(key, etag.clone());
+                    }
                     return Err(self.broker_unavailable(
                         device,
                         transport,
@@ -400,15 +418,17 @@ impl Registrar {
         let seqs = self
             .inner
             .store
-            .delete_registration_with(id, pre, |r| self.events(&mut events, || {
-                feed::deprovisioned(
-                    r,
-                    feed::record_enrollment(r),
-                    dps_feed::DeprovisionReason::RegistrationDeleted,
-                )
-                .into_iter()
-                .collect()
-            }))
+            .delete_registration_with(id, pre, |r| {
+                self.events(&mut events, || {
+                    feed::deprovisioned(
+                        r,
+                        feed::record_enrollment(r),
+                        dps_feed::DeprovisionReason::RegistrationDeleted,
+                    )
+                    .into_iter()
+                    .collect()
+                })
+            })
             .await?;
         self.publish_later(seqs, events);
         Ok(())

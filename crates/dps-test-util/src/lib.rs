@@ -7,7 +7,9 @@
 //! ([`TestPki::server`]). [`TestCa`] is one CA of such a PKI, or an unrelated one
 //! ([`TestPki::unrelated_ca`]) for "wrong CA" tests, or a certificate that signs without
 //! being allowed to ([`TestCa::flawed_intermediate`]). [`MemoryLookup`] is an
-//! `EnrollmentLookup` over plain vectors, for attestation tests and benchmarks.
+//! `EnrollmentLookup` over plain vectors, for attestation tests and benchmarks. [`broker`] is a
+//! hub back end's view of the real RabbitMQ on 127.0.0.1:5672 (queues bound to the assignment
+//! feed's exchange, deliveries collected and deduplicated), for the feed's tests.
 //!
 //! What it must never do: be a runtime dependency of any shipped crate (only
 //! `[dev-dependencies]` name it). Because it only runs inside tests, it panics on failure
@@ -16,6 +18,7 @@
 //! Main types: [`TestPki`], [`TestCa`], [`IssuerFlaw`], [`DeviceCert`], [`DeviceOptions`],
 //! [`MemoryLookup`].
 
+pub mod broker;
 mod lookup;
 
 pub use lookup::MemoryLookup;

@@ -214,7 +214,11 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         section => Some(
             dps_feed::Feed::start(
                 section.config.clone(),
-                config.linked_hubs.iter().map(|h| h.host_name.clone()).collect(),
+                config
+                    .linked_hubs
+                    .iter()
+                    .map(|h| h.host_name.clone())
+                    .collect(),
                 dps_registrar::StoreOutbox::new(store.clone()),
             )
             .await

@@ -83,6 +83,20 @@ impl Server {
 
     /// A server whose registrar runs at most `max_in_flight` registrations at once.
     pub async fn with(limits: MqttLimits, max_in_flight: usize) -> Server {
+        Self::build(limits, max_in_flight, None).await
+    }
+
+    /// A server whose registrar publishes every assignment through an assignment feed
+    /// started with `feed` (the real RabbitMQ).
+    pub async fn with_feed(limits: MqttLimits, feed: dps_feed::FeedConfig) -> Server {
+        Self::build(limits, 4096, Some(feed)).await
+    }
+
+    async fn build(
+        limits: MqttLimits,
+        max_in_flight: usize,
+        feed: Option<dps_feed::FeedConfig>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let hubs = vec![LinkedHub {
@@ -92,7 +106,19 @@ impl Server {
         }];
         let mut config = RegistrarConfig::new(IdScope::parse(SCOPE).unwrap(), hubs);
         config.max_in_flight = max_in_flight;
-        let registrar = Registrar::new(store.clone(), config).unwrap();
+        let feed = match feed {
+            Some(feed) => Some(
+                dps_feed::Feed::start(
+                    feed,
+                    vec![HubName::parse(HUB).unwrap()],
+                    dps_registrar::StoreOutbox::new(store.clone()),
+                )
+                .await
+                .unwrap(),
+            ),
+            None => None,
+        };
+        let registrar = Registrar::with_feed(store.clone(), config, feed).unwrap();
         let pki = TestPki::new();
         let server_cert = pki.server("localhost");
         let provider = provider();

@@ -20,13 +20,15 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
     let defaults = dps_feed::FeedConfig::default();
     let mut t = r.table(root, "", "feed");
     let enabled = r.take(&mut t, "feed", "enabled", false);
-    let url = r.take(&mut t, "feed", "url", defaults.url.clone());
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        r.error(
-            "feed.url",
-            "must be an amqp:// or amqps:// URL, like amqp://guest:guest@127.0.0.1:5672/%2f",
-        );
-    }
+    let url_text = r.take(
+        &mut t,
+        "feed",
+        "url",
+        dps_feed::DEFAULT_BROKER_URL.to_owned(),
+    );
+    let url = dps_feed::BrokerUrl::parse(&url_text)
+        .map_err(|e| r.error("feed.url", e))
+        .unwrap_or_default();
     let exchange = r.take_valid(&mut t, "feed", "exchange", defaults.exchange.clone(), |e| {
         amqp_name(e)
     });
@@ -85,6 +87,7 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
             defaults.max_unconfirmed,
             positive_count,
         ),
+        ..defaults.clone()
     };
     if config.reconnect_min > config.reconnect_max {
         r.error(
