@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::message::{self, Malformed};
+use crate::message;
 use crate::open::{self, Opened, Ready};
 use crate::operations::{Answer, OperationLimits, Operations, Outcome};
 use crate::stats::{bump, AmqpCounters};
@@ -197,9 +197,12 @@ impl Handler<'_> {
                 let (answer, start) = self.operations.handle(request);
                 (answer, Some(correlation_id), start)
             }
-            Err(Malformed(answer)) => {
+            Err(malformed) => {
                 bump(&self.shared.counters.get().bad_requests);
-                let answer = self.operations.handle_malformed().unwrap_or(answer);
+                let answer = self
+                    .operations
+                    .handle_malformed()
+                    .unwrap_or_else(|| malformed.answer());
                 (answer, None, None)
             }
         };

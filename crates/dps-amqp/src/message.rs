@@ -41,9 +41,23 @@ const MAX_ERROR_MESSAGE: usize = 256;
 const ARGUMENT_ERROR: &str = "com.microsoft:argument-error";
 const THROTTLED: &str = "com.microsoft:device-container-throttled";
 
-/// A request the device cannot be answered by message: the rejection's answer (`400`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Malformed(pub Answer);
+/// A request that cannot be served: it is rejected with `400` and this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// What is wrong, for the error JSON's message.
+    pub why: String,
+}
+
+impl Malformed {
+    /// The `400` answer.
+    pub fn answer(&self) -> Answer {
+        Answer::Error {
+            status: 400,
+            details: ErrorDetails::new(ErrorCode::BadRequest, self.why.clone()),
+            retry_after_secs: None,
+        }
+    }
+}
 
 /// The request in `message` and the correlation id to answer with.
 pub fn parse_request(message: &Message<Body<Value>>) -> Result<(MessageId, Request), Malformed> {
@@ -210,11 +224,9 @@ fn parse_registration(body: &[u8]) -> Result<DeviceRegistration, Malformed> {
 }
 
 fn bad_request(why: &str) -> Malformed {
-    Malformed(Answer::Error {
-        status: 400,
-        details: ErrorDetails::new(ErrorCode::BadRequest, why),
-        retry_after_secs: None,
-    })
+    Malformed {
+        why: why.to_owned(),
+    }
 }
 
 fn json_bytes(value: &impl serde::Serialize) -> Vec<u8> {

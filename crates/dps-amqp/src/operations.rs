@@ -55,7 +55,7 @@ pub enum Answer {
         /// 200 (done) or 202 (assigning).
         status: u16,
         /// The `RegistrationOperationStatus`.
-        body: RegistrationOperationStatus,
+        body: Box<RegistrationOperationStatus>,
         /// The `retry-after` application property.
         retry_after_secs: Option<u32>,
     },
@@ -189,7 +189,7 @@ impl Operations {
                 (
                     Answer::Status {
                         status: 202,
-                        body,
+                        body: Box::new(body),
                         retry_after_secs: Some(REGISTER_RETRY_AFTER_SECS),
                     },
                     Some(start),
@@ -235,7 +235,10 @@ impl Operations {
     fn poll(&mut self, operation_id: &str) -> (Answer, Option<Start>) {
         let assigning = |id: &RegistrationId| Answer::Status {
             status: 202,
-            body: RegistrationOperationStatus::assigning(operation_id.to_owned(), id.clone()),
+            body: Box::new(RegistrationOperationStatus::assigning(
+                operation_id.to_owned(),
+                id.clone(),
+            )),
             retry_after_secs: Some(POLL_RETRY_AFTER_SECS),
         };
         let Some(operation) = self.operations.get_mut(operation_id) else {
@@ -279,7 +282,7 @@ impl Operations {
                 };
                 let answer = Answer::Status {
                     status: 200,
-                    body,
+                    body: Box::new(body),
                     retry_after_secs: None,
                 };
                 (answer, None)
