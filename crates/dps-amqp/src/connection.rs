@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dps_attest::AttestedDevice;
 use dps_listener::{Admitted, Draining};
 use dps_registrar::{Registrar, RegistrarError, Transport};
 use fe2o3_amqp::link::delivery::{Delivery, Sendable};
@@ -87,6 +86,7 @@ async fn run_connection(
     } = admitted;
     // Answers are small and latency-bound; don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
+    let _socket = SocketGuard::new(&tcp);
     let limits = &shared.limits;
     let handshake = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -115,10 +115,16 @@ async fn run_connection(
             max_requests: limits.max_requests_per_connection,
             max_running: limits.max_operations_per_connection,
         },
-        ready.device.registration_id().clone(),
+        ready.registration_id.clone(),
     );
+    // A refused device has its first request rejected; it gets no longer to send it than
+    // it had to open.
+    let expires = match ready.device {
+        Some(_) => expires,
+        None => expires.min(Instant::now() + limits.open_timeout),
+    };
     let mut handler = Handler {
-        ready: *ready,
+        ready,
         shared,
         operations,
         registrations: JoinSet::new(),
@@ -127,15 +133,81 @@ async fn run_connection(
         expires,
     };
     let end = handler.run().await;
-    // Dropping the handler drops the kill switch: fe2o3's engine tasks end with us.
-    drop(handler);
+    let Handler { ready, .. } = handler;
+    let end = match end {
+        Ok(Ending::Closed(reason)) => Ok(reason),
+        Ok(Ending::DeviceLeft) => {
+            wind_down(ready, limits.send_timeout).await;
+            return Ok(CloseReason::ClientClosed);
+        }
+        Err(e) => Err(e),
+    };
+    // Dropping `ready` drops the kill switch: fe2o3's engine tasks end with us.
     drop(slot);
     end
 }
 
+/// Shuts the socket down (both ways) when the connection task ends, however it ends: fe2o3's
+/// tasks own the stream and may be parked on one of their channels rather than on the
+/// socket, and the device must see its connection end with ours (a FIN, not silence), and
+/// those tasks must see it too (their next read ends). Holds a duplicate of the socket's
+/// descriptor; `None` if it could not be duplicated (the kill switch alone ends the stream then).
+struct SocketGuard(Option<std::net::TcpStream>);
+
+impl SocketGuard {
+    fn new(tcp: &TcpStream) -> Self {
+        use std::os::fd::AsFd;
+        Self(
+            tcp.as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from),
+        )
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.0 {
+            // Fails only if the peer already closed it: nothing left to do then.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// How the request loop ended without an error.
+enum Ending {
+    /// We closed the connection (or the device was refused).
+    Closed(CloseReason),
+    /// The device began to leave: detached a link or ended its session.
+    DeviceLeft,
+}
+
+/// The device is leaving: answer its DETACHes and wait for its CLOSE (which fe2o3 answers),
+/// so its SDK sees a clean disconnect rather than a reset; at most `within`.
+async fn wind_down(ready: Box<Ready>, within: std::time::Duration) {
+    let Ready {
+        mut connection,
+        session,
+        mut sender,
+        receiver,
+        _kill,
+        ..
+    } = *ready;
+    let leaving = async move {
+        // Errors only mean the device is already further along (or gone).
+        let _ = receiver.close().await;
+        let _ = sender.on_detach().await;
+        let _ = sender.close().await;
+        drop(session);
+        let _ = connection.on_close().await;
+    };
+    let _ = tokio::time::timeout(within, leaving).await;
+}
+
 /// The request loop of one opened connection.
 struct Handler<'a> {
-    ready: Ready,
+    ready: Box<Ready>,
     shared: &'a Shared,
     operations: Operations,
     registrations: JoinSet<Outcome>,
@@ -146,14 +218,14 @@ struct Handler<'a> {
 }
 
 impl Handler<'_> {
-    async fn run(&mut self) -> Result<CloseReason, AmqpError> {
+    async fn run(&mut self) -> Result<Ending, AmqpError> {
         loop {
             // Every branch is cancel-safe: `recv`, `next_incoming_attach` and
             // `join_next_with_id` lose nothing when another branch wins.
             tokio::select! {
                 delivery = self.ready.receiver.recv::<Body<Value>>() => match delivery {
                     Ok(delivery) => self.on_request(delivery).await?,
-                    Err(e) if device_left(&e) => return Ok(CloseReason::ClientClosed),
+                    Err(e) if device_left(&e) => return Ok(Ending::DeviceLeft),
                     Err(e) => {
                         let error = message::error(
                             ErrorCondition::AmqpError(Condition::DecodeError),
@@ -168,15 +240,19 @@ impl Handler<'_> {
                 }
                 attach = self.ready.session.next_incoming_attach() => match attach {
                     Some(attach) => self.refuse_link(attach).await?,
-                    None => return Ok(CloseReason::ClientClosed),
+                    None => return Ok(Ending::DeviceLeft),
                 },
+                () = tokio::time::sleep_until(self.expires), if self.ready.device.is_none() => {
+                    self.close(message::unauthorized()).await;
+                    return Ok(Ending::Closed(CloseReason::NotAuthorized));
+                }
                 () = tokio::time::sleep_until(self.expires) => {
                     let error = message::error(
                         ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
                         "the connection reached its maximum lifetime",
                     );
                     self.close(error).await;
-                    return Ok(CloseReason::LifetimeExceeded);
+                    return Ok(Ending::Closed(CloseReason::LifetimeExceeded));
                 }
                 () = self.draining.wait(), if self.registrations.is_empty() => {
                     let error = message::error(
@@ -184,14 +260,25 @@ impl Handler<'_> {
                         "the service is shutting down",
                     );
                     self.close(error).await;
-                    return Ok(CloseReason::ServerShutdown);
+                    return Ok(Ending::Closed(CloseReason::ServerShutdown));
                 }
             }
         }
     }
 
-    /// Parses, answers and settles one request; starts its registration.
+    /// Parses, answers and settles one request; starts its registration. A refused device's
+    /// requests are rejected with `amqp:unauthorized-access` (the SDKs then leave; one that
+    /// does not is closed at its shortened deadline). Closing at once could overtake the
+    /// rejection: fe2o3 sends a CLOSE ahead of the session's queued frames.
     async fn on_request(&mut self, delivery: Delivery<Body<Value>>) -> Result<(), AmqpError> {
+        if self.ready.device.is_none() {
+            return self
+                .ready
+                .receiver
+                .reject(&delivery, message::unauthorized())
+                .await
+                .map_err(AmqpError::Dispose);
+        }
         let (answer, correlation_id, start) = match message::parse_request(delivery.message()) {
             Ok((correlation_id, request)) => {
                 let (answer, start) = self.operations.handle(request);
@@ -234,7 +321,11 @@ impl Handler<'_> {
     fn start_registration(&mut self, operation_id: String, payload: Option<serde_json::Value>) {
         bump(&self.shared.counters.get().registrations_started);
         let registrar = self.shared.registrar.clone();
-        let device: Arc<AttestedDevice> = Arc::clone(&self.ready.device);
+        let Some(device) = self.ready.device.clone() else {
+            tracing::error!("bug: a registration was asked for a refused device");
+            self.operations.done(&operation_id, Outcome::Failed);
+            return;
+        };
         let task = self.registrations.spawn(async move {
             match registrar.register(&device, Transport::Amqp, payload).await {
                 Ok(result) => Outcome::Done(Box::new(result)),

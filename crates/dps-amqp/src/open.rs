@@ -10,9 +10,12 @@
 //! 4. one session; then ATTACHes until there is one link each way on
 //!    `{idScope}/registrations/{registrationId}`. Without a PLAIN claim the first such address
 //!    names the registration id the TLS client certificate is attested against
-//!    (`attest_x509`), refused as in 3. A link on another address, on another device's, or a
-//!    second link of one direction is attached and at once detached with an error; a few of
-//!    those close the connection.
+//!    (`attest_x509`). A refusal is recorded, and the links are attached all the same: the
+//!    device's first request is then rejected with `amqp:unauthorized-access` and the
+//!    connection closed. (A CLOSE while its receiver link attaches leaves the Node SDK waiting
+//!    45 s for a DETACH that cannot come; a rejected request is reported at once.) A link on
+//!    another address, on another device's, or a second link of one direction is attached and
+//!    at once detached with an error; a few of those close the connection.
 
 use std::sync::Arc;
 
@@ -54,7 +57,7 @@ const CHANNEL_BUFFER: usize = 16;
 /// Our container id in OPEN.
 const CONTAINER_ID: &str = "dpsd";
 
-/// An opened connection: a device attested, one session, a link each way.
+/// An opened connection: one session, a link each way, and the device they name.
 pub(crate) struct Ready {
     pub(crate) connection: ListenerConnectionHandle,
     pub(crate) session: ListenerSessionHandle,
@@ -62,7 +65,10 @@ pub(crate) struct Ready {
     pub(crate) sender: Sender,
     /// Our receiver: requests come from the device's sender link.
     pub(crate) receiver: Receiver,
-    pub(crate) device: Arc<AttestedDevice>,
+    /// The registration id both links name.
+    pub(crate) registration_id: RegistrationId,
+    /// The attested device; `None` when attestation refused it (its requests are rejected).
+    pub(crate) device: Option<Arc<AttestedDevice>>,
     /// Ends fe2o3's tasks when the connection is dropped.
     pub(crate) _kill: Kill,
 }
@@ -143,6 +149,7 @@ where
         }
         Claim::Certificate => None,
     };
+    let mut claimed = device.as_ref().map(|d| d.registration_id().clone());
     if device.is_some() {
         slot.authenticated();
     }
@@ -172,12 +179,12 @@ where
             .ok_or(AmqpError::ClosedWhileOpening)?;
         let why = match device_of(&attach, shared) {
             None => Some(wrong_address()),
-            Some(claimed) => {
-                if device.is_none() {
+            Some(named) => {
+                if claimed.is_none() {
                     let chain: Vec<&[u8]> = chain.iter().map(|c| c.as_ref()).collect();
                     match dps_attest::attest_x509(
                         &chain,
-                        claimed.as_str(),
+                        named.as_str(),
                         shared.registrar.lookup(),
                         dps_attest::UnixTime::now(),
                     ) {
@@ -185,14 +192,11 @@ where
                             slot.authenticated();
                             device = Some(attested);
                         }
-                        Err(refusal) => {
-                            return refuse(connection, shared, claimed.as_str(), &refusal).await
-                        }
+                        Err(refusal) => record(shared, named.as_str(), &refusal),
                     }
+                    claimed = Some(named.clone());
                 }
-                let ours = device
-                    .as_ref()
-                    .is_some_and(|d| d.registration_id().key() == claimed.key());
+                let ours = claimed.as_ref().is_some_and(|c| c.key() == named.key());
                 let taken = match attach.role {
                     fe2o3_amqp::types::definitions::Role::Sender => receiver.is_some(),
                     fe2o3_amqp::types::definitions::Role::Receiver => sender.is_some(),
@@ -239,15 +243,18 @@ where
             }
         }
     }
-    match (sender, receiver, device) {
-        (Some(sender), Some(receiver), Some(device)) => Ok(Opened::Ready(Box::new(Ready {
-            connection,
-            session,
-            sender,
-            receiver,
-            device: Arc::new(device),
-            _kill: kill,
-        }))),
+    match (sender, receiver, claimed) {
+        (Some(sender), Some(receiver), Some(registration_id)) => {
+            Ok(Opened::Ready(Box::new(Ready {
+                connection,
+                session,
+                sender,
+                receiver,
+                registration_id,
+                device: device.map(Arc::new),
+                _kill: kill,
+            })))
+        }
         _ => {
             tracing::error!("bug: the AMQP link loop ended without both links and a device");
             Err(AmqpError::ClosedWhileOpening)
@@ -288,13 +295,18 @@ async fn refuse(
     claimed: &str,
     refusal: &Refusal,
 ) -> Result<Opened, AmqpError> {
+    record(shared, claimed, refusal);
+    close(&mut connection, message::unauthorized(), shared).await;
+    Ok(Opened::Closed(CloseReason::NotAuthorized))
+}
+
+/// Records an attestation refusal (the device itself only learns "unauthorized").
+fn record(shared: &Shared, claimed: &str, refusal: &Refusal) {
     tracing::debug!(reason = refusal.reason.label(), "AMQP device refused");
     bump(&shared.counters.get().not_authorized);
     shared
         .registrar
         .record_refusal(claimed, Transport::Amqp, refusal);
-    close(&mut connection, message::unauthorized(), shared).await;
-    Ok(Opened::Closed(CloseReason::NotAuthorized))
 }
 
 /// Closes the connection with `error`, waiting at most `send_timeout` for the device's CLOSE.

@@ -109,21 +109,31 @@ async fn a_wrong_key_is_closed_with_unauthorized_access_and_the_reason_is_record
 }
 
 #[tokio::test]
-async fn an_unknown_certificate_is_closed_at_its_first_link() {
+async fn an_unknown_certificate_gets_its_request_rejected_as_unauthorized_and_is_closed() {
     let server = Server::start().await;
     let id = unique("stranger");
     let cert = TestCa::root("Nobody's CA").issue(&id, DeviceOptions::default());
-    let mut connection = server.connection(Some(&cert), None).await;
-    let mut session = Session::begin(&mut connection).await.unwrap();
-    // The attach may or may not be answered before the close; the close is what counts.
-    let _ = Receiver::attach(&mut session, "receiver", address(&id)).await;
-    let error = closed_with(&mut connection)
+    let connection = server.connection(Some(&cert), None).await;
+    let mut device = Device::attach(connection, &id).await;
+    let Reply::Rejected {
+        condition,
+        description,
+        ..
+    } = device.register().await
+    else {
+        panic!("an unknown certificate was answered");
+    };
+    assert!(condition.contains("UnauthorizedAccess"), "{condition}");
+    assert_eq!(description["errorCode"], 401002, "{description}");
+    let error = closed_with(&mut device.connection)
         .await
         .expect("closed with an error");
     assert!(error.contains("UnauthorizedAccess"), "{error}");
     let refusals = server.refusals(&id);
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert_eq!(refusals[0].1, "amqp");
+    assert_eq!(server.stats().not_authorized, 1);
+    assert_eq!(server.stats().registrations_started, 0);
     server.assert_still_serving().await;
 }
 

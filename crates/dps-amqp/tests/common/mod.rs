@@ -83,11 +83,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
-        Self::with_limits(AmqpLimits {
-            open_timeout: Duration::from_secs(2),
-            ..AmqpLimits::default()
-        })
-        .await
+        Self::with_limits(AmqpLimits::default()).await
     }
 
     pub async fn with_limits(limits: AmqpLimits) -> Server {
