@@ -36,6 +36,7 @@ fn api_writes(c: &mut Criterion) {
         data_dir: Some(dir.path().to_owned()),
         listen: Some("127.0.0.1:0".into()),
         mqtt_listen: Some("127.0.0.1:0".into()),
+        amqp_listen: Some("127.0.0.1:0".into()),
         log: Some("warn".into()),
         ..Default::default()
     };

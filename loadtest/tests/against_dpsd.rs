@@ -18,6 +18,7 @@ async fn start_dpsd(dir: &Path) -> dpsd::Running {
         data_dir: Some(dir.join("data")),
         listen: Some("127.0.0.1:0".into()),
         mqtt_listen: Some("127.0.0.1:0".into()),
+        amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     let config = dpsd::Config::load(Some(&config_file), std::iter::empty(), &flags).unwrap();

@@ -110,6 +110,7 @@ while IFS= read -r name; do dpsd_env+=(-u "$name"); done < <(compgen -e | grep '
 start_dpsd() {
   api_port="${DPS_TEST_API_PORT:-$(free_port)}"
   mqtt_port="$(free_port)"
+  amqp_port="$(free_port)"
   if [ "$api_port" = 443 ]; then host_name=localhost; else host_name="localhost:$api_port"; fi
   data_dir="$tmp/data-$1"
   : >"$tmp/dpsd.stdout"
@@ -119,14 +120,16 @@ start_dpsd() {
     --listen "127.0.0.1:$api_port" \
     --host-name "$host_name" \
     --mqtt-listen "127.0.0.1:$mqtt_port" \
+    --amqp-listen "127.0.0.1:$amqp_port" \
     --log warn \
     </dev/null >"$tmp/dpsd.stdout" 2>"$tmp/dpsd.stderr" &
   dpsd_pid=$!
 
   local deadline=$((SECONDS + startup_timeout_s))
-  # The banner prints the service API line, then the MQTT and ID scope lines.
+  # The banner prints the service API line, then the MQTT, AMQP and ID scope lines.
   until grep -q '^  service API     https://' "$tmp/dpsd.stdout" &&
     grep -q '^  device MQTT     mqtts://' "$tmp/dpsd.stdout" &&
+    grep -q '^  device AMQP     amqps://' "$tmp/dpsd.stdout" &&
     grep -q '^  ID scope        ' "$tmp/dpsd.stdout"; do
     if ! kill -0 "$dpsd_pid" 2>/dev/null; then
       local code=0
@@ -159,9 +162,11 @@ done
 
 api_addr="$(sed -n 's/^  service API     https:\/\///p' "$tmp/dpsd.stdout")"
 mqtt_addr="$(sed -n 's/^  device MQTT     mqtts:\/\///p' "$tmp/dpsd.stdout")"
+amqp_addr="$(sed -n 's/^  device AMQP     amqps:\/\///p' "$tmp/dpsd.stdout")"
 banner_scope="$(sed -n 's/^  ID scope        \([^ ]*\).*/\1/p' "$tmp/dpsd.stdout")"
-if [ "$api_addr" != "127.0.0.1:$api_port" ] || [ "$mqtt_addr" != "127.0.0.1:$mqtt_port" ]; then
-  echo "run.sh: dpsd serves on $api_addr / $mqtt_addr, not on 127.0.0.1:$api_port / 127.0.0.1:$mqtt_port" >&2
+if [ "$api_addr" != "127.0.0.1:$api_port" ] || [ "$mqtt_addr" != "127.0.0.1:$mqtt_port" ] ||
+  [ "$amqp_addr" != "127.0.0.1:$amqp_port" ]; then
+  echo "run.sh: dpsd serves on $api_addr / $mqtt_addr / $amqp_addr, not on 127.0.0.1:$api_port / 127.0.0.1:$mqtt_port / 127.0.0.1:$amqp_port" >&2
   exit 1
 fi
 id_scope="$(tr -d '[:space:]' <"$data_dir/id-scope")"
@@ -175,6 +180,7 @@ ca_file="$data_dir/pki/ca.pem"
 export DPS_TEST_CONNECTION_STRING="$(tr -d '\r\n' <"$data_dir/service-connection-string")"
 export DPS_TEST_ID_SCOPE="$id_scope"
 export DPS_TEST_MQTT_HOST="localhost:$mqtt_port"
+export DPS_TEST_AMQP_HOST="localhost:$amqp_port"
 export DPS_TEST_LINKED_HUBS="$linked_hubs"
 export DPS_TEST_DATA_DIR="$data_dir"
 export NODE_EXTRA_CA_CERTS="$ca_file"

@@ -252,6 +252,7 @@ async fn an_operator_walks_through_the_portal() -> Result<()> {
         data_dir: Some(dir.path().join("data")),
         listen: Some("127.0.0.1:0".into()),
         mqtt_listen: Some("127.0.0.1:0".into()),
+        amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     let mut config = dpsd::Config::load(None, std::iter::empty(), &flags)?;

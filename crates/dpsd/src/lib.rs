@@ -4,7 +4,7 @@
 //! What it does: loads [`Config`], creates on first start what a new user needs (the
 //! development PKI in `<data>/pki/`, the ID scope in `<data>/id-scope`, the owner policy and
 //! `<data>/service-connection-string`), all owner-only, opens the store, and serves the HTTPS
-//! API and MQTT until told to stop - or until a listener ends on its own, which
+//! API, MQTT and AMQP until told to stop - or until a listener ends on its own, which
 //! [`Running::wait`] reports so the process can exit instead of half-living.
 //!
 //! What it must never do: hold business logic (that lives in the crates it wires together),
@@ -109,6 +109,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the MQTT device listener listens.
     pub mqtt_addr: SocketAddr,
+    /// Where the AMQP device listener listens (`None` when `amqp.enabled` is false).
+    pub amqp_addr: Option<SocketAddr>,
     /// The registration service (diagnostics, store).
     pub registrar: dps_registrar::Registrar,
     /// The service's ID scope.
@@ -130,6 +132,8 @@ pub struct Running {
 pub const API_LISTENER: &str = "service API";
 /// Name of the MQTT device listener in logs and errors.
 pub const MQTT_LISTENER: &str = "device MQTT";
+/// Name of the AMQP device listener in logs and errors.
+pub const AMQP_LISTENER: &str = "device AMQP";
 
 impl Running {
     /// Resolves when a listener ends before [`Running::shutdown`] was called, with an error
@@ -274,16 +278,18 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     };
     let mqtt = dps_mqtt::serve(
         mqtt_listener,
-        mqtt_tls,
+        Arc::clone(&mqtt_tls),
         registrar.clone(),
         mqtt_limits,
         listeners.until_stopped(),
     );
     listeners.spawn(MQTT_LISTENER, mqtt);
+    let amqp_addr = start_amqp(&config, &mqtt_tls, &registrar, &mut listeners).await?;
 
     Ok(Running {
         api_addr,
         mqtt_addr,
+        amqp_addr,
         registrar,
         id_scope,
         connection_string: owner.connection_string,
@@ -293,6 +299,31 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         data_dir: data.clone(),
         listeners,
     })
+}
+
+/// Starts the AMQP device listener when enabled, with the MQTT listener's TLS (client
+/// certificates optional, checked for possession); returns where it listens.
+async fn start_amqp(
+    config: &Config,
+    tls: &Arc<rustls::ServerConfig>,
+    registrar: &dps_registrar::Registrar,
+    listeners: &mut Listeners,
+) -> Result<Option<SocketAddr>, DpsdError> {
+    let amqp = &config.amqp;
+    if !amqp.enabled {
+        return Ok(None);
+    }
+    let listener = bind(amqp.listen).await?;
+    let addr = local_addr(&listener, amqp.listen)?;
+    let serve = dps_amqp::serve(
+        listener,
+        Arc::clone(tls),
+        registrar.clone(),
+        amqp.limits(),
+        listeners.until_stopped(),
+    );
+    listeners.spawn(AMQP_LISTENER, serve);
+    Ok(Some(addr))
 }
 
 /// The operator portal under `/portal` (`/portal` itself redirects to `/portal/`); every

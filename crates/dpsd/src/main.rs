@@ -41,6 +41,9 @@ enum Command {
         /// MQTT device listener address [default: 0.0.0.0:8883] (config `mqtt.listen`).
         #[arg(long)]
         mqtt_listen: Option<String>,
+        /// AMQP device listener address [default: 0.0.0.0:5671] (config `amqp.listen`).
+        #[arg(long)]
+        amqp_listen: Option<String>,
         /// Service host name used in the connection string and SAS audience (config `service.host_name`).
         #[arg(long)]
         host_name: Option<String>,
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         data_dir,
         listen,
         mqtt_listen,
+        amqp_listen,
         host_name,
         log,
     } = Cli::parse().command;
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         data_dir,
         listen,
         mqtt_listen,
+        amqp_listen,
         host_name,
         log,
     };
@@ -141,8 +146,12 @@ fn print_banner(running: &Running) {
     } else {
         format!("in {file}")
     };
+    let amqp = running
+        .amqp_addr
+        .map(|addr| format!("  device AMQP     amqps://{addr}\n"))
+        .unwrap_or_default();
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,

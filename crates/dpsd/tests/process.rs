@@ -83,6 +83,8 @@ impl Dpsd {
                 "127.0.0.1:0",
                 "--mqtt-listen",
                 "127.0.0.1:0",
+                "--amqp-listen",
+                "127.0.0.1:0",
                 "--log",
                 "warn",
                 "--data-dir",

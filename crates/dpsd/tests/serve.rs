@@ -134,3 +134,29 @@ async fn a_fresh_data_dir_is_owner_only_and_keeps_no_ca_key() {
 fn running_scope(text: &str) -> dps_types::IdScope {
     dps_types::IdScope::parse(text.trim()).unwrap()
 }
+
+#[tokio::test]
+async fn the_amqp_device_listener_runs_by_default_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_in(dir.path()).await;
+    let addr = running
+        .amqp_addr
+        .expect("the AMQP listener runs by default");
+    assert!(addr.ip().is_loopback());
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the AMQP listener accepts");
+    running.shutdown().await.unwrap();
+
+    let flags = dpsd::Flags {
+        data_dir: Some(dir.path().to_owned()),
+        listen: Some("127.0.0.1:0".into()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let env = [("DPSD_AMQP_ENABLED".to_owned(), "false".to_owned())];
+    let config = dpsd::Config::load(None, env, &flags).unwrap();
+    let running = dpsd::start(config).await.unwrap();
+    assert_eq!(running.amqp_addr, None);
+    running.shutdown().await.unwrap();
+}

@@ -6,13 +6,15 @@
 
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 // The SDK packages are CommonJS: imported whole, as Node lets ESM import any CJS module.
+import iotCommon from 'azure-iot-common';
 import provisioningDevice from 'azure-iot-provisioning-device';
+import provisioningDeviceAmqp from 'azure-iot-provisioning-device-amqp';
 import provisioningDeviceMqtt from 'azure-iot-provisioning-device-mqtt';
 import provisioningService from 'azure-iot-provisioning-service';
 import securitySymmetricKey from 'azure-iot-security-symmetric-key';
@@ -20,6 +22,8 @@ import securityX509 from 'azure-iot-security-x509';
 
 const { ProvisioningDeviceClient } = provisioningDevice;
 const { Mqtt } = provisioningDeviceMqtt;
+const { Amqp } = provisioningDeviceAmqp;
+const { ConnectionString, SharedAccessSignature } = iotCommon;
 const { ProvisioningServiceClient } = provisioningService;
 const { SymmetricKeySecurityClient } = securitySymmetricKey;
 const { X509Security } = securityX509;
@@ -43,6 +47,8 @@ export const dps = Object.freeze({
   idScope: required('DPS_TEST_ID_SCOPE'),
   /** What a device passes as provisioningHost: `localhost:<mqtt port>`. */
   mqttHost: required('DPS_TEST_MQTT_HOST'),
+  /** The same for the AMQP transport: `localhost:<amqp port>`. */
+  amqpHost: required('DPS_TEST_AMQP_HOST'),
   /** The IoT hubs linked in dpsd's config file (devices must be assigned to one of them). */
   linkedHubs: required('DPS_TEST_LINKED_HUBS').split(','),
 });
@@ -177,6 +183,54 @@ export function x509Device(registrationId, credential) {
   return deviceClient(new X509Security(registrationId, credential));
 }
 
+/** A device client on the AMQP transport, built as a user builds one (AMQPS, port in the host). */
+export function amqpDeviceClient(security) {
+  return ProvisioningDeviceClient.create(dps.amqpHost, dps.idScope, new Amqp(), security);
+}
+
+export function amqpSymmetricKeyDevice(registrationId, key) {
+  return amqpDeviceClient(new SymmetricKeySecurityClient(registrationId, key));
+}
+
+export function amqpX509Device(registrationId, credential) {
+  return amqpDeviceClient(new X509Security(registrationId, credential));
+}
+
+/** The failed attempts dpsd recorded for `registrationId` (`GET /registrations/{id}/attempts`,
+ * dpsd's diagnostics; not part of DPS, so not in the service SDK), signed with the owner
+ * policy's key as the service SDK signs its requests. */
+export async function attempts(registrationId) {
+  const cs = ConnectionString.parse(dps.connectionString);
+  const expiry = Math.ceil(Date.now() / 1000) + 600;
+  const sas = SharedAccessSignature.create(cs.HostName, cs.SharedAccessKeyName, cs.SharedAccessKey, expiry);
+  const body = await within(
+    new Promise((resolve, reject) => {
+      const request = https.request(
+        {
+          host: cs.HostName,
+          path: `/registrations/${encodeURIComponent(registrationId)}/attempts?api-version=2021-10-01`,
+          headers: { Authorization: sas.toString(), Accept: 'application/json' },
+        },
+        (response) => {
+          let text = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk) => (text += chunk));
+          response.on('end', () =>
+            response.statusCode === 200
+              ? resolve(text)
+              : reject(new Error(`attempts: HTTP ${response.statusCode}: ${text}`)),
+          );
+        },
+      );
+      request.on('error', reject);
+      request.end();
+    }),
+    SERVICE_TIMEOUT_MS,
+    `attempts(${registrationId})`,
+  );
+  return JSON.parse(body).attempts;
+}
+
 /** `device.register()`, bounded: resolves to { state, error, ms }. On a timeout the
  * registration is cancelled (so no MQTT connection outlives the test) and the test fails. */
 export async function register(device, ms = REGISTER_TIMEOUT_MS) {
@@ -201,6 +255,40 @@ export function describeError(error) {
 
 // ---------------------------------------------------------------------------------------------
 // X.509 (node:crypto cannot issue certificates, so openssl makes them)
+
+/** Runs openssl with `args` in `dir` (bounded). */
+function openssl(dir, args) {
+  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
+}
+
+const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+
+/** A root CA, an intermediate CA it signed, and a device certificate (CN = registration id,
+ * clientAuth) the intermediate signed: `{ rootPem, cert, key }` where `cert` is the chain the
+ * device presents (its certificate, then the intermediate's) and `rootPem` what a group
+ * enrolls. */
+export function deviceCertViaIntermediate(registrationId) {
+  const dir = mkdtempSync(join(tmpdir(), 'dps-node-chain-'));
+  try {
+    const ca = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n';
+    const leaf = 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nauthorityKeyIdentifier=keyid\n';
+    writeFileSync(join(dir, 'ca.ext'), ca);
+    writeFileSync(join(dir, 'leaf.ext'), leaf);
+    openssl(dir, ['req', '-x509', '-new', ...EC_KEY, '-keyout', 'root.key', '-out', 'root.pem',
+      '-subj', `/CN=${registrationId}-root`, '-days', '30', '-sha256',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    openssl(dir, ['req', '-new', ...EC_KEY, '-keyout', 'int.key', '-out', 'int.csr', '-subj', `/CN=${registrationId}-intermediate`]);
+    openssl(dir, ['x509', '-req', '-in', 'int.csr', '-CA', 'root.pem', '-CAkey', 'root.key', '-CAcreateserial',
+      '-out', 'int.pem', '-days', '30', '-sha256', '-extfile', 'ca.ext']);
+    openssl(dir, ['req', '-new', ...EC_KEY, '-keyout', 'device.key', '-out', 'device.csr', '-subj', `/CN=${registrationId}`]);
+    openssl(dir, ['x509', '-req', '-in', 'device.csr', '-CA', 'int.pem', '-CAkey', 'int.key', '-CAcreateserial',
+      '-out', 'device.pem', '-days', '30', '-sha256', '-extfile', 'leaf.ext']);
+    const read = (name) => readFileSync(join(dir, name), 'utf8');
+    return { rootPem: read('root.pem'), cert: read('device.pem') + read('int.pem'), key: read('device.key') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 /** A self-signed EC P-256 device certificate with CN = registration id and the clientAuth EKU,
  * as the { cert, key } PEM pair X509Security takes. */

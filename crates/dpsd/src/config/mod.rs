@@ -4,10 +4,12 @@
 //!
 //! The defaults of the listener and registration keys are the libraries' own
 //! (`dps_api::HttpLimits::default()`, `dps_mqtt::MqttLimits::default()`,
+//! `dps_amqp::AmqpLimits::default()`,
 //! `dps_registrar::RegistrarConfig::new`): one place says what runs. Values that would leave a
 //! listener refusing everything or holding connections forever (zero counts, sizes or
 //! timeouts, timeouts beyond [`MAX_TIMEOUT`]) are errors naming the key.
 
+mod amqp;
 mod checks;
 mod feed;
 mod reader;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use dps_types::{HubName, IdScope, SymmetricKey};
 
+pub use amqp::AmqpConfig;
 use checks::{body_size, packet_size, positive_count, timeout};
 pub use checks::{LogFilter, MAX_TIMEOUT};
 pub use feed::FeedSection;
@@ -35,6 +38,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The MQTT device listener.
     pub mqtt: MqttConfig,
+    /// The AMQP device listener.
+    pub amqp: AmqpConfig,
     /// Registration behaviour.
     pub registration: RegistrationConfig,
     /// The assignment feed (`[feed]`).
@@ -159,6 +164,8 @@ pub struct Flags {
     pub listen: Option<String>,
     /// `--mqtt-listen`.
     pub mqtt_listen: Option<String>,
+    /// `--amqp-listen`.
+    pub amqp_listen: Option<String>,
     /// `--host-name`.
     pub host_name: Option<String>,
     /// `--log`.
@@ -241,6 +248,7 @@ impl Config {
         );
         flag("api.listen", &flags.listen, "--listen");
         flag("mqtt.listen", &flags.mqtt_listen, "--mqtt-listen");
+        flag("amqp.listen", &flags.amqp_listen, "--amqp-listen");
         flag("service.host_name", &flags.host_name, "--host-name");
         flag("log", &flags.log, "--log");
         let mut r = Reader::new(
@@ -432,6 +440,7 @@ impl Config {
             ),
         };
         r.finish_table(t, "mqtt");
+        let amqp = amqp::read(&mut r, &mut root);
 
         // The scope is a placeholder: only the defaults are read.
         let registrar = dps_registrar::RegistrarConfig::new(IdScope::generate(), Vec::new());
@@ -559,6 +568,7 @@ impl Config {
             },
             api,
             mqtt,
+            amqp,
             registration,
             feed,
             policies,

@@ -47,6 +47,10 @@ fn defaults_are_the_libraries() {
         c.mqtt.max_operations_per_connection,
         mqtt.max_operations_per_connection
     );
+    let amqp = dps_amqp::AmqpLimits::default();
+    assert!(c.amqp.enabled);
+    assert_eq!(c.amqp.listen.port(), 5671);
+    assert_eq!(format!("{:?}", c.amqp.limits()), format!("{amqp:?}"));
     let reg = dps_registrar::RegistrarConfig::new(IdScope::generate(), Vec::new());
     assert_eq!(
         c.registration.default_allocation_policy,
@@ -72,6 +76,11 @@ fn values_out_of_range_name_their_keys_at_once() {
         max_packet = "0B"
         max_requests_per_connection = 0
         max_operations_per_connection = 0
+        [amqp]
+        open_timeout = "0s"
+        max_frame = "511B"
+        max_message = "0B"
+        link_credit = 0
         [registration]
         webhook_timeout = "0s"
         max_in_flight = 0
@@ -89,12 +98,16 @@ fn values_out_of_range_name_their_keys_at_once() {
         "mqtt.max_packet",
         "mqtt.max_requests_per_connection",
         "mqtt.max_operations_per_connection",
+        "amqp.open_timeout",
+        "amqp.max_frame",
+        "amqp.max_message",
+        "amqp.link_credit",
         "registration.webhook_timeout",
         "registration.max_in_flight",
     ] {
         assert!(err.contains(key), "missing {key} in:\n{err}");
     }
-    assert_eq!(err.lines().count(), 14, "one line per key:\n{err}");
+    assert_eq!(err.lines().count(), 18, "one line per key:\n{err}");
 }
 
 #[test]
@@ -234,4 +247,32 @@ fn every_bad_key_is_named_at_once() {
     ] {
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
     }
+}
+
+#[test]
+fn the_amqp_listener_is_configured_by_file_environment_and_flag() {
+    let c = parse(
+        "[amqp]\nenabled = false\nmax_frame = \"512B\"\nidle_timeout = \"2m\"",
+        &[("DPSD_AMQP_LINK_CREDIT", "2")],
+        &Flags {
+            amqp_listen: Some("127.0.0.1:15671".into()),
+            ..Flags::default()
+        },
+    )
+    .unwrap();
+    assert!(!c.amqp.enabled);
+    assert_eq!(c.amqp.listen, "127.0.0.1:15671".parse().unwrap());
+    let limits = c.amqp.limits();
+    assert_eq!(limits.max_frame_size, 512);
+    assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(limits.link_credit, 2);
+    let err = parse(
+        "[amqp]\nenabled = \"yes\"\nport = 1",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("amqp.enabled"), "{err}");
+    assert!(err.contains("amqp.port"), "{err}");
 }

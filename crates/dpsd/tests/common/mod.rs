@@ -14,6 +14,7 @@ pub async fn start_in(dir: &Path) -> dpsd::Running {
         data_dir: Some(dir.to_owned()),
         listen: Some("127.0.0.1:0".into()),
         mqtt_listen: Some("127.0.0.1:0".into()),
+        amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     let config = dpsd::Config::load(None, std::iter::empty(), &flags).expect("config");
