@@ -119,10 +119,13 @@ impl Shared {
         lock(&self.status).last_error = Some(text);
     }
 
+    /// The outbox hears of the confirmation before anyone waiting for the entry does, so a
+    /// `publish` that returns `Ok` has always told the outbox.
     fn confirm(&self, seq: Seq) {
-        if self.tracker().confirmed(seq) {
+        if self.tracker().holds(seq) {
             self.outbox.confirmed(&[seq]);
         }
+        self.tracker().confirmed(seq);
         self.freed.notify_waiters();
     }
 
