@@ -163,8 +163,6 @@ impl Default for FeedConfig {
     }
 }
 
-/// Longest AMQP short string (exchange, queue, routing key, message id).
-pub(crate) const MAX_SHORT_STRING: usize = 255;
 /// Largest CA file read for `tls_ca_file`; a CA bundle is a few hundred KiB at most.
 const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 

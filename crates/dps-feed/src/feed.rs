@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Settings, MAX_SHORT_STRING};
+use crate::config::Settings;
 use crate::link::{self, Backoff, Link};
 use crate::tracker::{Claim, Failure, HubCounters, Observed, Source, Tracker};
 use crate::{FeedConfig, FeedError, FeedEvent, Seq};
@@ -27,7 +27,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// Entries with `seq > after` (all of them for `None`), in order, at most `limit`.
     fn scan(&self, after: Option<Seq>, limit: usize) -> Result<Vec<(Seq, FeedEvent)>, BoxError>;
     /// The broker confirmed these entries; the store removes them (not necessarily durably:
-    /// an entry that comes back after a crash is only published again).
+    /// an entry that comes back after a crash is only published again). Called on the async
+    /// runtime for every confirmation, so it must not wait on disk.
     fn confirmed(&self, seqs: &[Seq]);
 }
 
@@ -118,10 +119,12 @@ impl Shared {
         lock(&self.status).last_error = Some(text);
     }
 
+    /// The outbox hears of the confirmation before anyone waiting for the entry does, so a
+    /// `publish` that returns `Ok` has always told the outbox.
     fn confirm(&self, seq: Seq) {
-        // The outbox first: whoever sees the entry confirmed may rely on it being gone
-        // (removing an entry twice is harmless).
-        self.outbox.confirmed(&[seq]);
+        if self.tracker().holds(seq) {
+            self.outbox.confirmed(&[seq]);
+        }
         self.tracker().confirmed(seq);
         self.freed.notify_waiters();
     }
@@ -164,20 +167,15 @@ impl Shared {
 
 /// The AMQP routing key and message id of an event, if they fit AMQP's short strings.
 fn publishable(event: &FeedEvent) -> Result<(ShortString, ShortString), FeedError> {
-    if event.routing_key.len() > MAX_SHORT_STRING {
-        return Err(FeedError::Unpublishable {
+    let routing_key =
+        ShortString::try_new(event.routing_key.as_str()).map_err(|_| FeedError::Unpublishable {
             why: "its routing key is longer than 255 bytes",
-        });
-    }
-    if event.message_id.len() > MAX_SHORT_STRING {
-        return Err(FeedError::Unpublishable {
+        })?;
+    let message_id =
+        ShortString::try_new(event.message_id.as_str()).map_err(|_| FeedError::Unpublishable {
             why: "its message id is longer than 255 bytes",
-        });
-    }
-    Ok((
-        ShortString::from(event.routing_key.as_str()),
-        ShortString::from(event.message_id.as_str()),
-    ))
+        })?;
+    Ok((routing_key, message_id))
 }
 
 /// Publishes one attempt and settles it when the broker answers (or the link fails).
@@ -602,5 +600,34 @@ impl Feed {
                 tracing::error!(error = %e, "the feed's link task failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_whose_names_break_amqp_limits_is_unpublishable() {
+        // A 253-character hub name is a valid host name, but its routing key is too long.
+        let label = "a".repeat(63);
+        let hub = HubName::parse(&format!("{label}.{label}.{label}.{}", "b".repeat(61))).unwrap();
+        let mut event = FeedEvent {
+            message_id: "id".into(),
+            routing_key: format!("{hub}.device.assigned"),
+            hub,
+            event_type: crate::EventType::Assigned,
+            time_utc: dps_types::Timestamp::now(),
+            body: "{}".into(),
+        };
+        let err = publishable(&event).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the event cannot be published: its routing key is longer than 255 bytes"
+        );
+        event.routing_key = "hub.device.assigned".into();
+        assert!(publishable(&event).is_ok());
+        event.message_id = "m".repeat(256);
+        assert!(publishable(&event).is_err());
     }
 }

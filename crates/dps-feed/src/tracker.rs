@@ -226,8 +226,13 @@ impl Tracker {
         self.counters(hub).published += 1;
     }
 
+    /// Whether the feed holds the entry (unconfirmed).
+    pub(crate) fn holds(&self, seq: Seq) -> bool {
+        self.entries.contains_key(&seq)
+    }
+
     /// The broker confirmed the entry (whichever attempt it was). True when the feed still
-    /// held it, i.e. the outbox has to hear of it.
+    /// held it.
     pub(crate) fn confirmed(&mut self, seq: Seq) -> bool {
         let Some(entry) = self.entries.remove(&seq) else {
             return false;

@@ -35,7 +35,9 @@ fn an_entry_goes_in_flight_then_confirmed() {
     assert_eq!(t.claim(1, &e, Source::Publish), Claim::InFlight);
     assert!(matches!(t.observe(1), Observed::InFlight(_)));
     t.published(&e.hub);
+    assert!(t.holds(1));
     assert!(t.confirmed(1));
+    assert!(!t.holds(1));
     assert!(
         !t.confirmed(1),
         "a second ack must not reach the outbox again"
