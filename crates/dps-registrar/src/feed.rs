@@ -23,8 +23,8 @@ use dps_types::{
 pub struct StoreOutbox(Store);
 
 impl StoreOutbox {
-    /// The outbox of `store`, for `dps_feed::Feed::start`.
-    pub fn new(store: Store) -> Arc<dyn Outbox> {
+    /// The outbox of `store`, ready for `dps_feed::Feed::start`.
+    pub fn shared(store: Store) -> Arc<dyn Outbox> {
         Arc::new(StoreOutbox(store))
     }
 }

@@ -83,7 +83,7 @@ async fn env_with(tune: impl FnOnce(&mut FeedConfig), via: Option<&Cutter>) -> E
     let feed = Feed::start(
         config,
         hubs.iter().map(|h| h.host_name.clone()).collect(),
-        StoreOutbox::new(store.clone()),
+        StoreOutbox::shared(store.clone()),
     )
     .await
     .unwrap();

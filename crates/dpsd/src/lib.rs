@@ -125,6 +125,8 @@ pub struct Running {
     pub ca_file: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Where the assignment feed publishes (broker without password, exchange), when on.
+    pub feed: Option<String>,
     listeners: Listeners,
 }
 
@@ -223,7 +225,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
                     .iter()
                     .map(|h| h.host_name.clone())
                     .collect(),
-                dps_registrar::StoreOutbox::new(store.clone()),
+                dps_registrar::StoreOutbox::shared(store.clone()),
             )
             .await
             .map_err(DpsdError::Feed)?,
@@ -297,6 +299,12 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         connection_string_created: owner.created,
         ca_file: pki.ca_cert,
         data_dir: data.clone(),
+        feed: config.feed.enabled.then(|| {
+            format!(
+                "{} exchange {}",
+                config.feed.config.url, config.feed.config.exchange
+            )
+        }),
         listeners,
     })
 }

@@ -150,8 +150,13 @@ fn print_banner(running: &Running) {
         .amqp_addr
         .map(|addr| format!("  device AMQP     amqps://{addr}\n"))
         .unwrap_or_default();
+    let feed = running
+        .feed
+        .as_ref()
+        .map(|f| format!("  assignments to  {f}\n"))
+        .unwrap_or_default();
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}{feed}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,

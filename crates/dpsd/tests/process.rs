@@ -50,6 +50,52 @@ fn bad_config_names_every_bad_key_and_exits_64() {
     }
 }
 
+#[test]
+fn a_feed_that_cannot_reach_its_broker_stops_the_start_naming_feed_url() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = unused.local_addr().unwrap().port();
+    drop(unused);
+    for (url, why) in [
+        (
+            "amqp://guest:not-the-password@127.0.0.1:5672/%2f".to_owned(),
+            "access refused",
+        ),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost".to_owned(),
+            "no-such-vhost",
+        ),
+        (
+            format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f"),
+            "refused",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(DPSD)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("DPSD_FEED_ENABLED", "true")
+            .env("DPSD_FEED_URL", &url)
+            .env("DPSD_FEED_CONNECT_TIMEOUT", "10s")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: started anyway");
+        assert!(err.contains("feed.url"), "{url}: no key named in:\n{err}");
+        assert!(err.contains(why), "{url}: '{why}' not said in:\n{err}");
+        assert!(
+            !err.contains("not-the-password"),
+            "the password shows:\n{err}"
+        );
+    }
+}
+
 /// A running `dpsd` binary.
 struct Dpsd {
     child: Child,

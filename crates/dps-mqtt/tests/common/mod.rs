@@ -111,7 +111,7 @@ impl Server {
                 dps_feed::Feed::start(
                     feed,
                     vec![HubName::parse(HUB).unwrap()],
-                    dps_registrar::StoreOutbox::new(store.clone()),
+                    dps_registrar::StoreOutbox::shared(store.clone()),
                 )
                 .await
                 .unwrap(),

@@ -29,15 +29,19 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
     let url = dps_feed::BrokerUrl::parse(&url_text)
         .map_err(|e| r.error("feed.url", e))
         .unwrap_or_default();
-    let exchange = r.take_valid(&mut t, "feed", "exchange", defaults.exchange.clone(), |e| {
-        amqp_name(e)
-    });
+    let exchange = r.take_valid(
+        &mut t,
+        "feed",
+        "exchange",
+        defaults.exchange.clone(),
+        |e: &String| amqp_name(e),
+    );
     let queue_prefix = r.take_valid(
         &mut t,
         "feed",
         "queue_prefix",
         defaults.queue_prefix.clone(),
-        |p| amqp_name(p),
+        |p: &String| amqp_name(p),
     );
     let config = dps_feed::FeedConfig {
         url,
@@ -101,7 +105,7 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
 
 /// An exchange or queue name RabbitMQ accepts (AMQP 0-9-1 short string: 1 to 255 bytes of
 /// letters, digits, `-`, `_`, `.`, `:`).
-fn amqp_name(name: &String) -> Result<(), String> {
+fn amqp_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name

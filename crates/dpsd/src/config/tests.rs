@@ -276,3 +276,47 @@ fn the_amqp_listener_is_configured_by_file_environment_and_flag() {
     assert!(err.contains("amqp.enabled"), "{err}");
     assert!(err.contains("amqp.port"), "{err}");
 }
+
+#[test]
+fn the_feed_is_off_by_default_and_its_keys_are_checked() {
+    let c = Config::defaults().unwrap();
+    assert!(!c.feed.enabled);
+    assert_eq!(c.feed.config, dps_feed::FeedConfig::default());
+
+    let c = parse(
+        "[feed]\nexchange = \"hub.events\"\nhub_queues = true\ninclude_device_keys = false",
+        &[
+            ("DPSD_FEED_ENABLED", "true"),
+            (
+                "DPSD_FEED_URL",
+                "amqps://dps:secret@broker.example:5671/prod",
+            ),
+        ],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert!(c.feed.enabled);
+    assert_eq!(c.feed.config.exchange, "hub.events");
+    assert!(c.feed.config.hub_queues && !c.feed.config.include_device_keys);
+    assert!(c.feed.config.url.is_tls());
+    assert_eq!(c.feed.config.url.vhost(), "prod");
+    assert!(!format!("{c:?}").contains("secret"), "the password shows");
+
+    let err = parse(
+        "[feed]\nurl = \"http://user:hunter2@broker\"\nexchange = \"has space\"\n\
+         reconnect_min = \"1m\"\nreconnect_max = \"1s\"\nmax_unconfirmed = 0",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "feed.url",
+        "feed.exchange",
+        "feed.reconnect_min",
+        "feed.max_unconfirmed",
+    ] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "the password shows: {err}");
+}
