@@ -9,45 +9,6 @@ use std::time::Duration;
 use common::*;
 use dps_feed::{BrokerUrl, Feed, FeedConfig, FeedError};
 use dps_types::Etag;
-use tokio::task::JoinSet;
-
-/// A TCP forwarder to RabbitMQ that can be stopped (dropping every connection) and started
-/// again on the same port.
-struct Proxy {
-    port: u16,
-    connections: Option<JoinSet<()>>,
-}
-
-impl Proxy {
-    async fn start(port: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut connections = JoinSet::new();
-        connections.spawn(async move {
-            let mut forwarders = JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                forwarders.spawn(async move {
-                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            connections: Some(connections),
-        }
-    }
-
-    /// Closes the listener and every forwarded connection.
-    async fn stop(&mut self) {
-        if let Some(mut connections) = self.connections.take() {
-            connections.shutdown().await;
-        }
-    }
-}
 
 async fn until(what: &str, ready: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -62,14 +23,13 @@ async fn until(what: &str, ready: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_while_the_broker_is_unreachable_go_out_when_it_is_back() {
-    let mut proxy = Proxy::start(0).await;
+    let proxy = Cutter::start().await;
     let exchange = unique("exchange");
     let hub_a = hub("hub-a.example.net");
     let outbox = MemOutbox::new();
     let feed = Feed::start(
         FeedConfig {
-            url: BrokerUrl::parse(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port))
-                .unwrap(),
+            url: BrokerUrl::parse(&proxy.url()).unwrap(),
             ..config(&exchange)
         },
         vec![hub_a.clone()],
@@ -88,7 +48,7 @@ async fn events_published_while_the_broker_is_unreachable_go_out_when_it_is_back
             .unwrap();
     }
 
-    proxy.stop().await;
+    proxy.cut();
     until("the feed to see the link down", || !feed.is_up()).await;
     let mut held = Vec::new();
     for n in 10..30 {
@@ -109,7 +69,7 @@ async fn events_published_while_the_broker_is_unreachable_go_out_when_it_is_back
     assert_eq!(stats.hubs[0].counters.confirmed, 10);
     assert_eq!(outbox.len(), 20);
 
-    let _proxy_back = Proxy::start(proxy.port).await;
+    proxy.restore().await;
     assert!(
         feed.wait_confirmed(held[0], PATIENCE).await,
         "the relay did not send the held events"

@@ -542,7 +542,7 @@ async fn while_the_broker_is_away_devices_retry_and_deletes_wait_in_the_outbox()
         .unwrap();
     assert_eq!(env.store.outbox_len(), 1);
 
-    cutter.restore();
+    cutter.restore().await;
     let deadline = tokio::time::Instant::now() + broker::PATIENCE;
     while !env.feed.is_up() {
         assert!(

@@ -195,10 +195,10 @@ pub fn body(delivery: &Delivery) -> serde_json::Value {
 }
 
 /// A TCP relay in front of the broker that a test can cut: while cut, it closes every relayed
-/// connection and refuses new ones, as a broker that went away would; restored, it relays
-/// again. Point a feed at [`Cutter::url`].
+/// connection and refuses new ones (nothing listens on its port), as a broker that went away
+/// would; restored, it listens on the same port again. Point a feed at [`Cutter::url`].
 pub struct Cutter {
-    addr: std::net::SocketAddr,
+    port: u16,
     cut: tokio::sync::watch::Sender<bool>,
 }
 
@@ -208,45 +208,77 @@ impl Cutter {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind the relay: {e}"));
-        let addr = listener
+        let port = listener
             .local_addr()
-            .unwrap_or_else(|e| panic!("relay address: {e}"));
+            .unwrap_or_else(|e| panic!("relay address: {e}"))
+            .port();
         let (cut, _) = tokio::sync::watch::channel(false);
-        let watch = cut.subscribe();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let mut watch = watch.clone();
-                if *watch.borrow_and_update() {
-                    continue; // dropped: refused
-                }
-                tokio::spawn(async move {
-                    let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await
-                    else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut }
+        tokio::spawn(relay(listener, cut.subscribe()));
+        Self { port, cut }
     }
 
     /// The broker URL through this relay.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// Closes every relayed connection and refuses new ones until [`Cutter::restore`].
+    /// Closes every relayed connection and stops listening until [`Cutter::restore`].
     pub fn cut(&self) {
         self.cut.send_replace(true);
     }
 
-    /// Relays again.
-    pub fn restore(&self) {
+    /// Listens on the same port and relays again.
+    pub async fn restore(&self) {
         self.cut.send_replace(false);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap_or_else(|e| panic!("bind the relay again: {e}"));
+        tokio::spawn(relay(listener, self.cut.subscribe()));
     }
+}
+
+/// Relays each accepted connection to the broker until `cut` turns true (the listener is
+/// dropped then, so connections are refused).
+async fn relay(listener: tokio::net::TcpListener, mut cut: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let client = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(_) => return,
+            },
+            _ = cut.wait_for(|cut| *cut) => return,
+        };
+        let mut cut = cut.clone();
+        tokio::spawn(async move {
+            let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                return;
+            };
+            let mut client = client;
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                _ = cut.wait_for(|cut| *cut) => {}
+            }
+        });
+    }
+}
+
+/// Closes the connection the broker knows by `connection_name` (its client-provided name)
+/// from the broker's side, as an operator or a broker restart would; only that one, since
+/// other tests share the broker.
+pub fn close_connection_from_broker(connection_name: &str) {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl runs: {e}"));
+    let text = String::from_utf8_lossy(&list.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(connection_name))
+        .unwrap_or_else(|| panic!("no broker connection named {connection_name}:\n{text}"));
+    let pid = line.split_whitespace().next().unwrap_or_default();
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", pid, "closed by a test"])
+        .status()
+        .unwrap_or_else(|e| panic!("rabbitmqctl runs: {e}"));
+    assert!(status.success(), "rabbitmqctl close_connection failed");
 }
