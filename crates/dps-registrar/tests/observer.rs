@@ -17,9 +17,12 @@ use serde_json::{json, Value};
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const HUB: &str = "hub-a.example.net";
 
+/// What one report said: transport, attestation, outcome, hub.
+type Seen = (Transport, AttestationType, Outcome, Option<String>);
+
 #[derive(Debug, Default)]
 struct Recorded {
-    registrations: Mutex<Vec<(Transport, AttestationType, Outcome, Option<String>)>>,
+    registrations: Mutex<Vec<Seen>>,
     webhooks: Mutex<Vec<&'static str>>,
 }
 
