@@ -16,6 +16,7 @@
 pub mod config;
 mod credentials;
 mod listeners;
+mod observability;
 pub mod pki;
 mod private;
 
@@ -28,6 +29,8 @@ use listeners::Listeners;
 
 pub use config::{Config, ConfigError, Flags, LogFilter};
 pub use credentials::OWNER_POLICY;
+pub use dps_metrics::{Health, Metrics};
+pub use observability::METRICS_LISTENER;
 
 /// Why `dpsd` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,9 @@ pub enum DpsdError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] dps_store::StoreError),
+    /// A metric could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[source] dps_metrics::MetricsError),
     /// The registration service could not be created.
     #[error("registration service: {0}")]
     Registrar(#[source] dps_registrar::RegistrarError),
@@ -106,6 +112,13 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the MQTT device listener listens.
     pub mqtt_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: `metrics.enabled` is
+    /// false).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics every part reports to ([`Metrics::register`] adds a collector).
+    pub metrics: Arc<Metrics>,
+    /// The readiness checks of `/readyz` ([`Health::add_check`] adds one).
+    pub health: Health,
     /// The registration service (diagnostics, store).
     pub registrar: dps_registrar::Registrar,
     /// The service's ID scope.
@@ -164,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     }));
 
     let store = dps_store::Store::open(&data.join("store"))?;
+    let observability = observability::Observability::new(&store)?;
     let cert = config
         .api
         .tls_cert
@@ -201,8 +215,23 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
     registrar_config.webhook_policy = config.registration.webhook_policy.clone();
     registrar_config.max_in_flight = config.registration.max_in_flight;
+    let hubs: Vec<_> = config
+        .linked_hubs
+        .iter()
+        .map(|h| h.host_name.clone())
+        .collect();
+    let metrics = &observability.metrics;
+    registrar_config.observer = Some(
+        metrics
+            .registrar_observer(&hubs)
+            .map_err(DpsdError::Metrics)?,
+    );
     let registrar = dps_registrar::Registrar::new(store.clone(), registrar_config)
         .map_err(DpsdError::Registrar)?;
+    metrics
+        .watch_registrar(&registrar)
+        .map_err(DpsdError::Metrics)?;
+    observability.certificate(&cert, &["api", "mqtt"]);
 
     let mut listeners = Listeners::new();
     let api_listener = bind(config.api.listen).await?;
@@ -222,11 +251,12 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_body_bytes: config.api.max_body.0,
         ..dps_api::HttpLimits::default()
     };
-    let api = dps_api::serve(
+    let api = dps_api::serve_with_counters(
         api_listener,
         api_tls,
         with_portal(dps_api::router(state), portal),
         limits,
+        metrics.listener("api").map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
     listeners.spawn(API_LISTENER, api);
@@ -248,18 +278,23 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_operations_per_connection: m.max_operations_per_connection,
         ..dps_mqtt::MqttLimits::default()
     };
-    let mqtt = dps_mqtt::serve(
+    let mqtt = dps_mqtt::serve_with_counters(
         mqtt_listener,
         mqtt_tls,
         registrar.clone(),
         mqtt_limits,
+        metrics.mqtt().map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
     listeners.spawn(MQTT_LISTENER, mqtt);
+    let metrics_addr = observability.start(&config.metrics, &mut listeners).await?;
 
     Ok(Running {
         api_addr,
         mqtt_addr,
+        metrics_addr,
+        metrics: observability.metrics,
+        health: observability.health,
         registrar,
         id_scope,
         connection_string: owner.connection_string,

@@ -141,8 +141,12 @@ fn print_banner(running: &Running) {
     } else {
         format!("in {file}")
     };
+    let metrics = running.metrics_addr.map_or_else(
+        || "off (metrics.enabled = false)".to_owned(),
+        |addr| format!("http://{addr}/metrics (/healthz, /readyz)"),
+    );
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n  metrics         {metrics}\n  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,

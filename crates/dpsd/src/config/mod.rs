@@ -9,6 +9,7 @@
 //! timeouts, timeouts beyond [`MAX_TIMEOUT`]) are errors naming the key.
 
 mod checks;
+mod metrics;
 mod reader;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use dps_types::{HubName, IdScope, SymmetricKey};
 
 use checks::{body_size, packet_size, positive_count, timeout};
 pub use checks::{LogFilter, MAX_TIMEOUT};
+pub use metrics::MetricsConfig;
 use reader::Reader;
 pub use reader::{env_name, ByteSize, ENV_PREFIX};
 
@@ -41,6 +43,8 @@ pub struct Config {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// `tracing` filter, e.g. `info` or `dpsd=debug,info`.
     pub log: LogFilter,
+    /// The metrics and health listener.
+    pub metrics: MetricsConfig,
 }
 
 /// `[service]`.
@@ -540,6 +544,8 @@ impl Config {
             }
         }
 
+        let metrics = metrics::read(&mut r, &mut root);
+
         r.finish_table(root, "");
         let errors = r.finish();
         if !errors.is_empty() {
@@ -557,6 +563,7 @@ impl Config {
             policies,
             linked_hubs,
             log,
+            metrics,
         })
     }
 }
