@@ -300,6 +300,38 @@ async fn prometheus_reads_registrations_failures_by_reason_and_latency() {
         "{expiry}"
     );
 
+    // Every query of the Grafana dashboard is valid PromQL, and its main panels show data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy_dir().join("../grafana/dpsd.json")).unwrap(),
+    )
+    .unwrap();
+    let mut with_data = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            if prometheus.query(&expr).await.is_some() {
+                with_data.push(panel["title"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for title in [
+        "Registrations per second by outcome",
+        "Registration latency (accepted to assigned)",
+        "Attestation failures by reason",
+        "Assignments per linked hub",
+        "Open connections",
+        "Store flush latency",
+    ] {
+        assert!(
+            with_data.iter().any(|t| t == title),
+            "{title}: {with_data:?}"
+        );
+    }
+
     // The alert rules loaded, and none fires on this healthy service.
     let rules: serde_json::Value = prometheus
         .http
