@@ -19,7 +19,7 @@ use dps_attest::{
     attest_sas, attest_x509, derive_device_key, prepare_group, prepare_individual, EnrollmentRules,
     MatchedEnrollment, SasToken, UnixTime,
 };
-use dps_store::{Backend, SledBackend, Store, Table};
+use dps_store::{Backend, SledBackend, Store, Table, Write};
 use dps_test_util::{MemoryLookup, TestPki};
 use dps_types::{
     Attestation, EnrollmentGroup, EnrollmentLookup, IdScope, IndividualEnrollment, SymmetricKey,
@@ -109,8 +109,9 @@ fn sas_groups_1000(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("group JSON: {e}"));
         group.stamp(None, Timestamp::now());
         let bytes = serde_json::to_vec(&group).unwrap_or_else(|e| panic!("encode: {e}"));
+        let key = group.enrollment_group_id.key();
         backend
-            .put(Table::Groups, &group.enrollment_group_id.key(), &bytes)
+            .write(&[Write::Put(Table::Groups, &key, &bytes)])
             .unwrap_or_else(|e| panic!("put: {e}"));
     }
     let store = Store::with_backend(Arc::new(backend)).unwrap_or_else(|e| panic!("load: {e}"));

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use dps_store::{Backend, SledBackend, StoreError, Table};
+use dps_store::{Backend, SledBackend, StoreError, Table, Write};
 
 /// Registration id of the `n`th benchmark enrollment.
 pub fn id(n: usize) -> String {
@@ -29,7 +29,8 @@ pub fn enrollment_json(n: usize) -> Vec<u8> {
 pub fn fill_store(dir: &Path, count: usize) -> Result<(), StoreError> {
     let backend = SledBackend::open(dir)?;
     for n in 0..count {
-        backend.put(Table::Enrollments, &id(n), &enrollment_json(n))?;
+        let (key, json) = (id(n), enrollment_json(n));
+        backend.write(&[Write::Put(Table::Enrollments, &key, &json)])?;
     }
     backend.flush()
 }

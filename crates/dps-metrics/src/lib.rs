@@ -37,6 +37,8 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry};
 
 pub use health::Health;
+/// The prometheus crate, for collectors added with [`Metrics::register`].
+pub use prometheus;
 pub use server::{serve, MetricsLimits};
 
 use collectors::{ListenerCollector, MqttCollector, RegistrarCollector};

@@ -4,8 +4,9 @@
 //! What it does: loads [`Config`], creates on first start what a new user needs (the
 //! development PKI in `<data>/pki/`, the ID scope in `<data>/id-scope`, the owner policy and
 //! `<data>/service-connection-string`), all owner-only, opens the store, and serves the HTTPS
-//! API and MQTT until told to stop - or until a listener ends on its own, which
-//! [`Running::wait`] reports so the process can exit instead of half-living.
+//! API, MQTT and the metrics and health probes (`[metrics]`) until told to stop - or until a
+//! listener ends on its own, which [`Running::wait`] reports so the process can exit instead
+//! of half-living.
 //!
 //! What it must never do: hold business logic (that lives in the crates it wires together),
 //! leave anything in the data directory readable by other users, or print secrets other than
