@@ -402,3 +402,40 @@ async fn a_thousand_distinct_devices_add_no_series() {
     assert_eq!(after_thousand, after_ten, "the series changed");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_and_more_checks_and_collectors_can_be_added() {
+    use dpsd::Metrics;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let base = format!("http://{}", running.metrics_addr.unwrap());
+    let get = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get("/readyz").await, (200, "ready\n".to_owned()));
+
+    // What the assignment feed does: a readiness check for its broker link, and its gauge.
+    let link_up = link_gauge(&running.metrics);
+    let up = link_up.clone();
+    running.health.add_check("broker", move || up.get() == 1);
+    assert_eq!(
+        get("/readyz").await,
+        (503, "not ready: broker\n".to_owned())
+    );
+    link_up.set(1);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (_, text) = get("/metrics").await;
+    assert!(text.contains("\ndps_feed_link_up 1\n"), "{text}");
+
+    fn link_gauge(metrics: &Metrics) -> dps_metrics::prometheus::IntGauge {
+        let gauge = dps_metrics::prometheus::IntGauge::new("dps_feed_link_up", "test").unwrap();
+        metrics.register(Box::new(gauge.clone())).unwrap();
+        gauge
+    }
+    running.shutdown().await.unwrap();
+}
