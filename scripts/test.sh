@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"). On a fresh machine it installs what the
-# tests need, builds once, runs every Rust suite, then the Azure SDK compatibility tests (the
-# official Python and Node.js SDKs, unchanged) against the real dpsd binary, and finally runs
-# every fuzz target for a short bounded time (scripts/fuzz.sh).
+# tests need, builds once, checks deploy/, runs every Rust suite, then the Azure SDK
+# compatibility tests (the official Python and Node.js SDKs, unchanged) against the real dpsd
+# binary, and finally runs every fuzz target for a short bounded time (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: Chromium and its WebDriver for the portal's browser tests.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Debian packages, installed when missing after one `apt-get update`: Chromium and its
+# WebDriver for the portal's browser tests; prometheus (the server the metrics tests start,
+# and promtool for deploy/prometheus); systemd (systemd-analyze for deploy/systemd); PyYAML
+# for the deploy/ checks.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
 fi
 
 # Python for the SDK tests: a virtualenv under target/ with pinned versions.
@@ -21,6 +30,8 @@ venv=target/sdk-venv
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 
 cargo build --workspace --all-targets --locked
+# deploy/: promtool checks and alert-rule unit tests, the systemd unit, dashboard and manifests.
+scripts/check-deploy.sh
 cargo test --workspace --locked
 "$venv/bin/pytest" -q tests/sdk
 tests/sdk-node/run.sh

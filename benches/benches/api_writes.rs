@@ -40,8 +40,12 @@ fn api_writes(c: &mut Criterion) {
         log: Some("warn".into()),
         ..Default::default()
     };
-    let config =
-        dpsd::Config::load(None, std::iter::empty(), &flags).unwrap_or_else(|e| panic!("{e}"));
+    let config = dpsd::Config::load(
+        None,
+        [("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())],
+        &flags,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let running = runtime
         .block_on(dpsd::start(config))
         .unwrap_or_else(|e| panic!("{e}"));

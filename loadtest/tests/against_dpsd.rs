@@ -21,7 +21,12 @@ async fn start_dpsd(dir: &Path) -> dpsd::Running {
         amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let config = dpsd::Config::load(Some(&config_file), std::iter::empty(), &flags).unwrap();
+    let config = dpsd::Config::load(
+        Some(&config_file),
+        [("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())],
+        &flags,
+    )
+    .unwrap();
     dpsd::start(config).await.unwrap()
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use dps_listener::{Admitted, ListenerCounters, ListenerLimits};
+use dps_listener::{Admitted, Handshake, ListenerCounters, ListenerLimits};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -129,12 +129,14 @@ pub async fn serve_with_counters(
         max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
         drain_timeout: limits.drain_timeout,
     };
+    let handshakes = counters.clone();
     dps_listener::serve(listener, listener_limits, counters, shutdown, |admitted| {
         Connection {
             acceptor: acceptor.clone(),
             http: http.clone(),
             app: app.clone(),
             limits,
+            counters: handshakes.clone(),
         }
         .run(admitted)
     })
@@ -147,6 +149,8 @@ struct Connection {
     http: http1::Builder,
     app: Router,
     limits: HttpLimits,
+    /// Where the handshake's outcome is counted.
+    counters: ListenerCounters,
 }
 
 impl Connection {
@@ -167,19 +171,25 @@ impl Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let started = std::time::Instant::now();
         let handshake = tokio::time::timeout(
             self.limits.tls_handshake_timeout,
             self.acceptor.accept(stream),
         );
         let tls = tokio::select! {
             result = handshake => match result {
-                Ok(Ok(tls)) => tls,
+                Ok(Ok(tls)) => {
+                    self.counters.handshake(Handshake::Done, started.elapsed());
+                    tls
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
+                    self.counters.handshake(Handshake::Failed, started.elapsed());
                     return;
                 }
                 Err(_) => {
                     tracing::debug!("TLS handshake timed out");
+                    self.counters.handshake(Handshake::TimedOut, started.elapsed());
                     return;
                 }
             },

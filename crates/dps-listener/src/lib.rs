@@ -13,16 +13,20 @@
 //!   [`MAX_ACCEPT_FAILURES`] failures in a row the listener is broken and [`serve`] returns the
 //!   error, so the process can exit and be restarted rather than half-live;
 //! * **drain**: once `shutdown` resolves, the socket closes, every connection sees
-//!   [`Draining`], and connections still open after the drain timeout are aborted.
+//!   [`Draining`], and connections still open after the drain timeout are aborted;
+//! * **handshakes**: the frontends report how each TLS handshake ended
+//!   ([`ListenerCounters::handshake`]), so one handle per listener carries every connection
+//!   metric, and a [`HandshakeTimer`] gets the duration of the completed ones.
 //!
 //! What it must never do: speak a protocol (TLS, HTTP, MQTT belong to the frontends), log or
 //! count per address (addresses only key the limits; counters are fixed names), or hold a
 //! lock across an await.
 //!
 //! Main types: [`serve`], [`ListenerLimits`], [`Admitted`] (what a connection task gets),
-//! [`Slot`], [`Draining`], [`ListenerCounters`] / [`ListenerStats`]. The crate has no error
+//! [`Slot`], [`Draining`], [`ListenerCounters`] / [`ListenerStats`], [`Handshake`]. The crate has no error
 //! type of its own: the only error it returns is the listener's `std::io::Error`.
 
+mod handshake;
 mod slots;
 
 use std::future::Future;
@@ -34,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use handshake::{Handshake, HandshakeTimer};
 pub use slots::{ListenerCounters, ListenerStats, Slot};
 
 /// First pause after a failed `accept`; doubles up to [`MAX_ACCEPT_BACKOFF`].

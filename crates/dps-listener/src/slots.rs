@@ -24,17 +24,22 @@ pub(crate) enum Shed {
 /// address), so as metrics their labels stay bounded.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerCounters {
-    inner: Arc<Counters>,
+    pub(crate) inner: Arc<Counters>,
+    /// Told the duration of every completed TLS handshake (see `handshake.rs`).
+    pub(crate) handshake_timer: Option<Arc<dyn crate::HandshakeTimer>>,
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     accepted: AtomicU64,
     shed_connection_limit: AtomicU64,
     shed_address_limit: AtomicU64,
     shed_unauthenticated_limit: AtomicU64,
     accept_errors: AtomicU64,
     active: AtomicU64,
+    pub(crate) handshakes_done: AtomicU64,
+    pub(crate) handshakes_failed: AtomicU64,
+    pub(crate) handshakes_timed_out: AtomicU64,
 }
 
 /// A point-in-time copy of a listener's counters.
@@ -55,6 +60,12 @@ pub struct ListenerStats {
     pub accept_errors: u64,
     /// Connections holding a slot now.
     pub active: u64,
+    /// TLS handshakes completed (reported by the frontend, [`ListenerCounters::handshake`]).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (bad certificate, protocol error, peer gone).
+    pub tls_failures: u64,
+    /// TLS handshakes cut by the frontend's handshake timeout.
+    pub tls_timeouts: u64,
 }
 
 impl ListenerStats {
@@ -76,6 +87,9 @@ impl ListenerCounters {
             shed_unauthenticated_limit: get(&c.shed_unauthenticated_limit),
             accept_errors: get(&c.accept_errors),
             active: get(&c.active),
+            tls_handshakes: get(&c.handshakes_done),
+            tls_failures: get(&c.handshakes_failed),
+            tls_timeouts: get(&c.handshakes_timed_out),
         }
     }
 
@@ -93,7 +107,7 @@ impl ListenerCounters {
     }
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 

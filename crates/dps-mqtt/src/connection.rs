@@ -160,7 +160,12 @@ impl Handler {
     async fn act(&mut self) -> Result<Option<CloseReason>, MqttError> {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Send(packet) => self.connection.queue(packet)?,
+                Action::Send(packet) => {
+                    if is_throttled(&packet) {
+                        bump(&self.counters.get().throttled);
+                    }
+                    self.connection.queue(packet)?
+                }
                 Action::Authenticate(credentials) => self.authenticate(&credentials),
                 Action::Register {
                     operation_id,
@@ -265,6 +270,12 @@ impl Handler {
         self.session
             .handle_registration_done(&operation_id, outcome);
     }
+}
+
+/// Whether `packet` is a `429` answer (too many requests; the registrar is busy).
+fn is_throttled(packet: &codec::Outbound) -> bool {
+    matches!(packet, codec::Outbound::Publish { topic, .. }
+        if topic.strip_prefix(crate::topics::RESPONSE_PREFIX).is_some_and(|t| t.starts_with("429/")))
 }
 
 /// Sleeps until `deadline`; forever without one (the session is closed then anyway).

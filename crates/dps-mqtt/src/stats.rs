@@ -31,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) registrations_started: AtomicU64,
     pub(crate) registrations_busy: AtomicU64,
     pub(crate) registrations_failed: AtomicU64,
+    pub(crate) throttled: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -73,9 +74,20 @@ pub struct MqttStats {
     pub registrations_busy: u64,
     /// Registrations that failed on our side (store error, a panic).
     pub registrations_failed: u64,
+    /// `429` answers sent (registrar busy, or a connection over its request or operation
+    /// limit).
+    pub throttled: u64,
 }
 
 impl MqttCounters {
+    /// Counters whose listener part is `listener` (e.g. one with a handshake timer).
+    pub fn new(listener: ListenerCounters) -> Self {
+        Self {
+            inner: Arc::default(),
+            listener,
+        }
+    }
+
     /// Reads every counter (each atomically; the set is not one consistent instant).
     pub fn snapshot(&self) -> MqttStats {
         let c = &self.inner;
@@ -97,6 +109,7 @@ impl MqttCounters {
             registrations_started: get(&c.registrations_started),
             registrations_busy: get(&c.registrations_busy),
             registrations_failed: get(&c.registrations_failed),
+            throttled: get(&c.throttled),
         }
     }
 

@@ -311,6 +311,12 @@ async fn broken_peers_are_closed_alone() {
     let stats = server.stats();
     assert_eq!(stats.malformed_packets, 1, "{stats:?}");
     assert_eq!(stats.tls_failures, 1, "{stats:?}");
+    assert_eq!(stats.listener.tls_failures, 1, "{stats:?}");
+    assert_eq!(
+        stats.listener.tls_handshakes + stats.listener.tls_failures,
+        stats.listener.accepted,
+        "every admitted connection made or failed its handshake: {stats:?}"
+    );
     assert_eq!(stats.oversized_packets, 1, "{stats:?}");
     assert_eq!(stats.connect_timeouts, 1, "{stats:?}");
     assert_eq!(stats.protocol_violations, 1, "{stats:?}");
@@ -404,6 +410,8 @@ async fn a_busy_registrar_is_answered_429_on_poll() {
     }
     assert!(seen.contains(&429) && seen.contains(&202), "{seen:?}");
     assert!(server.stats().registrations_busy >= 2);
+    let answered_429 = seen.iter().filter(|s| **s == 429).count() as u64;
+    assert_eq!(server.stats().throttled, answered_429);
 }
 
 #[tokio::test]

@@ -255,7 +255,11 @@ async fn an_operator_walks_through_the_portal() -> Result<()> {
         amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let mut config = dpsd::Config::load(None, std::iter::empty(), &flags)?;
+    let mut config = dpsd::Config::load(
+        None,
+        [("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())],
+        &flags,
+    )?;
     for (host, weight) in [(HUB_A, 100), (HUB_B, 300)] {
         config.linked_hubs.push(dpsd::config::LinkedHubConfig {
             host_name: HubName::parse(host)?,

@@ -62,6 +62,13 @@ pub enum RegistrarReason {
 }
 
 impl RegistrarReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [RegistrarReason; 3] = [
+        RegistrarReason::EnrollmentDisabled,
+        RegistrarReason::NoHub,
+        RegistrarReason::WebhookFailed,
+    ];
+
     /// Stable metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -14,15 +14,16 @@
 //! but the store's cache.
 //!
 //! Main types: [`Registrar`], [`RegistrarConfig`], [`LinkedHub`], [`Diagnostics`],
-//! [`RegistrarError`].
+//! [`RegistrarObserver`] (what the metrics learn of each registration), [`RegistrarError`].
 
 mod allocation;
 mod diagnostics;
 mod feed;
+mod observer;
 mod webhook;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dps_attest::{AttestedDevice, MatchedEnrollment, Refusal};
 use dps_store::{KeyLocks, Precondition, RegistrationRecord, Store};
@@ -37,6 +38,7 @@ use tokio::sync::Semaphore;
 pub use allocation::{weighted_rendezvous, LinkedHub};
 pub use diagnostics::{Diagnostics, FailedAttempt, RegistrarReason, Transport};
 pub use feed::StoreOutbox;
+pub use observer::{Outcome, RegistrarObserver, RegistrationReport};
 pub use webhook::WebhookError;
 
 use allocation::{AllocationInput, NoHub};
@@ -64,6 +66,8 @@ pub struct RegistrarConfig {
     pub webhook_policy: WebhookPolicy,
     /// Registrations in progress at once; beyond this devices get 429 with retry-after.
     pub max_in_flight: usize,
+    /// Told of every registration and webhook call (the metrics); none by default.
+    pub observer: Option<Arc<dyn RegistrarObserver>>,
 }
 
 impl RegistrarConfig {
@@ -76,6 +80,7 @@ impl RegistrarConfig {
             webhook_timeout: Duration::from_secs(10),
             webhook_policy: WebhookPolicy::default(),
             max_in_flight: 4096,
+            observer: None,
         }
     }
 }
@@ -240,8 +245,40 @@ impl Registrar {
     }
 
     /// Registers an attested device: the returned state is `assigned` (the record is durable
-    /// by then), `disabled`, or `failed` with an error code and message.
+    /// by then), `disabled`, or `failed` with an error code and message. Reported to the
+    /// configured [`RegistrarObserver`].
     pub async fn register(
+        &self,
+        device: &AttestedDevice,
+        transport: Transport,
+        payload: Option<serde_json::Value>,
+    ) -> Result<DeviceRegistrationResult, RegistrarError> {
+        let started = Instant::now();
+        let result = self.register_device(device, transport, payload).await;
+        if let Some(observer) = &self.inner.config.observer {
+            let outcome = match &result {
+                Ok(r) => match r.status {
+                    RegistrationStatus::Assigned => Outcome::Assigned,
+                    RegistrationStatus::Disabled => Outcome::Disabled,
+                    _ => Outcome::Failed,
+                },
+                Err(RegistrarError::Busy { .. } | RegistrarError::BrokerUnavailable { .. }) => {
+                    Outcome::Throttled
+                }
+                Err(_) => Outcome::Error,
+            };
+            observer.registration(&RegistrationReport {
+                transport,
+                attestation: device.method(),
+                outcome,
+                hub: result.as_ref().ok().and_then(|r| r.assigned_hub.as_ref()),
+                elapsed: started.elapsed(),
+            });
+        }
+        result
+    }
+
+    async fn register_device(
         &self,
         device: &AttestedDevice,
         transport: Transport,
@@ -585,7 +622,8 @@ impl Registrar {
             },
             linked_hubs: offered.iter().map(HubName::as_str).collect(),
         };
-        webhook::call(
+        let started = Instant::now();
+        let answer = webhook::call(
             &self.inner.http,
             &config.webhook_policy,
             &def.webhook_url,
@@ -593,9 +631,14 @@ impl Registrar {
             &request,
             &offered,
         )
-        .await
-        .map(|a| (a.hub.clone(), Some(a)))
-        .map_err(|e| (RegistrarReason::WebhookFailed, e.to_string()))
+        .await;
+        if let Some(observer) = &config.observer {
+            let result = answer.as_ref().map_or_else(WebhookError::label, |_| "ok");
+            observer.webhook(result, started.elapsed());
+        }
+        answer
+            .map(|a| (a.hub.clone(), Some(a)))
+            .map_err(|e| (RegistrarReason::WebhookFailed, e.to_string()))
     }
 
     fn fail(

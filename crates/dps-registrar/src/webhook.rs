@@ -47,6 +47,32 @@ pub enum WebhookError {
 }
 
 impl WebhookError {
+    /// Every [`WebhookError::label`], for pre-registering metric series.
+    pub const LABELS: [&'static str; 8] = [
+        "not_allowed",
+        "unreachable",
+        "timeout",
+        "redirected",
+        "status",
+        "too_large",
+        "invalid",
+        "hub_not_offered",
+    ];
+
+    /// Stable metric label of the kind of failure (never the URL, status or text).
+    pub fn label(&self) -> &'static str {
+        match self {
+            WebhookError::NotAllowed(_) => "not_allowed",
+            WebhookError::Unreachable(_) => "unreachable",
+            WebhookError::Timeout(_) => "timeout",
+            WebhookError::Redirected => "redirected",
+            WebhookError::Status(_) => "status",
+            WebhookError::TooLarge => "too_large",
+            WebhookError::Invalid(_) => "invalid",
+            WebhookError::HubNotOffered => "hub_not_offered",
+        }
+    }
+
     /// Classifies an HTTP client error, dropping the URL it carries.
     fn from_client(e: reqwest::Error) -> Self {
         if e.is_timeout() {

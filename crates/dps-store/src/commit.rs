@@ -9,10 +9,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::backend::Backend;
+use crate::observer::Observed;
 use crate::StoreError;
 
 /// Why a waiter's writes are not durable.
@@ -52,8 +54,8 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher thread for `backend`.
-    pub(crate) fn start(backend: Arc<dyn Backend>) -> std::io::Result<Self> {
+    /// Starts the flusher thread for `backend`, reporting each flush to `observed`.
+    pub(crate) fn start(backend: Arc<dyn Backend>, observed: Observed) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 waiters: Vec::new(),
@@ -65,7 +67,7 @@ impl GroupCommit {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("dps-store-flush".into())
-            .spawn(move || flush_loop(&worker, &*backend))?;
+            .spawn(move || flush_loop(&worker, &*backend, &observed))?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -122,7 +124,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flush_loop(shared: &Shared, backend: &dyn Backend) {
+fn flush_loop(shared: &Shared, backend: &dyn Backend, observed: &Observed) {
     loop {
         let batch = {
             let Ok(mut q) = shared.queue.lock() else {
@@ -144,7 +146,10 @@ fn flush_loop(shared: &Shared, backend: &dyn Backend) {
         let probing = batch.iter().any(|w| w.probe);
         let result = if shared.healthy.load(Ordering::Acquire) || probing {
             // Every waiter in `batch` registered after its write, so this flush covers it.
-            match backend.flush() {
+            let started = Instant::now();
+            let flushed = backend.flush();
+            observed.flush_done(started.elapsed(), batch.len());
+            match flushed {
                 Ok(()) => {
                     shared.healthy.store(true, Ordering::Release);
                     Ok(())

@@ -14,13 +14,15 @@
 //! it `dps_attest::Prepared` records, which only `dps-attest` can build).
 //!
 //! Main types: [`Store`], [`Cache`], [`Precondition`], [`Page`], [`RegistrationRecord`],
-//! [`Backend`], [`KeyLocks`], and the crate's error enum [`StoreError`].
+//! [`Backend`], [`KeyLocks`], [`StoreObserver`] (write and flush timings for the metrics),
+//! and the crate's error enum [`StoreError`].
 
 mod backend;
 mod cache;
 mod commit;
 mod error;
 mod locks;
+mod observer;
 mod outbox;
 mod record;
 
@@ -38,11 +40,13 @@ pub use backend::{Backend, SledBackend, Table, Visit, Write};
 pub use cache::Cache;
 pub use error::StoreError;
 pub use locks::{KeyGuard, KeyLocks};
+pub use observer::StoreObserver;
 pub use outbox::Seq;
 pub use record::RegistrationRecord;
 
 use cache::lower;
 use commit::GroupCommit;
+use observer::Observed;
 use outbox::Outbox;
 use record::Record;
 
@@ -102,6 +106,8 @@ struct Inner {
     broken: AtomicBool,
     /// Which outbox entries are durable and waiting.
     outbox: Outbox,
+    /// Where write and flush timings go (see [`Store::observe`]).
+    observed: Observed,
 }
 
 impl Store {
@@ -117,7 +123,8 @@ impl Store {
         load::<EnrollmentGroup>(&*backend, &cache)?;
         load::<RegistrationRecord>(&*backend, &cache)?;
         let outbox = Outbox::load(&*backend)?;
-        let commit = GroupCommit::start(Arc::clone(&backend))
+        let observed = Observed::default();
+        let commit = GroupCommit::start(Arc::clone(&backend), observed.clone())
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -128,8 +135,15 @@ impl Store {
                 gate: RwLock::new(()),
                 broken: AtomicBool::new(false),
                 outbox,
+                observed,
             }),
         })
+    }
+
+    /// Reports write and flush timings to `observer` from now on. Only the first observer
+    /// is kept: returns false (and keeps the first) when one was set before.
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) -> bool {
+        self.inner.observed.set(observer)
     }
 
     /// The lookup cache (what the registration path reads).
@@ -367,6 +381,7 @@ impl Store {
         record.stamp(previous.as_deref(), Timestamp::now());
         let bytes = serde_json::to_vec(&record).map_err(StoreError::Encode)?;
         let events = events(&record, previous.as_deref());
+        let _timer = self.inner.observed.write_timer();
         let seqs = self.write_batch(Write::Put(R::TABLE, &key, &bytes), &events)?;
         self.settle(&key, previous.as_deref(), &seqs).await?;
         let stored = Arc::new(record);
@@ -394,6 +409,7 @@ impl Store {
         let previous = R::cached(&self.inner.cache, &key);
         check(previous.as_deref(), pre, true)?;
         let events = previous.as_deref().map(events).unwrap_or_default();
+        let _timer = self.inner.observed.write_timer();
         let seqs = self.write_batch(Write::Remove(R::TABLE, &key), &events)?;
         self.settle(&key, previous.as_deref(), &seqs).await?;
         R::cache_remove(&self.inner.cache, &key);

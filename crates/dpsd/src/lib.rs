@@ -4,7 +4,8 @@
 //! What it does: loads [`Config`], creates on first start what a new user needs (the
 //! development PKI in `<data>/pki/`, the ID scope in `<data>/id-scope`, the owner policy and
 //! `<data>/service-connection-string`), all owner-only, opens the store, and serves the HTTPS
-//! API, MQTT and AMQP until told to stop - or until a listener ends on its own, which
+//! API, MQTT, AMQP and the metrics and health probes (`[metrics]`), with the assignment feed
+//! when `[feed]` is on, until told to stop - or until a listener ends on its own, which
 //! [`Running::wait`] reports so the process can exit instead of half-living.
 //!
 //! What it must never do: hold business logic (that lives in the crates it wires together),
@@ -16,6 +17,7 @@
 pub mod config;
 mod credentials;
 mod listeners;
+mod observability;
 pub mod pki;
 mod private;
 
@@ -28,6 +30,8 @@ use listeners::Listeners;
 
 pub use config::{Config, ConfigError, Flags, LogFilter};
 pub use credentials::OWNER_POLICY;
+pub use dps_metrics::{Health, Metrics};
+pub use observability::METRICS_LISTENER;
 
 /// Why `dpsd` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,9 @@ pub enum DpsdError {
     /// The assignment feed's first connection to the broker failed (`[feed]` is on).
     #[error("feed.url: {0}")]
     Feed(#[source] dps_feed::FeedError),
+    /// A metric could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[source] dps_metrics::MetricsError),
     /// The registration service could not be created.
     #[error("registration service: {0}")]
     Registrar(#[source] dps_registrar::RegistrarError),
@@ -111,6 +118,13 @@ pub struct Running {
     pub mqtt_addr: SocketAddr,
     /// Where the AMQP device listener listens (`None` when `amqp.enabled` is false).
     pub amqp_addr: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: `metrics.enabled` is
+    /// false).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics every part reports to ([`Metrics::register`] adds a collector).
+    pub metrics: Arc<Metrics>,
+    /// The readiness checks of `/readyz` ([`Health::add_check`] adds one).
+    pub health: Health,
     /// The registration service (diagnostics, store).
     pub registrar: dps_registrar::Registrar,
     /// The service's ID scope.
@@ -178,6 +192,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     }));
 
     let store = dps_store::Store::open(&data.join("store"))?;
+    let observability = observability::Observability::new(&store)?;
     let cert = config
         .api
         .tls_cert
@@ -215,16 +230,23 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
     registrar_config.webhook_policy = config.registration.webhook_policy.clone();
     registrar_config.max_in_flight = config.registration.max_in_flight;
+    let hubs: Vec<_> = config
+        .linked_hubs
+        .iter()
+        .map(|h| h.host_name.clone())
+        .collect();
+    let metrics = &observability.metrics;
+    registrar_config.observer = Some(
+        metrics
+            .registrar_observer(&hubs)
+            .map_err(DpsdError::Metrics)?,
+    );
     let feed = match &config.feed {
         section if !section.enabled => None,
         section => Some(
             dps_feed::Feed::start(
                 section.config.clone(),
-                config
-                    .linked_hubs
-                    .iter()
-                    .map(|h| h.host_name.clone())
-                    .collect(),
+                hubs.clone(),
                 dps_registrar::StoreOutbox::shared(store.clone()),
             )
             .await
@@ -233,6 +255,17 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     };
     let registrar = dps_registrar::Registrar::with_feed(store.clone(), registrar_config, feed)
         .map_err(DpsdError::Registrar)?;
+    metrics
+        .watch_registrar(&registrar)
+        .map_err(DpsdError::Metrics)?;
+    if let Some(feed) = registrar.feed() {
+        metrics.watch_feed(feed).map_err(DpsdError::Metrics)?;
+        let feed = feed.clone();
+        observability
+            .health
+            .add_check("broker", move || feed.is_up());
+    }
+    observability.certificate(&cert, &["api", "mqtt"]);
 
     let mut listeners = Listeners::new();
     let api_listener = bind(config.api.listen).await?;
@@ -252,11 +285,12 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_body_bytes: config.api.max_body.0,
         ..dps_api::HttpLimits::default()
     };
-    let api = dps_api::serve(
+    let api = dps_api::serve_with_counters(
         api_listener,
         api_tls,
         with_portal(dps_api::router(state), portal),
         limits,
+        metrics.listener("api").map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
     listeners.spawn(API_LISTENER, api);
@@ -278,20 +312,25 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_operations_per_connection: m.max_operations_per_connection,
         ..dps_mqtt::MqttLimits::default()
     };
-    let mqtt = dps_mqtt::serve(
+    let mqtt = dps_mqtt::serve_with_counters(
         mqtt_listener,
         Arc::clone(&mqtt_tls),
         registrar.clone(),
         mqtt_limits,
+        metrics.mqtt().map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
     listeners.spawn(MQTT_LISTENER, mqtt);
     let amqp_addr = start_amqp(&config, &mqtt_tls, &registrar, &mut listeners).await?;
+    let metrics_addr = observability.start(&config.metrics, &mut listeners).await?;
 
     Ok(Running {
         api_addr,
         mqtt_addr,
         amqp_addr,
+        metrics_addr,
+        metrics: observability.metrics,
+        health: observability.health,
         registrar,
         id_scope,
         connection_string: owner.connection_string,

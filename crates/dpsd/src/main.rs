@@ -155,8 +155,12 @@ fn print_banner(running: &Running) {
         .as_ref()
         .map(|f| format!("  assignments to  {f}\n"))
         .unwrap_or_default();
+    let metrics = running.metrics_addr.map_or_else(
+        || "off (metrics.enabled = false)".to_owned(),
+        |addr| format!("http://{addr}/metrics (/healthz, /readyz)"),
+    );
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}{feed}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
+        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}  metrics         {metrics}\n{feed}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,

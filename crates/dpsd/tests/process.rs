@@ -139,6 +139,8 @@ impl Dpsd {
             // The durability test has a thousand requests in flight from 127.0.0.1: lift the
             // per-address limits (they have tests of their own in dps-api).
             .env("DPSD_API_MAX_CONNECTIONS", "2048")
+            // Several of these run at once: each its own metrics port.
+            .env("DPSD_METRICS_LISTEN", "127.0.0.1:0")
             .env("DPSD_API_MAX_CONNECTIONS_PER_IP", "2048")
             .env("DPSD_API_MAX_UNAUTHENTICATED_PER_IP", "2048")
             .stdout(Stdio::piped())

@@ -154,7 +154,10 @@ async fn the_amqp_device_listener_runs_by_default_and_can_be_turned_off() {
         mqtt_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let env = [("DPSD_AMQP_ENABLED".to_owned(), "false".to_owned())];
+    let env = [
+        ("DPSD_AMQP_ENABLED".to_owned(), "false".to_owned()),
+        ("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+    ];
     let config = dpsd::Config::load(None, env, &flags).unwrap();
     let running = dpsd::start(config).await.unwrap();
     assert_eq!(running.amqp_addr, None);

@@ -12,6 +12,7 @@
 mod amqp;
 mod checks;
 mod feed;
+mod metrics;
 mod reader;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ pub use amqp::AmqpConfig;
 use checks::{body_size, packet_size, positive_count, timeout};
 pub use checks::{LogFilter, MAX_TIMEOUT};
 pub use feed::FeedSection;
+pub use metrics::MetricsConfig;
 use reader::Reader;
 pub use reader::{env_name, ByteSize, ENV_PREFIX};
 
@@ -50,6 +52,8 @@ pub struct Config {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// `tracing` filter, e.g. `info` or `dpsd=debug,info`.
     pub log: LogFilter,
+    /// The metrics and health listener.
+    pub metrics: MetricsConfig,
 }
 
 /// `[service]`.
@@ -555,6 +559,8 @@ impl Config {
             }
         }
 
+        let metrics = metrics::read(&mut r, &mut root);
+
         r.finish_table(root, "");
         let errors = r.finish();
         if !errors.is_empty() {
@@ -574,6 +580,7 @@ impl Config {
             policies,
             linked_hubs,
             log,
+            metrics,
         })
     }
 }

@@ -17,7 +17,12 @@ pub async fn start_in(dir: &Path) -> dpsd::Running {
         amqp_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let config = dpsd::Config::load(None, std::iter::empty(), &flags).expect("config");
+    let config = dpsd::Config::load(
+        None,
+        [("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())],
+        &flags,
+    )
+    .expect("config");
     dpsd::start(config).await.expect("dpsd starts")
 }
 
