@@ -194,3 +194,138 @@ write("portal_form", "x509-individual", b"\x01" + multipart(
 write("portal_form", "tpm", b"\x01" + multipart(
     [("id", "tpm-1"), ("mechanism", "tpm"),
      ("endorsement_key", base64.b64encode(bytes(range(64))).decode())] + common, []))
+
+# --- AMQP 1.0 (dps-amqp): the encoding of the sections, frames and SASL the SDKs send -------
+def amqp_str(text):
+    data = text.encode()
+    return bytes([0xA1, len(data)]) + data
+
+
+def amqp_sym(text):
+    data = text.encode()
+    return bytes([0xA3, len(data)]) + data
+
+
+def amqp_bin(data):
+    return (bytes([0xA0, len(data)]) if len(data) < 256 else b"\xb0" + struct.pack(">I", len(data))) + data
+
+
+def amqp_uint(n):
+    return b"\x43" if n == 0 else bytes([0x52, n])
+
+
+AMQP_NULL, AMQP_TRUE, AMQP_FALSE = b"\x40", b"\x41", b"\x42"
+
+
+def amqp_list(*items):
+    body = b"".join(items)
+    return bytes([0xC0, len(body) + 1, len(items)]) + body
+
+
+def amqp_map(*pairs):
+    body = b"".join(k + v for k, v in pairs)
+    return bytes([0xC1, len(body) + 1, 2 * len(pairs)]) + body
+
+
+def described(code, value):
+    return bytes([0x00, 0x53, code]) + value
+
+
+def amqp_message(correlation_id, properties, body):
+    out = b""
+    if correlation_id is not None:
+        # properties: message-id, user-id, to, subject, reply-to, correlation-id
+        out += described(0x73, amqp_list(*[AMQP_NULL] * 5, amqp_str(correlation_id)))
+    out += described(0x74, amqp_map(*[(amqp_str(k), v) for k, v in properties]))
+    return out + body
+
+
+def data_section(data):
+    return described(0x75, amqp_bin(data))
+
+
+REGISTER_PROPS = [("iotdps-operation-type", amqp_str("iotdps-register")),
+                  ("iotdps-forceRegistration", AMQP_FALSE)]
+POLL_PROPS = [("iotdps-operation-type", amqp_str("iotdps-get-operationstatus")),
+              ("iotdps-operation-id", amqp_str("4.0123456789abcdef.0f0c1f2e-8b2d-4c8e-9a43-7d7b1b6f2a11"))]
+MESSAGES = {
+    "register": amqp_message("c-1", REGISTER_PROPS,
+                             data_section(b'{"registrationId":"dev-1","payload":{"model":"x"}}')),
+    "register-split": amqp_message("c-2", REGISTER_PROPS, data_section(b'{"registrationId":')
+                                   + data_section(b'"dev-1"}')),
+    "register-empty": amqp_message("c-3", REGISTER_PROPS, b""),
+    "register-value": amqp_message("c-4", REGISTER_PROPS, described(0x77, amqp_str("{}"))),
+    "poll": amqp_message("c-5", POLL_PROPS, described(0x77, b"\x40")),
+    "no-correlation": amqp_message(None, REGISTER_PROPS, data_section(b"{}")),
+    "bad-json": amqp_message("c-6", REGISTER_PROPS, data_section(b"[1,2]")),
+    "symbol-type": amqp_message("c-7", [("iotdps-operation-type", amqp_sym("iotdps-register"))],
+                                data_section(b"  ")),
+}
+for name, data in MESSAGES.items():
+    write("amqp_message", name, data)
+
+
+def frame(kind, body, channel=0):
+    return struct.pack(">IBBH", 8 + len(body), 2, kind, channel) + body
+
+
+def sasl_init(mechanism, response=None):
+    fields = [amqp_sym(mechanism)] + ([amqp_bin(response)] if response is not None else [])
+    return frame(1, described(0x41, amqp_list(*fields)))
+
+
+ADDRESS = f"{SCOPE}/registrations/dev-1"
+PLAIN = b"\x00" + ADDRESS.encode() + b"\x00" + SAS.encode()
+OPEN = frame(0, described(0x10, amqp_list(amqp_str("device"))))
+BEGIN = frame(0, described(0x11, amqp_list(AMQP_NULL, amqp_uint(1), amqp_uint(100), amqp_uint(100))))
+
+
+def attach(name, handle, receiver, address):
+    # name, handle, role, snd-settle-mode, rcv-settle-mode, source, target
+    terminus = described(0x28 if receiver else 0x29, amqp_list(amqp_str(address)))
+    source, target = (terminus, AMQP_NULL) if receiver else (described(0x28, amqp_list()), terminus)
+    return frame(0, described(0x12, amqp_list(amqp_str(name), amqp_uint(handle),
+                                                AMQP_TRUE if receiver else AMQP_FALSE,
+                                                AMQP_NULL, AMQP_NULL, source, target)))
+
+
+def transfer(delivery_id, message):
+    # handle, delivery-id, delivery-tag, message-format, settled
+    performative = described(0x14, amqp_list(amqp_uint(0), amqp_uint(delivery_id),
+                                             amqp_bin(bytes([delivery_id])), amqp_uint(0),
+                                             AMQP_FALSE))
+    return frame(0, performative + message)
+
+
+LINKS = attach("s", 0, False, ADDRESS) + attach("r", 1, True, f"amqps://localhost/{ADDRESS}")
+SESSION = OPEN + BEGIN + LINKS + transfer(0, MESSAGES["register"]) + transfer(1, MESSAGES["poll"])
+# The control byte: 1 = the stream starts with the SASL header, 0 = with the AMQP one.
+AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
+write("amqp_frames", "plain", b"\x01" + sasl_init("PLAIN", PLAIN) + AMQP_HEADER + SESSION)
+write("amqp_frames", "anonymous", b"\x01" + sasl_init("ANONYMOUS") + AMQP_HEADER
+      + OPEN + BEGIN + LINKS + transfer(0, MESSAGES["bad-json"]))
+write("amqp_frames", "no-sasl", b"\x00" + SESSION + frame(0, b""))
+write("amqp_frames", "short-frame", b"\x00" + OPEN + struct.pack(">I", 5) + b"\x02")
+
+# --- SASL (control byte: 0 PLAIN, 1 EXTERNAL, 2 ANONYMOUS, 3 a name up to a NUL) -----------
+for name, data in {
+    "plain": b"\x00" + PLAIN,
+    "plain-authzid": b"\x00who\x00" + f"{SCOPE.upper()}/Registrations/Dev-1".encode() + b"\x00pw",
+    "plain-url": b"\x00\x00" + f"amqps://dps.example.net/{ADDRESS}".encode() + b"\x00t",
+    "external": b"\x01",
+    "named": b"\x03SCRAM-SHA-256\x00n,,n=user,r=abc",
+}.items():
+    write("amqp_sasl", name, data)
+
+# --- Link addresses and PLAIN usernames ------------------------------------------------------
+for i, text in enumerate([
+    ADDRESS, f"/{ADDRESS}", f"amqps://dps.example.net/{ADDRESS}",
+    f"AMQPS://localhost:5671/{SCOPE}/Registrations/dev-1", "$cbs",
+    f"{SCOPE}/registrations/dev-1/extra", f"https://host/{ADDRESS}",
+]):
+    write("amqp_address", f"vector-{i}", text)
+
+# --- Operation tables (first byte: limits; then steps, see the target) ----------------------
+write("amqp_operations", "register-poll-done", bytes([0x3F, 0x00, 0x02, 0x06, 0x02, 0x03]))
+write("amqp_operations", "busy-then-again", bytes([0x7F, 0x01, 0x16, 0x02, 0x02, 0x02, 0x0E]))
+write("amqp_operations", "limits", bytes([0x02, 0x00, 0x00, 0x05, 0x1E, 0x04, 0x02]))

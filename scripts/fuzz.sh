@@ -5,8 +5,9 @@
 #
 # Bounds (override with the environment):
 #   FUZZ_SECONDS  per target, default 10: the build of the targets is most of the step (about
-#                 8.5 CPU-minutes from scratch, docs/fuzzing.md), so seven runs of 10 s keep
-#                 the whole step near five minutes on a 2-core CI machine;
+#                 8.5 CPU-minutes from scratch for the first seven, docs/fuzzing.md), so twelve
+#                 runs of 10 s (MQTT, SAS, certificates, JSON, portal, five for AMQP) add two
+#                 minutes to it on a 2-core CI machine;
 #   FUZZ_RSS_MB   per process, default 1024: far above what a target needs (~100 MiB), well
 #                 below what would disturb the rest of CI; libFuzzer reports going over as a
 #                 crash;

@@ -22,19 +22,23 @@
 //! tasks, which stop reading the socket when full. What stays ours is small and sans-IO:
 //! the SASL exchange, the link address, request parsing and answers, the operation table.
 //! What we add around fe2o3: the handshake, open and send timeouts, the connection lifetime,
-//! and a kill switch on the stream it owns, so its tasks end with our connection task.
+//! a check of frame sizes before its decoders see them ([`frame`]: they panic on a frame
+//! shorter than its header), and a kill switch on the stream it owns, so its tasks end with
+//! our connection task.
 //!
 //! What it must never do: read the store (it calls the registrar), trust a SASL identity or a
 //! link address without attestation, let one device's links name another, panic or grow
 //! without bound on anything a peer sends, or log a SAS token.
 //!
 //! Main types: [`serve`] and [`AmqpLimits`], [`sasl::Exchange`], [`operations::Operations`],
+//! [`frame::FrameGuard`],
 //! [`AmqpCounters`] / [`AmqpStats`], [`CloseReason`], and [`AmqpError`], the crate's error
 //! enum.
 
 pub mod address;
 mod connection;
 mod error;
+pub mod frame;
 pub mod message;
 mod open;
 pub mod operations;

@@ -1,5 +1,7 @@
 //! The byte stream handed to fe2o3: the TLS stream with the protocol header we already read
-//! put back in front, and a switch that ends it.
+//! put back in front, frame sizes checked ([`FrameGuard`]: a frame shorter than its header
+//! ends the stream with `InvalidData` before fe2o3's decoders see it), and a switch that ends
+//! it.
 //!
 //! Why the switch: fe2o3 runs each connection's engine as a task of its own, which owns the
 //! stream. When our connection task ends (closed, timed out, aborted by the listener's drain),
@@ -15,16 +17,20 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
+use crate::frame::FrameGuard;
+
 /// Ends the paired [`PeerStream`] when dropped.
 #[derive(Debug)]
 pub(crate) struct Kill {
     _guard: DropGuard,
 }
 
-/// A stream that first yields `prefix`, then `inner`'s bytes, until its [`Kill`] is dropped.
+/// A stream that first yields `prefix`, then `inner`'s bytes, until its [`Kill`] is dropped or
+/// a frame is too short.
 pub(crate) struct PeerStream<S> {
     prefix: Vec<u8>,
     inner: S,
+    guard: FrameGuard,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -43,6 +49,7 @@ impl<S> PeerStream<S> {
         let stream = Self {
             prefix,
             inner,
+            guard: FrameGuard::new(),
             killed: Box::pin(token.clone().cancelled_owned()),
         };
         (
@@ -72,13 +79,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.check(cx)?;
+        let before = buf.filled().len();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.drain(..n);
-            return Poll::Ready(Ok(()));
+        } else {
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        // On an error the caller counts none of the bytes read.
+        this.guard
+            .check(&buf.filled()[before..])
+            .map_err(|short| io::Error::new(io::ErrorKind::InvalidData, short))?;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -121,6 +134,19 @@ mod tests {
         let mut got = [0u8; 8];
         stream.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"AMQPrest");
+    }
+
+    #[tokio::test]
+    async fn a_frame_shorter_than_its_header_ends_the_stream() {
+        let (client, server) = tokio::io::duplex(64);
+        let (mut stream, _kill) = PeerStream::new(crate::AMQP_HEADER.to_vec(), server);
+        let mut client = client;
+        client.write_all(&[0, 0, 0, 4]).await.unwrap();
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await.unwrap();
+        let mut rest = [0u8; 16];
+        let read = stream.read(&mut rest).await.map_err(|e| e.kind());
+        assert_eq!(read, Err(io::ErrorKind::InvalidData));
     }
 
     #[tokio::test]

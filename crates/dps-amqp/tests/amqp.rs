@@ -315,6 +315,35 @@ async fn garbage_after_the_protocol_header_closes_that_connection_only() {
 }
 
 #[tokio::test]
+async fn a_frame_shorter_than_its_header_is_a_protocol_error_not_a_panic() {
+    // fe2o3's decoders read a frame's 4 header bytes after its size without checking that
+    // they are there: a size of 4 to 7 panicked the connection task.
+    let server = Server::start().await;
+    for (header, size) in [(SASL_HEADER, 4u32), (dps_amqp::AMQP_HEADER, 7)] {
+        let mut tls = server.tls(None).await;
+        tls.write_all(&header).await.unwrap();
+        tls.write_all(&size.to_be_bytes()).await.unwrap();
+        tls.write_all(&[2, 0, 0][..size as usize - 4])
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(ANSWER_TIMEOUT, tls.read_to_end(&mut sink))
+            .await
+            .expect("the server closes in time");
+        drop(read);
+    }
+    // Counted as a protocol error: the connection task ended with an error, not a panic (a
+    // panicking task counts nothing). The count follows the close, so wait for it.
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while server.stats().protocol_errors < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.stats().protocol_errors, 2);
+    server.assert_still_serving().await;
+}
+
+#[tokio::test]
 async fn a_wrong_protocol_header_gets_ours_and_a_close() {
     let server = Server::start().await;
     let mut tls = server.tls(None).await;

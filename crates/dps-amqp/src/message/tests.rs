@@ -1,5 +1,7 @@
 use dps_types::{RegistrationId, RegistrationOperationStatus};
+use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::messaging::AmqpValue;
+use serde_amqp::read::SliceReader;
 
 use super::*;
 
@@ -230,4 +232,24 @@ fn the_refusal_is_unauthorized_access_with_error_code_401002() {
     let json: serde_json::Value =
         serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
     assert_eq!(json["errorCode"], 401002);
+}
+
+#[test]
+fn malformed_sizes_in_a_request_are_a_decode_error_or_a_bad_request_not_a_panic() {
+    // Found by the amqp_message fuzz target: serde_amqp subtracts the header offset from these
+    // sizes unchecked, which panicked the decode (as a receiver link runs it) in debug builds
+    // until the workspace turned its overflow checks off (see the root Cargo.toml).
+    let cases: [&[u8]; 3] = [
+        // application-properties: a map8 of size 0
+        b"\x00\x53\x74\xc1\x00\x00",
+        // properties: a list8 of size 0
+        b"\x00\x53\x73\xc0\x00\x00",
+        // amqp-value: an array8 of size 1 holding one null
+        b"\x00\x53\x77\xe0\x01\x01\x40",
+    ];
+    for bytes in cases {
+        if let Ok(message) = Body::<Value>::decode_message_from_reader(SliceReader::new(bytes)) {
+            assert_eq!(status_of(parse_request(&message)), 400, "{bytes:?}");
+        }
+    }
 }
