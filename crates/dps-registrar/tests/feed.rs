@@ -2,9 +2,11 @@
 //! what each registration and delete publishes, and what a device hears while the broker is
 //! away.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
-use dps_attest::{attest_sas, attest_x509, AttestedDevice, UnixTime};
+use std::time::Duration;
+
+use dps_attest::{attest_x509, AttestedDevice, UnixTime};
 use dps_feed::{Feed, FeedConfig};
 use dps_registrar::{
     LinkedHub, Registrar, RegistrarConfig, RegistrarError, StoreOutbox, Transport,
@@ -124,18 +126,7 @@ impl Env {
     }
 
     fn sas(&self, id: &str, key: &SymmetricKey) -> AttestedDevice {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let token = dps_attest::SasToken::generate(
-            &format!("{}/registrations/{id}", self.scope),
-            key,
-            Some("registration"),
-            now + 600,
-        );
-        attest_sas(&token, &self.scope, id, self.registrar.lookup(), now)
-            .unwrap_or_else(|r| panic!("{:?}", r.reason))
+        common::sas_device(&self.registrar, &self.scope, id, key)
     }
 
     fn x509(&self, id: &str, device: &DeviceCert) -> AttestedDevice {

@@ -1,10 +1,11 @@
 //! The registration service end to end below the transport: attested device in, durable
 //! record and device answer out.
 
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-use dps_attest::{attest_sas, AttestedDevice};
+use std::sync::{Arc, Mutex};
+
+use dps_attest::AttestedDevice;
 use dps_registrar::{
     LinkedHub, Registrar, RegistrarConfig, RegistrarError, Transport, ERROR_NO_HUB,
 };
@@ -82,18 +83,7 @@ impl Env {
     }
 
     fn attest(&self, id: &str, key: &SymmetricKey) -> AttestedDevice {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let token = dps_attest::SasToken::generate(
-            &format!("{}/registrations/{id}", self.scope),
-            key,
-            Some("registration"),
-            now + 600,
-        );
-        attest_sas(&token, &self.scope, id, self.registrar.lookup(), now)
-            .unwrap_or_else(|r| panic!("{:?}", r.reason))
+        common::sas_device(&self.registrar, &self.scope, id, key)
     }
 
     async fn register(&self, id: &str, key: &SymmetricKey) -> dps_types::DeviceRegistrationResult {
