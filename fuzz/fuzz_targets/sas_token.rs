@@ -15,6 +15,7 @@ use axum::body::Body;
 use dps_api::{ApiState, Rights, SharedAccessPolicy};
 use dps_attest::sas::MAX_TOKEN_LEN;
 use dps_attest::{attest_sas, SasToken};
+use dps_registrar::{Registrar, RegistrarConfig};
 use dps_store::{Backend, Store, StoreError, Table, Visit, Write};
 use dps_test_util::MemoryLookup;
 use dps_types::{EnrollmentGroup, IdScope, IndividualEnrollment, SymmetricKey};
@@ -67,6 +68,9 @@ fn fixture() -> &'static Fixture {
             serde_json::from_value(json!({"registrationId": "device-1", "attestation": keys}))
                 .expect("fixed enrollment");
         let store = Store::with_backend(Arc::new(EmptyBackend)).expect("empty store");
+        let scope = IdScope::parse(SCOPE).expect("fixed scope");
+        let registrar = Registrar::new(store, RegistrarConfig::new(scope.clone(), Vec::new()))
+            .expect("registrar");
         let policy = SharedAccessPolicy {
             name: "provisioningserviceowner".into(),
             primary_key: key.clone(),
@@ -78,11 +82,11 @@ fn fixture() -> &'static Fixture {
                 .enable_all()
                 .build()
                 .expect("runtime"),
-            api: dps_api::router(ApiState::new(store, HOST, vec![policy])),
+            api: dps_api::router(ApiState::new(registrar, HOST, vec![policy])),
             lookup: MemoryLookup::new()
                 .with_enrollment(enrollment)
                 .with_group(group),
-            scope: IdScope::parse(SCOPE).expect("fixed scope"),
+            scope,
             key,
         }
     })

@@ -60,14 +60,21 @@ pub struct ApiState {
     service_host: Arc<str>,
     policies: Arc<[SharedAccessPolicy]>,
     max_body_bytes: usize,
-    registrar: Option<dps_registrar::Registrar>,
+    registrar: dps_registrar::Registrar,
     rules: Arc<EnrollmentRules>,
 }
 
 impl ApiState {
-    /// `service_host` is the host name clients sign their tokens for, e.g. `localhost:8443`
-    /// or `mydps.example.com` (a leading `https://` and trailing `/` are ignored).
-    pub fn new(store: Store, service_host: &str, policies: Vec<SharedAccessPolicy>) -> ApiState {
+    /// The API over `registrar`'s store: deletes go through the registrar (so the assignment
+    /// feed learns of them), enrollment writes follow its [`EnrollmentRules`] (linked hubs,
+    /// webhook policy), and its failed-attempt diagnostics are served. `service_host` is the
+    /// host name clients sign their tokens for, e.g. `localhost:8443` or `mydps.example.com`
+    /// (a leading `https://` and trailing `/` are ignored).
+    pub fn new(
+        registrar: dps_registrar::Registrar,
+        service_host: &str,
+        policies: Vec<SharedAccessPolicy>,
+    ) -> ApiState {
         let host = service_host.trim().to_ascii_lowercase();
         let host = host
             .strip_prefix("https://")
@@ -75,65 +82,13 @@ impl ApiState {
             .unwrap_or(&host)
             .trim_end_matches('/');
         ApiState {
-            store,
+            store: registrar.store().clone(),
             service_host: host.into(),
             policies: policies.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            registrar: None,
-            rules: Arc::default(),
+            rules: Arc::new(registrar.enrollment_rules()),
+            registrar,
         }
-    }
-
-    /// Adds the registration service, whose failed-attempt diagnostics the API serves, and
-    /// takes its [`EnrollmentRules`] (linked hubs, webhook policy) for enrollment writes.
-    pub fn with_registrar(mut self, registrar: dps_registrar::Registrar) -> ApiState {
-        self.rules = Arc::new(registrar.enrollment_rules());
-        self.registrar = Some(registrar);
-        self
-    }
-
-    /// Deletes a registration record (through the registrar when there is one).
-    pub(crate) async fn delete_registration(
-        &self,
-        id: &dps_types::RegistrationId,
-        pre: &dps_store::Precondition,
-    ) -> Result<(), dps_store::StoreError> {
-        match &self.registrar {
-            Some(r) => r.delete_registration(id, pre).await,
-            None => self.store.delete_registration(id, pre).await,
-        }
-    }
-
-    /// Deletes an individual enrollment (through the registrar when there is one).
-    pub(crate) async fn delete_enrollment(
-        &self,
-        id: &dps_types::RegistrationId,
-        pre: &dps_store::Precondition,
-    ) -> Result<(), dps_store::StoreError> {
-        match &self.registrar {
-            Some(r) => r.delete_enrollment(id, pre).await,
-            None => self.store.delete_enrollment(id, pre).await,
-        }
-    }
-
-    /// Deletes an enrollment group (through the registrar when there is one).
-    pub(crate) async fn delete_group(
-        &self,
-        id: &dps_types::EnrollmentGroupId,
-        pre: &dps_store::Precondition,
-    ) -> Result<(), dps_store::StoreError> {
-        match &self.registrar {
-            Some(r) => r.delete_group(id, pre).await,
-            None => self.store.delete_group(id, pre).await,
-        }
-    }
-
-    /// Sets the rules every written enrollment must follow (which hubs it may name, where its
-    /// webhook may point). Without a registrar or this call, no hub is linked: an enrollment
-    /// that names one is refused.
-    pub fn with_enrollment_rules(mut self, rules: EnrollmentRules) -> ApiState {
-        self.rules = Arc::new(rules);
-        self
     }
 
     /// Sets the largest request body the JSON operations accept (413 above it).
@@ -160,8 +115,8 @@ impl ApiState {
         self.max_body_bytes
     }
 
-    pub(crate) fn registrar(&self) -> Option<&dps_registrar::Registrar> {
-        self.registrar.as_ref()
+    pub(crate) fn registrar(&self) -> &dps_registrar::Registrar {
+        &self.registrar
     }
 
     pub(crate) fn rules(&self) -> &EnrollmentRules {

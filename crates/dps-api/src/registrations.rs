@@ -38,6 +38,7 @@ pub(crate) async fn delete(
     IfMatch(pre): IfMatch,
 ) -> Result<Response, ApiError> {
     state
+        .registrar()
         .delete_registration(&id, &pre)
         .await
         .map_err(|e| ApiError::from_store(e, || not_found(&id), "registration state"))?;
@@ -73,10 +74,7 @@ pub(crate) async fn attempts(
     State(state): State<ApiState>,
     IdPath(id): IdPath<RegistrationId>,
 ) -> Result<Response, ApiError> {
-    let attempts = state
-        .registrar()
-        .map(|r| r.diagnostics().attempts(id.as_str()))
-        .unwrap_or_default();
+    let attempts = state.registrar().diagnostics().attempts(id.as_str());
     json(&serde_json::json!({ "registrationId": id, "attempts": attempts }))
 }
 
@@ -88,8 +86,8 @@ pub(crate) async fn failure_counts(
 ) -> Result<Response, ApiError> {
     let counts: serde_json::Map<String, serde_json::Value> = state
         .registrar()
-        .map(|r| r.diagnostics().counts())
-        .unwrap_or_default()
+        .diagnostics()
+        .counts()
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n.into()))
         .collect();
@@ -102,7 +100,7 @@ pub(crate) async fn feed_status(
     _: Authorized<RegistrationStatusRead>,
     State(state): State<ApiState>,
 ) -> Result<Response, ApiError> {
-    match state.registrar().and_then(|r| r.feed()) {
+    match state.registrar().feed() {
         Some(feed) => json(&serde_json::json!({ "enabled": true, "status": feed.stats() })),
         None => json(&serde_json::json!({ "enabled": false })),
     }

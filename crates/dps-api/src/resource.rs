@@ -74,8 +74,8 @@ pub(crate) trait Resource:
         item: Prepared<Self>,
         pre: &Precondition,
     ) -> impl Future<Output = Result<Arc<Self>, StoreError>> + Send;
-    /// Deletes durably (through the registrar when there is one, so the assignment feed
-    /// learns of the devices the record covered).
+    /// Deletes durably, through the registrar, so the assignment feed learns of the devices
+    /// the record covered.
     fn delete(
         state: &ApiState,
         id: &Self::Id,
@@ -168,7 +168,7 @@ impl Resource for IndividualEnrollment {
         id: &RegistrationId,
         pre: &Precondition,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        state.delete_enrollment(id, pre)
+        state.registrar().delete_enrollment(id, pre)
     }
     fn query(
         store: &Store,
@@ -238,7 +238,7 @@ impl Resource for EnrollmentGroup {
         id: &EnrollmentGroupId,
         pre: &Precondition,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        state.delete_group(id, pre)
+        state.registrar().delete_group(id, pre)
     }
     fn query(
         store: &Store,

@@ -8,8 +8,9 @@ use dps_api::{
     router, serve_with_counters, ApiState, HttpLimits, ListenerCounters, Rights, SharedAccessPolicy,
 };
 use dps_attest::SasToken;
+use dps_registrar::{Registrar, RegistrarConfig};
 use dps_store::Store;
-use dps_types::{SymmetricKey, Timestamp};
+use dps_types::{IdScope, SymmetricKey, Timestamp};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -50,7 +51,9 @@ async fn start(limits: HttpLimits) -> Server {
         Some("owner"),
         Timestamp::now().unix() + 3600,
     );
-    let app = router(ApiState::new(store, &host, vec![owner]));
+    let config = RegistrarConfig::new(IdScope::parse("0ne00000001").expect("scope"), Vec::new());
+    let registrar = Registrar::new(store, config).expect("registrar");
+    let app = router(ApiState::new(registrar, &host, vec![owner]));
 
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let cert = certified.cert.der().clone();

@@ -57,12 +57,8 @@ pub(crate) fn minute_slot(now: i64, at: i64) -> Option<usize> {
         .then(|| 59 - usize::try_from(age / 60).unwrap_or(59))
 }
 
-/// Starts the sampler when a runtime and a registrar are there; it stops once the portal
-/// state is dropped.
+/// Starts the sampler when a runtime is there; it stops once the portal state is dropped.
 pub(crate) fn spawn_sampler(state: &PortalState) {
-    if state.registrar().is_none() {
-        return;
-    }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -72,15 +68,14 @@ pub(crate) fn spawn_sampler(state: &PortalState) {
         loop {
             tick.tick().await;
             let Some(inner) = weak.upgrade() else { break };
-            if let Some(registrar) = &inner.registrar {
-                let total = registrar
-                    .diagnostics()
-                    .counts()
-                    .iter()
-                    .map(|(_, n)| n)
-                    .sum();
-                inner.samples.push(Timestamp::now().unix(), total);
-            }
+            let total = inner
+                .registrar
+                .diagnostics()
+                .counts()
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            inner.samples.push(Timestamp::now().unix(), total);
         }
     });
 }

@@ -573,11 +573,17 @@ pub(crate) async fn delete(
     let result = match kind {
         Kind::Groups => {
             let id = EnrollmentGroupId::parse(&id).map_err(|_| PortalError::NotFound)?;
-            state.delete_group(&id).await
+            state
+                .registrar()
+                .delete_group(&id, &Precondition::Any)
+                .await
         }
         Kind::Individual => {
             let id = RegistrationId::parse(&id).map_err(|_| PortalError::NotFound)?;
-            state.delete_enrollment(&id).await
+            state
+                .registrar()
+                .delete_enrollment(&id, &Precondition::Any)
+                .await
         }
     };
     match result {

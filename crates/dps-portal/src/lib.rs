@@ -97,7 +97,7 @@ pub struct PortalState {
 
 struct Inner {
     store: Store,
-    registrar: Option<Registrar>,
+    registrar: Registrar,
     policies: Vec<SharedAccessPolicy>,
     linked_hubs: Vec<LinkedHub>,
     rules: EnrollmentRules,
@@ -107,35 +107,25 @@ struct Inner {
 }
 
 impl PortalState {
-    /// The portal over `store`, signing in with `policies` (the API's shared access policies).
-    /// With a registrar, linked hubs (the only hubs an enrollment may name), the webhook
-    /// policy, diagnostics and the dashboard come from it.
-    pub fn new(
-        store: Store,
-        registrar: Option<Registrar>,
-        policies: impl Into<Vec<SharedAccessPolicy>>,
-    ) -> PortalState {
-        Self::with_limits(store, registrar, policies, PortalLimits::default())
+    /// The portal over `registrar`'s store, signing in with `policies` (the API's shared
+    /// access policies). Linked hubs (the only hubs an enrollment may name), the webhook
+    /// policy, diagnostics and the dashboard come from the registrar, and deletes go through
+    /// it so the assignment feed learns of them.
+    pub fn new(registrar: Registrar, policies: impl Into<Vec<SharedAccessPolicy>>) -> PortalState {
+        Self::with_limits(registrar, policies, PortalLimits::default())
     }
 
     /// [`PortalState::new`] with other bounds (tests use small ones).
     pub fn with_limits(
-        store: Store,
-        registrar: Option<Registrar>,
+        registrar: Registrar,
         policies: impl Into<Vec<SharedAccessPolicy>>,
         limits: PortalLimits,
     ) -> PortalState {
-        let linked_hubs = registrar
-            .as_ref()
-            .map(|r| r.linked_hubs().to_vec())
-            .unwrap_or_default();
-        let rules = registrar
-            .as_ref()
-            .map(Registrar::enrollment_rules)
-            .unwrap_or_default();
+        let linked_hubs = registrar.linked_hubs().to_vec();
+        let rules = registrar.enrollment_rules();
         PortalState {
             inner: Arc::new(Inner {
-                store,
+                store: registrar.store().clone(),
                 registrar,
                 policies: policies.into(),
                 linked_hubs,
@@ -155,45 +145,8 @@ impl PortalState {
         &self.inner.store
     }
 
-    pub(crate) fn registrar(&self) -> Option<&Registrar> {
-        self.inner.registrar.as_ref()
-    }
-
-    /// Deletes a registration record (through the registrar when there is one, so the
-    /// assignment feed learns of it).
-    pub(crate) async fn delete_registration(
-        &self,
-        id: &dps_types::RegistrationId,
-    ) -> Result<(), dps_store::StoreError> {
-        let pre = &dps_store::Precondition::Any;
-        match self.registrar() {
-            Some(r) => r.delete_registration(id, pre).await,
-            None => self.store().delete_registration(id, pre).await,
-        }
-    }
-
-    /// Deletes an individual enrollment (through the registrar when there is one).
-    pub(crate) async fn delete_enrollment(
-        &self,
-        id: &dps_types::RegistrationId,
-    ) -> Result<(), dps_store::StoreError> {
-        let pre = &dps_store::Precondition::Any;
-        match self.registrar() {
-            Some(r) => r.delete_enrollment(id, pre).await,
-            None => self.store().delete_enrollment(id, pre).await,
-        }
-    }
-
-    /// Deletes an enrollment group (through the registrar when there is one).
-    pub(crate) async fn delete_group(
-        &self,
-        id: &dps_types::EnrollmentGroupId,
-    ) -> Result<(), dps_store::StoreError> {
-        let pre = &dps_store::Precondition::Any;
-        match self.registrar() {
-            Some(r) => r.delete_group(id, pre).await,
-            None => self.store().delete_group(id, pre).await,
-        }
+    pub(crate) fn registrar(&self) -> &Registrar {
+        &self.inner.registrar
     }
 
     pub(crate) fn policies(&self) -> &[SharedAccessPolicy] {
@@ -204,8 +157,7 @@ impl PortalState {
         &self.inner.linked_hubs
     }
 
-    /// What written enrollments may name (the registrar's linked hubs and webhook policy;
-    /// without a registrar, no hub).
+    /// What written enrollments may name (the registrar's linked hubs and webhook policy).
     pub(crate) fn rules(&self) -> &EnrollmentRules {
         &self.inner.rules
     }

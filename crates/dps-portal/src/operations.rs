@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use dps_store::{RegistrationRecord, StoreError};
+use dps_store::{Precondition, RegistrationRecord, StoreError};
 use dps_types::{RegistrationId, RegistrationStatus, Timestamp};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -148,10 +148,7 @@ pub(crate) async fn registration(
     }
     let rid = RegistrationId::parse(&id).map_err(|e| PortalError::BadRequest(e.to_string()))?;
     let record = state.store().registration(&rid);
-    let attempts = state
-        .registrar()
-        .map(|r| r.diagnostics().attempts(rid.as_str()))
-        .unwrap_or_default();
+    let attempts = state.registrar().diagnostics().attempts(rid.as_str());
     let can_delete = auth.may(Need::REGISTRATION_WRITE);
     let body = html! {
         p.crumbs { a href={(BASE) "/registrations"} { "← Registration records" } }
@@ -183,7 +180,6 @@ pub(crate) async fn registration(
         }
         section.card {
             h2 { "Recent failed attempts" }
-            @if state.registrar().is_none() { p.hint { "Diagnostics are not available." } }
             @if attempts.is_empty() { p.empty { "No failed attempts recorded since the service started." } } @else {
                 div.table-wrap { table {
                     thead { tr { th scope="col" { "Time" } th scope="col" { "Transport" } th scope="col" { "Reason" } th scope="col" { "Detail" } } }
@@ -239,7 +235,11 @@ pub(crate) async fn delete_registration(
     auth.check_csrf(&data)?;
     auth.require(Need::REGISTRATION_WRITE)?;
     let rid = RegistrationId::parse(&id).map_err(|e| PortalError::BadRequest(e.to_string()))?;
-    match state.delete_registration(&rid).await {
+    match state
+        .registrar()
+        .delete_registration(&rid, &Precondition::Any)
+        .await
+    {
         Ok(()) | Err(StoreError::NotFound) => Ok(Redirect::to(&format!(
             "{BASE}/registrations?deleted={}",
             rid.as_str()
@@ -251,7 +251,7 @@ pub(crate) async fn delete_registration(
 
 /// The assignment feed's link and per-hub event counts, when the feed is on.
 fn feed_section(state: &PortalState) -> Markup {
-    let Some(stats) = state.registrar().and_then(|r| r.feed()).map(|f| f.stats()) else {
+    let Some(stats) = state.registrar().feed().map(|f| f.stats()) else {
         return html! {
             section.card {
                 h2 { "Assignment feed" }
@@ -385,8 +385,8 @@ pub(crate) async fn dashboard(
     let failures_hour: u64 = failures.iter().sum();
     let by_reason: Vec<(String, u64)> = state
         .registrar()
-        .map(|r| r.diagnostics().counts())
-        .unwrap_or_default()
+        .diagnostics()
+        .counts()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();

@@ -75,7 +75,7 @@ fn portal_with(limits: PortalLimits) -> Portal {
         .to_vec();
     let config = RegistrarConfig::new(IdScope::parse("0ne00000001").unwrap(), linked);
     let registrar = Registrar::new(store.clone(), config).unwrap();
-    let state = PortalState::with_limits(store.clone(), Some(registrar), policies, limits);
+    let state = PortalState::with_limits(registrar, policies, limits);
     let app = dps_portal::mount(state);
     Portal {
         app,

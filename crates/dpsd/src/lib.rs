@@ -270,10 +270,8 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let mut listeners = Listeners::new();
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener, config.api.listen)?;
-    let portal =
-        dps_portal::PortalState::new(store.clone(), Some(registrar.clone()), policies.clone());
-    let state = dps_api::ApiState::new(store, &config.service.host_name, policies)
-        .with_registrar(registrar.clone())
+    let portal = dps_portal::PortalState::new(registrar.clone(), policies.clone());
+    let state = dps_api::ApiState::new(registrar.clone(), &config.service.host_name, policies)
         .with_max_body_bytes(config.api.max_body.0);
     let limits = dps_api::HttpLimits {
         max_connections: config.api.max_connections,

@@ -6,8 +6,9 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use dps_api::{router, ApiState, Rights, SharedAccessPolicy};
 use dps_attest::{EnrollmentRules, SasToken};
+use dps_registrar::{LinkedHub, Registrar, RegistrarConfig};
 use dps_store::Store;
-use dps_types::{HubName, SymmetricKey, Timestamp, WebhookPolicy};
+use dps_types::{HubName, IdScope, SymmetricKey, Timestamp, WebhookPolicy};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -17,6 +18,22 @@ pub const HOST: &str = "localhost:8443";
 pub const LINKED_HUBS: [&str; 2] = ["hub-a.example.net", "hub-b.example.net"];
 /// The api-version requests get when their path names none.
 pub const API_VERSION: &str = "2021-10-01";
+
+/// A registrar over `store` whose linked hubs and webhook policy are `rules`.
+pub fn registrar(store: Store, rules: EnrollmentRules) -> Registrar {
+    let hubs = rules
+        .linked_hubs
+        .into_iter()
+        .map(|host_name| LinkedHub {
+            host_name,
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        })
+        .collect();
+    let mut config = RegistrarConfig::new(IdScope::parse("0ne00000001").expect("scope"), hubs);
+    config.webhook_policy = rules.webhook;
+    Registrar::new(store, config).expect("registrar")
+}
 
 pub struct Api {
     pub app: Router,
@@ -91,9 +108,12 @@ impl Api {
             "enrollmentread",
             Rights::ENROLLMENT_READ | Rights::REGISTRATION_STATUS_READ,
         );
-        let state = ApiState::new(store.clone(), HOST, vec![owner.clone(), reader.clone()])
-            .with_max_body_bytes(max_body_bytes)
-            .with_enrollment_rules(rules);
+        let state = ApiState::new(
+            registrar(store.clone(), rules),
+            HOST,
+            vec![owner.clone(), reader.clone()],
+        )
+        .with_max_body_bytes(max_body_bytes);
         Api {
             app: router(state),
             store,
