@@ -1,6 +1,6 @@
 //! Before and after the devices: the credentials dpsd wrote to its data directory, and the
-//! service API calls (create the enrollment group; delete its registration records and the
-//! group).
+//! service API calls (create the enrollment groups, symmetric-key and X.509; delete their
+//! registration records and the groups).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,13 +175,35 @@ impl ServiceClient {
         group: &EnrollmentGroupId,
         key: &SymmetricKey,
     ) -> Result<(), LoadError> {
+        let attestation = serde_json::json!({"type": "symmetricKey", "symmetricKey": {
+            "primaryKey": key.expose_base64(),
+            "secondaryKey": SymmetricKey::generate().expose_base64(),
+        }});
+        self.put_group_with(group, attestation).await
+    }
+
+    /// Creates (or replaces) an X.509 enrollment group whose signing certificate is
+    /// `ca_pem`.
+    pub async fn put_x509_group(
+        &self,
+        group: &EnrollmentGroupId,
+        ca_pem: &str,
+    ) -> Result<(), LoadError> {
+        let attestation = serde_json::json!({"type": "x509", "x509": {
+            "signingCertificates": {"primary": {"certificate": ca_pem}},
+        }});
+        self.put_group_with(group, attestation).await
+    }
+
+    async fn put_group_with(
+        &self,
+        group: &EnrollmentGroupId,
+        attestation: serde_json::Value,
+    ) -> Result<(), LoadError> {
         const OP: &str = "create the enrollment group";
         let body = serde_json::json!({
             "enrollmentGroupId": group.as_str(),
-            "attestation": {"type": "symmetricKey", "symmetricKey": {
-                "primaryKey": key.expose_base64(),
-                "secondaryKey": SymmetricKey::generate().expose_base64(),
-            }},
+            "attestation": attestation,
             "provisioningStatus": "enabled",
         });
         let response = self
@@ -306,25 +328,31 @@ async fn expect(
 pub struct CleanupSummary {
     /// Registration records deleted.
     pub registrations_deleted: usize,
-    /// Whether the group existed and was deleted.
+    /// Whether the run's groups (one per attestation of the mix) all existed and were
+    /// deleted.
     pub group_deleted: bool,
 }
 
-/// Deletes every registration record of `group` (a few passes, see [`MAX_PASSES`]), then the
-/// group.
+/// For each of `groups`: deletes every registration record of the group (a few passes, see
+/// [`MAX_PASSES`]), then the group.
 pub async fn cleanup(
     service: &ServiceClient,
-    group: &EnrollmentGroupId,
+    groups: &[EnrollmentGroupId],
 ) -> Result<CleanupSummary, LoadError> {
-    let mut summary = CleanupSummary::default();
-    for _ in 0..MAX_PASSES {
-        let ids = service.registration_ids(group).await?;
-        if ids.is_empty() {
-            break;
+    let mut summary = CleanupSummary {
+        registrations_deleted: 0,
+        group_deleted: true,
+    };
+    for group in groups {
+        for _ in 0..MAX_PASSES {
+            let ids = service.registration_ids(group).await?;
+            if ids.is_empty() {
+                break;
+            }
+            summary.registrations_deleted += delete_all(service, ids).await?;
         }
-        summary.registrations_deleted += delete_all(service, ids).await?;
+        summary.group_deleted &= service.delete_group(group).await?;
     }
-    summary.group_deleted = service.delete_group(group).await?;
     Ok(summary)
 }
 
