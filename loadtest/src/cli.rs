@@ -36,12 +36,13 @@ pub struct Args {
     /// How every device talks to dpsd (see --mix for several).
     #[arg(long, value_name = "PROTOCOL", value_parser = ["mqtt", "amqp"], default_value = "mqtt", conflicts_with = "mix")]
     pub transport: String,
-    /// How every device attests: `sas` (a key derived from a symmetric-key group) or `x509`
-    /// (a leaf certificate under an X.509 group's CA).
-    #[arg(long, value_name = "KIND", value_parser = ["sas", "x509"], default_value = "sas", conflicts_with = "mix")]
+    /// How every device attests: `sas` (a key derived from a symmetric-key group),
+    /// `sas-individual` (its own individual enrollment, created in bulk before the run) or
+    /// `x509` (a leaf certificate under an X.509 group's CA).
+    #[arg(long, value_name = "KIND", value_parser = ["sas", "sas-individual", "x509"], default_value = "sas", conflicts_with = "mix")]
     pub attestation: String,
-    /// Device kinds with weights, e.g. `mqtt-x509:3,amqp-sas:1` (kinds: mqtt-sas, mqtt-x509,
-    /// amqp-sas, amqp-x509); device n's kind follows from n.
+    /// Device kinds with weights, e.g. `mqtt-x509:3,amqp-sas:1` (kinds: mqtt-sas,
+    /// mqtt-sas-individual, mqtt-x509 and the same with amqp); device n's kind follows from n.
     #[arg(long, value_name = "KIND:WEIGHT,...")]
     pub mix: Option<String>,
     /// PEM certificates of the CA that signs the X.509 devices' leaves: the issuer first, the

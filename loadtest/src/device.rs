@@ -54,8 +54,11 @@ pub struct DeviceContext {
     pub id_prefix: String,
     /// Which kind device `n` is.
     pub mix: Mix,
-    /// The symmetric-key group's key; each SAS device's key is derived from it.
+    /// The symmetric-key group's key; each group SAS device's key is derived from it.
     pub group_key: SymmetricKey,
+    /// The key each individual enrollment's primary key is derived from (as a group's
+    /// device keys are), so no per-device key is kept.
+    pub individual_key: SymmetricKey,
     /// The leaf of each X.509 device, by device index (`None` for the others).
     pub leaves: Vec<Option<Leaf>>,
     /// Certificates each X.509 device sends after its leaf.
@@ -343,7 +346,7 @@ async fn run_kind(
     // The client certificate's configuration is the device's own state, not the service's
     // work: it is built before the clock starts.
     let tls = match kind.attestation {
-        Attestation::Sas => ctx.tls.server_auth.clone(),
+        Attestation::Sas | Attestation::SasIndividual => ctx.tls.server_auth.clone(),
         Attestation::X509 => {
             let leaf = ctx
                 .leaves
@@ -377,8 +380,11 @@ async fn run_kind(
     let device = Identity {
         registration_id,
         resource: format!("{}/registrations/{registration_id}", ctx.id_scope),
-        sas: match kind.attestation {
-            Attestation::Sas => Some(ctx.group_key.clone()),
+        key: match kind.attestation {
+            Attestation::Sas => Some(derive_device_key(&ctx.group_key, registration_id)),
+            Attestation::SasIndividual => {
+                Some(derive_device_key(&ctx.individual_key, registration_id))
+            }
             Attestation::X509 => None,
         },
     };
@@ -400,18 +406,16 @@ struct Identity<'a> {
     /// `{idScope}/registrations/{registrationId}`: the SAS resource, MQTT username stem and
     /// AMQP link address.
     resource: String,
-    /// The group key a SAS device derives its key from; `None` for X.509.
-    sas: Option<SymmetricKey>,
+    /// The key a SAS device signs with; `None` for X.509.
+    key: Option<SymmetricKey>,
 }
 
 impl Identity<'_> {
     /// The SAS token of a symmetric-key device.
     fn sas_token(&self) -> Option<String> {
-        let group_key = self.sas.as_ref()?;
-        let key = derive_device_key(group_key, self.registration_id);
         Some(SasToken::generate(
             &self.resource,
-            &key,
+            self.key.as_ref()?,
             Some("registration"),
             unix_now() + SAS_LIFETIME_SECS,
         ))

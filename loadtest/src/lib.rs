@@ -5,7 +5,7 @@
 //! What it does: reads the credentials `dpsd` wrote to its data directory; before the clock
 //! starts, mints one leaf certificate per X.509 device ([`x509`]) and creates an enrollment
 //! group per attestation in use (a symmetric-key group with a key it chose, an X.509 group on
-//! its CA), so no per-device enrollment is needed; runs `devices` devices, at most
+//! its CA), and individual enrollments in bulk for the devices that have one; runs `devices` devices, at most
 //! `concurrency` at once, each of the kind the [`Mix`] gives its index (TCP, TLS, the
 //! transport's open, register, poll until `assigned`, close: [`device`]); then deletes the
 //! groups and their registration records unless told to keep them.
@@ -153,8 +153,8 @@ pub struct Config {
     pub poll_delay: Duration,
     /// Register and poll requests one device may send (1 to [`MAX_REQUESTS`]).
     pub max_requests: u32,
-    /// The symmetric-key enrollment group; the X.509 group is `{group}-x509`; devices are
-    /// `{group}-{n:06}`.
+    /// The symmetric-key enrollment group; the X.509 group is `{group}-x509`; devices (and
+    /// individual enrollments) are `{group}-{n:06}`.
     pub group: EnrollmentGroupId,
     /// Keep the group and the registration records afterwards.
     pub keep: bool,
@@ -265,6 +265,22 @@ impl Config {
             .expect("a valid group id with -x509 appended is valid")
     }
 
+    /// The registration ids of the devices with individual enrollments.
+    pub fn individual_ids(&self) -> Vec<String> {
+        self.ids_of(Attestation::SasIndividual)
+    }
+
+    /// The registration ids of the devices that attest with `attestation`, in device order.
+    fn ids_of(&self, attestation: Attestation) -> Vec<String> {
+        if !self.mix.uses(attestation) {
+            return Vec::new();
+        }
+        (0..self.devices)
+            .filter(|n| self.mix.kind(*n).attestation == attestation)
+            .map(|n| self.registration_id(n))
+            .collect()
+    }
+
     /// The groups the mix uses: the symmetric-key group, then the X.509 group.
     pub fn groups(&self) -> Vec<EnrollmentGroupId> {
         let mut groups = Vec::with_capacity(2);
@@ -294,15 +310,14 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     let mut chain_tail = Vec::new();
     if config.mix.uses(Attestation::X509) {
         let ca = Arc::new(x509::Ca::load(&config.x509_ca)?);
-        let x509: Vec<usize> = (0..config.devices)
-            .filter(|n| config.mix.kind(*n).attestation == Attestation::X509)
+        let minted = x509::mint_all(ca.clone(), config.ids_of(Attestation::X509)).await?;
+        let mut minted = minted.into_iter();
+        leaves = (0..config.devices)
+            .map(|n| match config.mix.kind(n).attestation {
+                Attestation::X509 => minted.next(),
+                _ => None,
+            })
             .collect();
-        let ids = x509.iter().map(|n| config.registration_id(*n)).collect();
-        let minted = x509::mint_all(ca.clone(), ids).await?;
-        leaves.resize(config.devices, None);
-        for (n, leaf) in x509.into_iter().zip(minted) {
-            leaves[n] = Some(leaf);
-        }
         chain_tail = ca.chain_tail().to_vec();
         service
             .put_x509_group(&config.x509_group(), ca.group_pem())
@@ -312,6 +327,8 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     if config.mix.uses(Attestation::Sas) {
         service.put_group(&config.group, &group_key).await?;
     }
+    let individual_key = SymmetricKey::generate();
+    setup::put_individuals(&service, &config.individual_ids(), &individual_key).await?;
 
     let context = Arc::new(device::DeviceContext {
         mqtt: config.mqtt,
@@ -321,6 +338,7 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
         id_prefix: config.id_prefix(),
         mix: config.mix.clone(),
         group_key,
+        individual_key,
         leaves,
         chain_tail,
         step_timeout: config.step_timeout,
@@ -332,7 +350,7 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     let cleanup = if config.keep {
         Cleanup::Kept
     } else {
-        match setup::cleanup(&service, &config.groups()).await {
+        match setup::cleanup(&service, &config.groups(), &config.individual_ids()).await {
             Ok(summary) => Cleanup::Done(summary),
             Err(e) => Cleanup::Failed {
                 error: e.to_string(),
@@ -347,5 +365,5 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
 pub async fn cleanup(config: &Config) -> Result<CleanupSummary, LoadError> {
     let credentials = setup::Credentials::load(&config.data_dir)?;
     let service = setup::ServiceClient::new(&credentials, &config.api, config.step_timeout)?;
-    setup::cleanup(&service, &config.groups()).await
+    setup::cleanup(&service, &config.groups(), &config.individual_ids()).await
 }

@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-/// Largest weight of one kind in a mix: proportions, not counts.
+/// Largest weight of one kind in a mix: proportions, not counts (the total, at most six
+/// times this, indexes devices as a `u32`).
 pub const MAX_WEIGHT: u32 = 1000;
 
 /// How a device talks to dpsd.
@@ -24,6 +25,9 @@ pub enum Transport {
 pub enum Attestation {
     /// A SAS token signed with the key derived from the symmetric-key group's key.
     Sas,
+    /// A SAS token signed with the device's own individual enrollment's key (enrollments
+    /// created in bulk before the clock starts).
+    SasIndividual,
     /// A TLS client certificate (leaf CN = registration id) under the X.509 group's CA.
     X509,
 }
@@ -38,11 +42,13 @@ pub struct Kind {
 }
 
 impl Kind {
-    /// Every kind, in label order.
-    pub const ALL: [Kind; 4] = [
+    /// Every kind.
+    pub const ALL: [Kind; 6] = [
         Kind::new(Transport::Mqtt, Attestation::Sas),
+        Kind::new(Transport::Mqtt, Attestation::SasIndividual),
         Kind::new(Transport::Mqtt, Attestation::X509),
         Kind::new(Transport::Amqp, Attestation::Sas),
+        Kind::new(Transport::Amqp, Attestation::SasIndividual),
         Kind::new(Transport::Amqp, Attestation::X509),
     ];
 
@@ -54,12 +60,15 @@ impl Kind {
         }
     }
 
-    /// `mqtt-sas`, `mqtt-x509`, `amqp-sas` or `amqp-x509`: bounded, fit for a report key.
+    /// `mqtt-sas`, `mqtt-sas-individual`, `mqtt-x509`, `amqp-sas`, `amqp-sas-individual` or
+    /// `amqp-x509`: bounded, fit for a report key.
     pub fn label(self) -> &'static str {
         match (self.transport, self.attestation) {
             (Transport::Mqtt, Attestation::Sas) => "mqtt-sas",
+            (Transport::Mqtt, Attestation::SasIndividual) => "mqtt-sas-individual",
             (Transport::Mqtt, Attestation::X509) => "mqtt-x509",
             (Transport::Amqp, Attestation::Sas) => "amqp-sas",
+            (Transport::Amqp, Attestation::SasIndividual) => "amqp-sas-individual",
             (Transport::Amqp, Attestation::X509) => "amqp-x509",
         }
     }
@@ -79,7 +88,8 @@ impl fmt::Display for Kind {
     }
 }
 
-const KINDS_HELP: &str = "kinds are mqtt-sas, mqtt-x509, amqp-sas and amqp-x509";
+const KINDS_HELP: &str = "kinds are mqtt-sas, mqtt-sas-individual, mqtt-x509, amqp-sas, \
+                          amqp-sas-individual and amqp-x509";
 
 /// Why a `--mix` was refused; the text says what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,7 +150,7 @@ impl Mix {
     /// devices hold each kind exactly its weight times.
     pub fn kind(&self, n: usize) -> Kind {
         let total = self.entries.last().map_or(1, |(_, end)| *end);
-        // `total` is at most 4 * MAX_WEIGHT, so the remainder fits a u32.
+        // `total` is at most 6 * MAX_WEIGHT, so the remainder fits a u32.
         let slot = (n % total as usize) as u32;
         self.entries
             .iter()
@@ -208,6 +218,13 @@ mod tests {
         assert_eq!(mix.to_string(), "mqtt-x509:3,amqp-sas:1");
         assert!(mix.uses(Attestation::X509) && mix.uses(Attestation::Sas));
         assert!(mix.uses_transport(Transport::Amqp) && mix.uses_transport(Transport::Mqtt));
+        assert_eq!(
+            Mix::parse("amqp-sas-individual:2")
+                .unwrap()
+                .kind(1)
+                .attestation,
+            Attestation::SasIndividual
+        );
         let one = Mix::parse("amqp-x509").unwrap();
         assert!((0..5).all(|n| one.kind(n) == Kind::new(Transport::Amqp, Attestation::X509)));
         assert_eq!(Mix::default().kind(12).label(), "mqtt-sas");

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_attest::SasToken;
+use std::future::Future;
+
+use dps_attest::{derive_device_key, SasToken};
 use dps_types::{EnrollmentGroupId, SymmetricKey};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -25,9 +27,11 @@ const MAX_PAGES: usize = 10_000;
 /// Cleanup passes: a registration that was still running when the run ended can be written
 /// after a pass has listed the group, so a pass that found records is followed by another.
 const MAX_PASSES: usize = 3;
-/// DELETE requests in flight during cleanup: enough to keep dpsd's group commit busy without
-/// crowding its API listener.
-const DELETE_CONCURRENCY: usize = 32;
+/// Requests in flight during setup and cleanup (DELETEs, bulk operations): enough to keep
+/// dpsd's group commit busy without crowding its API listener.
+const API_CONCURRENCY: usize = 32;
+/// Enrollments per bulk operation: DPS's limit.
+const BULK_ITEMS: usize = 10;
 /// Response body quoted in an error.
 const MAX_QUOTED_BODY: usize = 300;
 /// Lifetime of the service SAS token of each request.
@@ -222,6 +226,48 @@ impl ServiceClient {
         Ok(())
     }
 
+    /// Runs one bulk operation on individual enrollments (`mode` `update` creates or
+    /// replaces, `delete` deletes); the ids that failed, with their error codes.
+    async fn bulk_enrollments(
+        &self,
+        mode: &'static str,
+        enrollments: Vec<serde_json::Value>,
+    ) -> Result<Vec<(String, u32)>, LoadError> {
+        const OP: &str = "bulk individual enrollment operation";
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ItemError {
+            registration_id: String,
+            error_code: u32,
+        }
+        #[derive(Deserialize)]
+        struct BulkResult {
+            #[serde(default)]
+            errors: Vec<ItemError>,
+        }
+        let http = |source| LoadError::Http {
+            operation: OP,
+            source,
+        };
+        let body = serde_json::json!({"mode": mode, "enrollments": enrollments});
+        let response = self
+            .request(Method::POST, "/enrollments")
+            .json(&body)
+            .send()
+            .await
+            .map_err(http)?;
+        let result: BulkResult = expect(OP, response, &[StatusCode::OK])
+            .await?
+            .json()
+            .await
+            .map_err(http)?;
+        Ok(result
+            .errors
+            .into_iter()
+            .map(|e| (e.registration_id, e.error_code))
+            .collect())
+    }
+
     /// Every registration id of `group`, read page by page.
     pub async fn registration_ids(
         &self,
@@ -333,16 +379,96 @@ pub struct CleanupSummary {
     pub group_deleted: bool,
 }
 
+/// Creates (or replaces) a symmetric-key individual enrollment for each of `ids`, whose
+/// primary key is derived from `master` and the id (as a group's device keys are), in bulk
+/// operations of [`BULK_ITEMS`].
+pub async fn put_individuals(
+    service: &ServiceClient,
+    ids: &[String],
+    master: &SymmetricKey,
+) -> Result<(), LoadError> {
+    let batches: Vec<Vec<serde_json::Value>> = ids
+        .chunks(BULK_ITEMS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|id| {
+                    let key = derive_device_key(master, id);
+                    serde_json::json!({"registrationId": id,
+                        "attestation": {"type": "symmetricKey", "symmetricKey": {
+                            "primaryKey": key.expose_base64(),
+                            "secondaryKey": SymmetricKey::generate().expose_base64(),
+                        }},
+                        "provisioningStatus": "enabled"})
+                })
+                .collect()
+        })
+        .collect();
+    concurrently(batches, |batch| {
+        let service = service.clone();
+        async move {
+            match service.bulk_enrollments("update", batch).await?.first() {
+                None => Ok(()),
+                Some((id, code)) => Err(LoadError::Api {
+                    operation: "create individual enrollments",
+                    status: u16::try_from(code / 1000).unwrap_or(0),
+                    body: format!("{id}: error code {code}"),
+                }),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Deletes the individual enrollments `ids`, in bulk operations; one already gone is not an
+/// error.
+async fn delete_individuals(service: &ServiceClient, ids: &[String]) -> Result<(), LoadError> {
+    let batches: Vec<Vec<serde_json::Value>> = ids
+        .chunks(BULK_ITEMS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|id| serde_json::json!({"registrationId": id}))
+                .collect()
+        })
+        .collect();
+    concurrently(batches, |batch| {
+        let service = service.clone();
+        async move {
+            let failed = service.bulk_enrollments("delete", batch).await?;
+            match failed.iter().find(|(_, code)| code / 1000 != 404) {
+                None => Ok(()),
+                Some((id, code)) => Err(LoadError::Api {
+                    operation: "delete individual enrollments",
+                    status: u16::try_from(code / 1000).unwrap_or(0),
+                    body: format!("{id}: error code {code}"),
+                }),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// For each of `groups`: deletes every registration record of the group (a few passes, see
-/// [`MAX_PASSES`]), then the group.
+/// [`MAX_PASSES`]), then the group. Then the records and individual enrollments of
+/// `individuals` (records again after the enrollments: a registration still in flight when
+/// the first pass ran is written by then).
 pub async fn cleanup(
     service: &ServiceClient,
     groups: &[EnrollmentGroupId],
+    individuals: &[String],
 ) -> Result<CleanupSummary, LoadError> {
     let mut summary = CleanupSummary {
         registrations_deleted: 0,
         group_deleted: true,
     };
+    if !individuals.is_empty() {
+        summary.registrations_deleted += delete_all(service, individuals.to_vec()).await?;
+        delete_individuals(service, individuals).await?;
+        summary.registrations_deleted += delete_all(service, individuals.to_vec()).await?;
+    }
     for group in groups {
         for _ in 0..MAX_PASSES {
             let ids = service.registration_ids(group).await?;
@@ -356,22 +482,37 @@ pub async fn cleanup(
     Ok(summary)
 }
 
-/// Deletes `ids`, [`DELETE_CONCURRENCY`] at a time; how many existed.
+/// Deletes the registration records `ids`, [`API_CONCURRENCY`] at a time; how many existed.
 async fn delete_all(service: &ServiceClient, ids: Vec<String>) -> Result<usize, LoadError> {
-    let mut ids = ids.into_iter();
+    let existed = concurrently(ids, |id| {
+        let service = service.clone();
+        async move { service.delete_registration(&id).await }
+    })
+    .await?;
+    Ok(existed.into_iter().filter(|e| *e).count())
+}
+
+/// Runs `task` on each of `items`, [`API_CONCURRENCY`] at a time; the results in completion
+/// order, or the first error.
+async fn concurrently<T, R, F, Fut>(items: Vec<T>, task: F) -> Result<Vec<R>, LoadError>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R, LoadError>> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut items = items.into_iter();
     let mut tasks = JoinSet::new();
-    let mut deleted = 0;
+    let mut results = Vec::new();
     loop {
-        while tasks.len() < DELETE_CONCURRENCY {
-            let Some(id) = ids.next() else { break };
-            let service = service.clone();
-            tasks.spawn(async move { service.delete_registration(&id).await });
+        while tasks.len() < API_CONCURRENCY {
+            let Some(item) = items.next() else { break };
+            tasks.spawn(task(item));
         }
         let Some(joined) = tasks.join_next().await else {
-            return Ok(deleted);
+            return Ok(results);
         };
         match joined {
-            Ok(Ok(existed)) => deleted += usize::from(existed),
+            Ok(Ok(result)) => results.push(result),
             Ok(Err(e)) => return Err(e),
             // A panicking task is a bug in this tool; surface it. (Nothing cancels these.)
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

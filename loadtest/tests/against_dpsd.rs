@@ -251,7 +251,8 @@ async fn a_mix_of_every_kind_is_assigned_and_kept_until_cleanup() {
     let running = start_dpsd(dir.path()).await;
     let store = running.registrar.store().clone();
     let mut config = config_for(&running);
-    config.mix = Mix::parse("mqtt-x509:2,amqp-sas:1,mqtt-sas:1,amqp-x509:1").unwrap();
+    config.mix =
+        Mix::parse("mqtt-x509:2,amqp-sas:1,mqtt-sas:1,amqp-x509:1,amqp-sas-individual:1").unwrap();
     config.devices = 50;
     config.concurrency = 10;
     config.keep = true;
@@ -273,5 +274,25 @@ async fn a_mix_of_every_kind_is_assigned_and_kept_until_cleanup() {
     );
     assert_eq!(store.cache().registration_count(), 0);
     assert!(groups.iter().all(|g| !group_exists(&running, g)));
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn individual_symmetric_key_devices_are_enrolled_in_bulk_and_removed_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let store = running.registrar.store().clone();
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("mqtt-sas-individual:1,amqp-sas-individual:1").unwrap();
+    config.devices = 35; // four bulk operations, the last one partial
+    config.concurrency = 8;
+    assert!(config.groups().is_empty());
+    let ids = config.individual_ids();
+    assert_eq!(ids.len(), 35);
+    assert_all_assigned_and_cleaned(&running, &config).await;
+    for id in &ids {
+        let id = dps_types::RegistrationId::parse(id).unwrap();
+        assert!(store.enrollment(&id).is_none(), "{id:?} is left");
+    }
     running.shutdown().await.unwrap();
 }
