@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dps_loadtest::cli::Args;
-use dps_loadtest::{Config, LoadError, Transport};
+use dps_loadtest::{Attestation, Config, LoadError, Transport};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -40,6 +40,9 @@ async fn run(config: &Config, json: bool, quiet: bool) -> Result<ExitCode, LoadE
             config.api.base(),
             config.duration_limit
         );
+        if config.mix.uses(Attestation::X509) {
+            eprintln!("dps-loadtest: minting the X.509 devices' leaves before the clock starts");
+        }
     }
     let report = dps_loadtest::run(config, |progress| {
         if !quiet {
