@@ -270,6 +270,13 @@ impl Config {
         self.ids_of(Attestation::SasIndividual)
     }
 
+    /// The prefix of the individual enrollments' ids, when the mix has any.
+    pub fn individual_prefix(&self) -> Option<String> {
+        self.mix
+            .uses(Attestation::SasIndividual)
+            .then(|| self.id_prefix())
+    }
+
     /// The registration ids of the devices that attest with `attestation`, in device order.
     fn ids_of(&self, attestation: Attestation) -> Vec<String> {
         if !self.mix.uses(attestation) {
@@ -350,7 +357,13 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     let cleanup = if config.keep {
         Cleanup::Kept
     } else {
-        match setup::cleanup(&service, &config.groups(), &config.individual_ids()).await {
+        match setup::cleanup(
+            &service,
+            &config.groups(),
+            config.individual_prefix().as_deref(),
+        )
+        .await
+        {
             Ok(summary) => Cleanup::Done(summary),
             Err(e) => Cleanup::Failed {
                 error: e.to_string(),
@@ -365,5 +378,10 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
 pub async fn cleanup(config: &Config) -> Result<CleanupSummary, LoadError> {
     let credentials = setup::Credentials::load(&config.data_dir)?;
     let service = setup::ServiceClient::new(&credentials, &config.api, config.step_timeout)?;
-    setup::cleanup(&service, &config.groups(), &config.individual_ids()).await
+    setup::cleanup(
+        &service,
+        &config.groups(),
+        config.individual_prefix().as_deref(),
+    )
+    .await
 }

@@ -273,38 +273,55 @@ impl ServiceClient {
         &self,
         group: &EnrollmentGroupId,
     ) -> Result<Vec<String>, LoadError> {
-        const OP: &str = "query registration states";
+        let path = format!("/registrations/{}/query", group.as_str());
+        self.query_ids("query registration states", &path, None)
+            .await
+    }
+
+    /// The registration id of every individual enrollment, read page by page.
+    pub async fn individual_enrollment_ids(&self) -> Result<Vec<String>, LoadError> {
+        let all = serde_json::json!({"query": "*"});
+        self.query_ids(
+            "query individual enrollments",
+            "/enrollments/query",
+            Some(&all),
+        )
+        .await
+    }
+
+    /// The `registrationId` of every item a query at `path` returns, page by page.
+    async fn query_ids(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<String>, LoadError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
-        struct State {
+        struct Item {
             registration_id: String,
         }
+        let http = |source| LoadError::Http { operation, source };
         let mut ids = Vec::new();
         let mut continuation: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut request = self
-                .request(
-                    Method::POST,
-                    &format!("/registrations/{}/query", group.as_str()),
-                )
+                .request(Method::POST, path)
                 .header("x-ms-max-item-count", PAGE_SIZE);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
             if let Some(token) = &continuation {
                 request = request.header("x-ms-continuation", token);
             }
-            let response = request.send().await.map_err(|source| LoadError::Http {
-                operation: OP,
-                source,
-            })?;
+            let response = request.send().await.map_err(http)?;
             let next = response
                 .headers()
                 .get("x-ms-continuation")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let response = expect(OP, response, &[StatusCode::OK]).await?;
-            let page: Vec<State> = response.json().await.map_err(|source| LoadError::Http {
-                operation: OP,
-                source,
-            })?;
+            let response = expect(operation, response, &[StatusCode::OK]).await?;
+            let page: Vec<Item> = response.json().await.map_err(http)?;
             ids.extend(page.into_iter().map(|s| s.registration_id));
             if next.is_none() || next == continuation {
                 return Ok(ids);
@@ -451,23 +468,33 @@ async fn delete_individuals(service: &ServiceClient, ids: &[String]) -> Result<(
     Ok(())
 }
 
+/// Whether `id` is one of the run's device ids: `{prefix}-` and at least six digits.
+fn is_device_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// For each of `groups`: deletes every registration record of the group (a few passes, see
-/// [`MAX_PASSES`]), then the group. Then the records and individual enrollments of
-/// `individuals` (records again after the enrollments: a registration still in flight when
-/// the first pass ran is written by then).
+/// [`MAX_PASSES`]), then the group. With `individual_prefix`, then the individual enrollments
+/// whose ids are device ids under it (found by a query, so a cut-short run or a later
+/// `--cleanup-only` finds them all) and their records (records again after the enrollments:
+/// a registration still in flight when the first pass ran is written by then).
 pub async fn cleanup(
     service: &ServiceClient,
     groups: &[EnrollmentGroupId],
-    individuals: &[String],
+    individual_prefix: Option<&str>,
 ) -> Result<CleanupSummary, LoadError> {
     let mut summary = CleanupSummary {
         registrations_deleted: 0,
         group_deleted: true,
     };
-    if !individuals.is_empty() {
-        summary.registrations_deleted += delete_all(service, individuals.to_vec()).await?;
-        delete_individuals(service, individuals).await?;
-        summary.registrations_deleted += delete_all(service, individuals.to_vec()).await?;
+    if let Some(prefix) = individual_prefix {
+        let mut ids = service.individual_enrollment_ids().await?;
+        ids.retain(|id| is_device_id(prefix, id));
+        summary.registrations_deleted += delete_all(service, ids.clone()).await?;
+        delete_individuals(service, &ids).await?;
+        summary.registrations_deleted += delete_all(service, ids).await?;
     }
     for group in groups {
         for _ in 0..MAX_PASSES {
@@ -517,6 +544,27 @@ where
             // A panicking task is a bug in this tool; surface it. (Nothing cancels these.)
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_runs_device_ids_are_cleaned_up() {
+        assert!(is_device_id("lt", "lt-000042"));
+        assert!(is_device_id("lt", "lt-1000000"));
+        for other in [
+            "lt-42",
+            "lt-00004x",
+            "lt000042",
+            "lt-x-000042",
+            "other-000042",
+            "lt-",
+        ] {
+            assert!(!is_device_id("lt", other), "{other}");
         }
     }
 }
