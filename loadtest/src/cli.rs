@@ -6,17 +6,18 @@ use std::time::Duration;
 use clap::Parser;
 use dps_types::EnrollmentGroupId;
 
-use crate::{ApiEndpoint, Config, LoadError, Loopback};
+use crate::{ApiEndpoint, CaSource, Config, Kind, LoadError, Loopback, Mix};
 
-/// Drives simulated symmetric-key devices through DPS registration over MQTT against a dpsd
-/// on this machine, then reports throughput and latency.
+/// Drives simulated devices through DPS registration (MQTT or AMQP, symmetric key or X.509)
+/// against a dpsd on this machine, then reports throughput and latency.
 ///
 /// Loopback only: any target outside 127.0.0.0/8, ::1 and localhost is refused. The run is
 /// bounded by --devices and --duration-limit and stops by itself. Exit status: 0 when every
 /// device was assigned (and cleanup worked), 2 when some were not, 1 on a setup error.
 ///
 /// Example, against `dpsd serve --data-dir ./data --mqtt-listen 127.0.0.1:8883`:
-/// `dps-loadtest --data-dir ./data --devices 5000 --concurrency 256`
+/// `dps-loadtest --data-dir ./data --devices 5000 --concurrency 256`; X.509 devices over
+/// AMQP: add `--transport amqp --attestation x509`; a mix: `--mix mqtt-x509:3,amqp-sas:1`.
 #[derive(Debug, Parser)]
 #[command(name = "dps-loadtest", version)]
 pub struct Args {
@@ -29,6 +30,33 @@ pub struct Args {
     /// The MQTT device listener.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8883")]
     pub mqtt: String,
+    /// The AMQP device listener.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5671")]
+    pub amqp: String,
+    /// How every device talks to dpsd (see --mix for several).
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["mqtt", "amqp"], default_value = "mqtt", conflicts_with = "mix")]
+    pub transport: String,
+    /// How every device attests: `sas` (a key derived from a symmetric-key group),
+    /// `sas-individual` (its own individual enrollment, created in bulk before the run) or
+    /// `x509` (a leaf certificate under an X.509 group's CA).
+    #[arg(long, value_name = "KIND", value_parser = ["sas", "sas-individual", "x509"], default_value = "sas", conflicts_with = "mix")]
+    pub attestation: String,
+    /// Device kinds with weights, e.g. `mqtt-x509:3,amqp-sas:1` (kinds: mqtt-sas,
+    /// mqtt-sas-individual, mqtt-x509 and the same with amqp); device n's kind follows from n.
+    #[arg(long, value_name = "KIND:WEIGHT,...")]
+    pub mix: Option<String>,
+    /// PEM certificates of the CA that signs the X.509 devices' leaves: the issuer first, the
+    /// certificate the group names last (those between are sent by the devices). Without it,
+    /// a root CA is made for the run.
+    #[arg(long, value_name = "PEM", requires = "x509_ca_key")]
+    pub x509_ca_cert: Option<PathBuf>,
+    /// The issuer's private key, PEM.
+    #[arg(long, value_name = "PEM", requires = "x509_ca_cert")]
+    pub x509_ca_key: Option<PathBuf>,
+    /// With a CA made for the run: sign leaves with an intermediate under the root, so each
+    /// device presents [leaf, intermediate] and the group names the root.
+    #[arg(long, conflicts_with = "x509_ca_cert")]
+    pub x509_intermediate: bool,
     /// Devices to simulate.
     #[arg(long, value_name = "N", required_unless_present = "cleanup_only")]
     pub devices: Option<usize>,
@@ -72,6 +100,23 @@ impl Args {
         let api = ApiEndpoint::parse(&self.api)?;
         let mqtt = Loopback::parse(&self.mqtt)?;
         let mut config = Config::new(self.data_dir, api, mqtt);
+        config.amqp = Loopback::parse(&self.amqp)?;
+        config.mix = match &self.mix {
+            Some(mix) => Mix::parse(mix),
+            None => {
+                Kind::parse(&format!("{}-{}", self.transport, self.attestation)).map(Mix::single)
+            }
+        }
+        .map_err(|e| LoadError::Invalid {
+            setting: "--mix",
+            why: e.to_string(),
+        })?;
+        config.x509_ca = match (self.x509_ca_cert, self.x509_ca_key) {
+            (Some(cert), Some(key)) => CaSource::Files { cert, key },
+            _ => CaSource::Generated {
+                intermediate: self.x509_intermediate,
+            },
+        };
         // Any valid count when only cleaning up: no device runs.
         config.devices = self.devices.unwrap_or(1);
         config.concurrency = self.concurrency;
@@ -160,6 +205,133 @@ mod tests {
                 "{extra:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn transport_attestation_and_mix_flags() {
+        let config = args(&[]).into_config().unwrap();
+        assert_eq!(config.mix.to_string(), "mqtt-sas:1");
+        assert_eq!(config.amqp.addr(), "127.0.0.1:5671".parse().unwrap());
+        assert_eq!(
+            config.x509_ca,
+            CaSource::Generated {
+                intermediate: false
+            }
+        );
+        assert_eq!(config.groups(), std::slice::from_ref(&config.group));
+
+        let config = args(&[
+            "--transport",
+            "amqp",
+            "--attestation",
+            "x509",
+            "--x509-intermediate",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.mix.to_string(), "amqp-x509:1");
+        assert_eq!(config.x509_ca, CaSource::Generated { intermediate: true });
+        assert_eq!(config.groups()[0].as_str(), "loadtest-group-x509");
+
+        let config = args(&[
+            "--mix",
+            "mqtt-x509:3,amqp-sas:1",
+            "--amqp",
+            "localhost:5672",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.mix.to_string(), "mqtt-x509:3,amqp-sas:1");
+        assert_eq!(config.amqp.addr().port(), 5672);
+        assert_eq!(config.groups().len(), 2);
+
+        let config = args(&[
+            "--attestation",
+            "x509",
+            "--x509-ca-cert",
+            "ca.pem",
+            "--x509-ca-key",
+            "ca.key",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            config.x509_ca,
+            CaSource::Files {
+                cert: "ca.pem".into(),
+                key: "ca.key".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_mixes_and_flag_combinations_are_refused_clearly() {
+        let err = args(&["--mix", "mqtt-x509:3,http-sas:1"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Invalid {
+                    setting: "--mix",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("unknown device kind \"http-sas\""),
+            "{err}"
+        );
+        let err = args(&["--mix", "mqtt-x509:0"]).into_config().unwrap_err();
+        assert!(err.to_string().contains("from 1 to 1000"), "{err}");
+        for argv in [
+            &["--mix", "amqp-sas", "--transport", "amqp"][..],
+            &["--transport", "http"],
+            &["--attestation", "tpm"],
+            &["--x509-ca-cert", "ca.pem"],
+            &["--x509-ca-key", "ca.key"],
+            &[
+                "--x509-ca-cert",
+                "c",
+                "--x509-ca-key",
+                "k",
+                "--x509-intermediate",
+            ],
+        ] {
+            let mut full = vec!["dps-loadtest", "--data-dir", "d", "--devices", "10"];
+            full.extend_from_slice(argv);
+            assert!(Args::try_parse_from(full).is_err(), "{argv:?}");
+        }
+        // X.509 registration ids are certificate CNs: at most 64 characters.
+        let long = "g".repeat(60);
+        let err = args(&["--attestation", "x509", "--group", &long])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Invalid {
+                    setting: "--group",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(args(&["--group", &long]).into_config().is_ok());
+        let err = Args::try_parse_from([
+            "dps-loadtest",
+            "--data-dir",
+            "d",
+            "--attestation",
+            "x509",
+            "--devices",
+            "300000",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("X.509 devices is over"), "{err}");
     }
 
     #[test]

@@ -1,54 +1,68 @@
-//! One simulated device: TCP connect, TLS, CONNECT, SUBSCRIBE, register, poll until the
-//! answer is final, DISCONNECT, every step under a timeout.
+//! One simulated device of any [`Kind`]: TCP connect, TLS (with its own client certificate
+//! for X.509), the transport's open (MQTT CONNECT + SUBSCRIBE, or AMQP open + two links),
+//! register, poll until the answer is final, close; every step under a timeout.
 //!
-//! The decisions (what a response topic says, what to do with an answer) are plain functions
-//! ([`parse_response_topic`], [`decide`]) tested without sockets; [`run`] only moves bytes and
-//! keeps time.
+//! The transports live in [`mqtt`] and [`amqp`]; what they share is here: the context, the
+//! failures, and the register-and-poll loop over one [`Exchange`]. The decisions (what to do
+//! with an answer) are plain functions ([`decide`]) tested without sockets; the rest only
+//! moves bytes and keeps time.
 
+mod amqp;
+mod mqtt;
+
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use dps_attest::{derive_device_key, SasToken};
 use dps_types::SymmetricKey;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::mqtt::{self, Packet};
+pub use mqtt::{parse_response_topic, ResponseTopic};
+
+use crate::mix::{Attestation, Kind, Mix, Transport};
 use crate::target::Loopback;
+use crate::x509::Leaf;
 use crate::LoadError;
 
-/// The device api-version of the MQTT username (the C SDK's).
-const API_VERSION: &str = "2021-06-01";
 /// The name TLS checks in dpsd's development server certificate.
 const SERVER_NAME: &str = "localhost";
-/// The only subscription a DPS device makes.
-const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
-const RESPONSE_PREFIX: &str = "$dps/registrations/res/";
-/// Largest packet accepted from the server: DPS's maximum message size.
-const MAX_PACKET: usize = 96 * 1024;
-/// MQTT keep-alive announced in CONNECT (the Python SDK's default); a device lives seconds.
-const KEEP_ALIVE_SECS: u16 = 60;
 /// Lifetime of a device SAS token (the Node and Python SDKs' default).
 const SAS_LIFETIME_SECS: i64 = 3600;
-/// Time allowed for DISCONNECT and the TLS close after the answer (not measured, not a
-/// failure if it runs out).
+/// Time allowed for the transport's close and the TLS close after the answer (not
+/// measured, not a failure if it runs out).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every device shares.
 pub struct DeviceContext {
     /// The MQTT listener.
     pub mqtt: Loopback,
+    /// The AMQP listener.
+    pub amqp: Loopback,
     /// TLS trusting only dpsd's CA.
-    pub tls: TlsConnector,
+    pub tls: TlsClients,
     /// The ID scope.
     pub id_scope: String,
-    /// The enrollment group's key; each device's key is derived from it.
+    /// Registration ids are `{id_prefix}-{n:06}`.
+    pub id_prefix: String,
+    /// Which kind device `n` is.
+    pub mix: Mix,
+    /// The symmetric-key group's key; each group SAS device's key is derived from it.
     pub group_key: SymmetricKey,
+    /// The key each individual enrollment's primary key is derived from (as a group's
+    /// device keys are), so no per-device key is kept.
+    pub individual_key: SymmetricKey,
+    /// The leaf of each X.509 device, by device index (`None` for the others).
+    pub leaves: Vec<Option<Leaf>>,
+    /// Certificates each X.509 device sends after its leaf.
+    pub chain_tail: Vec<CertificateDer<'static>>,
     /// Limit of each step.
     pub step_timeout: Duration,
     /// Wait before a poll (capped by the server's `retry-after`).
@@ -57,31 +71,78 @@ pub struct DeviceContext {
     pub max_requests: u32,
 }
 
-/// TLS client configuration trusting only `ca_pem`, without session resumption (each real
-/// device is its own process and makes a full handshake; resuming would flatter the numbers).
-pub fn tls_connector(ca_pem: &[u8]) -> Result<TlsConnector, LoadError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        let cert: CertificateDer<'static> = cert.map_err(|e| LoadError::DataFile {
-            path: "pki/ca.pem".into(),
-            why: e.to_string(),
-        })?;
-        roots.add(cert).map_err(LoadError::Tls)?;
+impl DeviceContext {
+    /// The registration id of device `n`.
+    pub fn registration_id(&self, n: usize) -> String {
+        format!("{}-{n:06}", self.id_prefix)
     }
-    if roots.is_empty() {
-        return Err(LoadError::DataFile {
-            path: "pki/ca.pem".into(),
-            why: "no certificate".into(),
-        });
+}
+
+/// The TLS client configurations: server authentication against dpsd's CA only, without
+/// session resumption (each real device is its own process and makes a full handshake;
+/// resuming would flatter the numbers).
+pub struct TlsClients {
+    server_auth: TlsConnector,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl TlsClients {
+    /// Trusts only the certificates of `ca_pem`.
+    pub fn new(ca_pem: &[u8]) -> Result<Self, LoadError> {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+            let cert: CertificateDer<'static> = cert.map_err(|e| LoadError::DataFile {
+                path: "pki/ca.pem".into(),
+                why: e.to_string(),
+            })?;
+            roots.add(cert).map_err(LoadError::Tls)?;
+        }
+        if roots.is_empty() {
+            return Err(LoadError::DataFile {
+                path: "pki/ca.pem".into(),
+                why: "no certificate".into(),
+            });
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = builder(&provider, &roots)
+            .map_err(LoadError::Tls)?
+            .with_no_client_auth();
+        Ok(Self {
+            server_auth: TlsConnector::from(Arc::new(no_resumption(config))),
+            roots,
+            provider,
+        })
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(LoadError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+
+    /// A client presenting `leaf` (with its key), then `tail`.
+    fn with_cert(
+        &self,
+        leaf: &Leaf,
+        tail: &[CertificateDer<'static>],
+    ) -> Result<TlsConnector, rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + tail.len());
+        chain.push(leaf.cert());
+        chain.extend(tail.iter().cloned());
+        let config =
+            builder(&self.provider, &self.roots)?.with_client_auth_cert(chain, leaf.key())?;
+        Ok(TlsConnector::from(Arc::new(no_resumption(config))))
+    }
+}
+
+fn builder(
+    provider: &Arc<CryptoProvider>,
+    roots: &Arc<RootCertStore>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone()))
+}
+
+fn no_resumption(mut config: ClientConfig) -> ClientConfig {
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(config)))
+    config
 }
 
 /// A step of the flow, for timeouts.
@@ -91,10 +152,10 @@ pub enum Step {
     Connect,
     /// TLS handshake.
     Tls,
-    /// CONNECT → CONNACK.
-    ConnAck,
-    /// SUBSCRIBE → SUBACK.
-    SubAck,
+    /// MQTT CONNECT → CONNACK, or the AMQP header, SASL and OPEN exchange.
+    Open,
+    /// MQTT SUBSCRIBE → SUBACK, or the AMQP BEGIN and both ATTACHes.
+    Subscribe,
     /// Register → answer.
     Register,
     /// Poll → answer.
@@ -106,8 +167,8 @@ impl Step {
         match self {
             Step::Connect => "connect",
             Step::Tls => "tls",
-            Step::ConnAck => "connack",
-            Step::SubAck => "suback",
+            Step::Open => "open",
+            Step::Subscribe => "subscribe",
             Step::Register => "register",
             Step::Poll => "poll",
         }
@@ -119,13 +180,17 @@ impl Step {
 pub enum Failure {
     /// TCP connect failed.
     Connect,
-    /// The TLS handshake failed.
+    /// The TLS handshake failed (or the device's client certificate could not be loaded).
     Tls,
     /// CONNACK with a non-zero return code.
     ConnAck(u8),
+    /// The AMQP connection was refused at SASL or OPEN (an authentication failure).
+    Refused,
+    /// The AMQP session or a link was refused.
+    Attach,
     /// A step ran out of time.
     Timeout(Step),
-    /// An answer with an unexpected status.
+    /// An answer with an unexpected status (over AMQP: a rejection's `errorCode / 1000`).
     Status(u16),
     /// A final answer whose status is not `assigned` (`failed`, `disabled`).
     NotAssigned,
@@ -133,17 +198,19 @@ pub enum Failure {
     TooManyRequests,
     /// The server closed the connection or the socket failed.
     Closed,
-    /// The server broke MQTT or DPS rules.
+    /// The server broke MQTT, AMQP or DPS rules.
     Protocol(&'static str),
 }
 
 impl Failure {
-    /// The report's key, e.g. `connack-5`, `timeout-poll`, `status-429`.
+    /// The report's key, e.g. `connack-5`, `timeout-poll`, `status-429`, `refused`.
     pub fn label(&self) -> String {
         match self {
             Failure::Connect => "connect".into(),
             Failure::Tls => "tls".into(),
             Failure::ConnAck(code) => format!("connack-{code}"),
+            Failure::Refused => "refused".into(),
+            Failure::Attach => "attach".into(),
             Failure::Timeout(step) => format!("timeout-{}", step.label()),
             Failure::Status(status) => format!("status-{status}"),
             Failure::NotAssigned => "not-assigned".into(),
@@ -167,34 +234,14 @@ pub struct Timings {
     pub throttled: u32,
 }
 
-/// A response topic: `$dps/registrations/res/<status>/?$rid=<rid>[&retry-after=<n>]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseTopic {
-    /// HTTP-like status.
+/// An answer's status and `retry-after`, whatever the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP-like status (over AMQP: 200 for an answer message, `errorCode / 1000` for a
+    /// rejection).
     pub status: u16,
-    /// The request id echoed back.
-    pub rid: String,
     /// Seconds to wait, when given.
     pub retry_after: Option<u64>,
-}
-
-/// Parses a response topic; `None` if it is not one.
-pub fn parse_response_topic(topic: &str) -> Option<ResponseTopic> {
-    let (status, query) = topic.strip_prefix(RESPONSE_PREFIX)?.split_once("/?")?;
-    let mut rid = None;
-    let mut retry_after = None;
-    for pair in query.split('&') {
-        match pair.split_once('=')? {
-            ("$rid", value) => rid = Some(value.to_owned()),
-            ("retry-after", value) => retry_after = Some(value.parse().ok()?),
-            _ => {}
-        }
-    }
-    Some(ResponseTopic {
-        status: status.parse().ok()?,
-        rid: rid?,
-        retry_after,
-    })
 }
 
 /// The parts of a `RegistrationOperationStatus` the device reads.
@@ -229,7 +276,7 @@ pub enum Next {
 /// Decides what follows an answer to a register (`operation` is `None`) or a poll.
 /// `poll_delay` is the wait the tool wants; a `retry-after` from the server caps it.
 pub fn decide(
-    answer: &ResponseTopic,
+    answer: &Answer,
     payload: &[u8],
     operation: Option<&str>,
     poll_delay: Duration,
@@ -268,96 +315,132 @@ pub fn decide(
     }
 }
 
-/// Runs one device `registration_id` to the end.
-pub async fn run(ctx: &DeviceContext, registration_id: &str) -> Result<Timings, Failure> {
-    let start = Instant::now();
-    let step = |s: Step| move |_: tokio::time::error::Elapsed| Failure::Timeout(s);
-    let limit = ctx.step_timeout;
+/// A device's open transport: sends requests and returns their answers.
+trait Exchange {
+    /// Sends request number `n` (from 1): a register when `operation` is `None`, else a poll
+    /// of it; returns the answer and its body.
+    fn request(
+        &mut self,
+        n: u32,
+        operation: Option<&str>,
+    ) -> impl Future<Output = Result<(Answer, Bytes), Failure>> + Send;
 
-    let tcp = tokio::time::timeout(limit, TcpStream::connect(ctx.mqtt.addr()))
+    /// Ends the transport and TLS, best effort.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs device `n` (0-based) of the context's mix to the end; its kind comes with the
+/// outcome.
+pub async fn run(ctx: &DeviceContext, n: usize) -> (Kind, Result<Timings, Failure>) {
+    let kind = ctx.mix.kind(n);
+    let id = ctx.registration_id(n);
+    (kind, run_kind(ctx, kind, n, &id).await)
+}
+
+async fn run_kind(
+    ctx: &DeviceContext,
+    kind: Kind,
+    n: usize,
+    registration_id: &str,
+) -> Result<Timings, Failure> {
+    // The client certificate's configuration is the device's own state, not the service's
+    // work: it is built before the clock starts.
+    let tls = match kind.attestation {
+        Attestation::Sas | Attestation::SasIndividual => ctx.tls.server_auth.clone(),
+        Attestation::X509 => {
+            let leaf = ctx
+                .leaves
+                .get(n)
+                .and_then(Option::as_ref)
+                .ok_or(Failure::Tls)?;
+            ctx.tls
+                .with_cert(leaf, &ctx.chain_tail)
+                .map_err(|_| Failure::Tls)?
+        }
+    };
+    let start = Instant::now();
+    let target = match kind.transport {
+        Transport::Mqtt => ctx.mqtt,
+        Transport::Amqp => ctx.amqp,
+    };
+    let limit = ctx.step_timeout;
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(target.addr()))
         .await
-        .map_err(step(Step::Connect))?
+        .map_err(timeout(Step::Connect))?
         .map_err(|_| Failure::Connect)?;
     // Small request/response packets: do not let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
     let tls_start = Instant::now();
     let server_name = ServerName::try_from(SERVER_NAME).map_err(|_| Failure::Tls)?;
-    let stream = tokio::time::timeout(limit, ctx.tls.connect(server_name, tcp))
+    let stream = tokio::time::timeout(limit, tls.connect(server_name, tcp))
         .await
-        .map_err(step(Step::Tls))?
+        .map_err(timeout(Step::Tls))?
         .map_err(|_| Failure::Tls)?;
     let tls = tls_start.elapsed();
-    let mut conn = Connection {
-        stream,
-        buf: BytesMut::with_capacity(1024),
-        out: Vec::with_capacity(1024),
-    };
-
-    let key = derive_device_key(&ctx.group_key, registration_id);
-    let resource = format!("{}/registrations/{registration_id}", ctx.id_scope);
-    let sas = SasToken::generate(
-        &resource,
-        &key,
-        Some("registration"),
-        unix_now() + SAS_LIFETIME_SECS,
-    );
-    let username = format!("{resource}/api-version={API_VERSION}");
-    mqtt::connect(
+    let device = Identity {
         registration_id,
-        &username,
-        &sas,
-        KEEP_ALIVE_SECS,
-        &mut conn.out,
-    );
-    let connack = tokio::time::timeout(limit, async {
-        conn.flush().await?;
-        conn.recv().await
-    })
-    .await
-    .map_err(step(Step::ConnAck))??;
-    match connack {
-        Packet::ConnAck {
-            session_present: false,
-            code: 0,
-        } => {}
-        Packet::ConnAck { code: 0, .. } => return Err(Failure::Protocol("session present")),
-        Packet::ConnAck { code, .. } => return Err(Failure::ConnAck(code)),
-        _ => return Err(Failure::Protocol("expected CONNACK")),
+        resource: format!("{}/registrations/{registration_id}", ctx.id_scope),
+        key: match kind.attestation {
+            Attestation::Sas => Some(derive_device_key(&ctx.group_key, registration_id)),
+            Attestation::SasIndividual => {
+                Some(derive_device_key(&ctx.individual_key, registration_id))
+            }
+            Attestation::X509 => None,
+        },
+    };
+    match kind.transport {
+        Transport::Mqtt => {
+            let mut conn = mqtt::open(stream, &device, limit).await?;
+            register(ctx, &mut conn, start, tls).await
+        }
+        Transport::Amqp => {
+            let mut conn = amqp::open(stream, &device, limit).await?;
+            register(ctx, &mut conn, start, tls).await
+        }
     }
+}
 
-    mqtt::subscribe(1, RESPONSE_FILTER, 1, &mut conn.out);
-    let suback = tokio::time::timeout(limit, async {
-        conn.flush().await?;
-        conn.recv().await
-    })
-    .await
-    .map_err(step(Step::SubAck))??;
-    match suback {
-        Packet::SubAck { pkid: 1, codes } if codes.first().is_some_and(|c| *c <= 1) => {}
-        _ => return Err(Failure::Protocol("subscription refused")),
+/// Who a device says it is.
+struct Identity<'a> {
+    registration_id: &'a str,
+    /// `{idScope}/registrations/{registrationId}`: the SAS resource, MQTT username stem and
+    /// AMQP link address.
+    resource: String,
+    /// The key a SAS device signs with; `None` for X.509.
+    key: Option<SymmetricKey>,
+}
+
+impl Identity<'_> {
+    /// The SAS token of a symmetric-key device.
+    fn sas_token(&self) -> Option<String> {
+        Some(SasToken::generate(
+            &self.resource,
+            self.key.as_ref()?,
+            Some("registration"),
+            unix_now() + SAS_LIFETIME_SECS,
+        ))
     }
+}
 
-    let register_body = serde_json::json!({ "registrationId": registration_id }).to_string();
+/// Registers, then polls until the answer is final, within the request budget.
+async fn register(
+    ctx: &DeviceContext,
+    conn: &mut impl Exchange,
+    start: Instant,
+    tls: Duration,
+) -> Result<Timings, Failure> {
     let mut operation: Option<String> = None;
     let (mut polls, mut throttled) = (0, 0);
     for n in 1..=ctx.max_requests {
-        let rid = n.to_string();
-        let (topic, payload, which) = match &operation {
-            None => (
-                format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                register_body.as_bytes(),
-                Step::Register,
-            ),
-            Some(id) => (
-                format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={id}"),
-                &b" "[..],
-                Step::Poll,
-            ),
+        let which = if operation.is_some() {
+            Step::Poll
+        } else {
+            Step::Register
         };
-        let pkid = u16::try_from(n + 1).unwrap_or(u16::MAX);
-        let (answer, body) = tokio::time::timeout(limit, conn.request(pkid, &topic, payload, &rid))
-            .await
-            .map_err(step(which))??;
+        let (answer, body) =
+            tokio::time::timeout(ctx.step_timeout, conn.request(n, operation.as_deref()))
+                .await
+                .map_err(timeout(which))??;
         if answer.status == 429 {
             throttled += 1;
         }
@@ -384,88 +467,18 @@ pub async fn run(ctx: &DeviceContext, registration_id: &str) -> Result<Timings, 
     Err(Failure::TooManyRequests)
 }
 
+fn timeout(step: Step) -> impl Fn(tokio::time::error::Elapsed) -> Failure {
+    move |_| Failure::Timeout(step)
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// One device's MQTT connection: bytes in `buf` until a whole packet is there, bytes to send
-/// collected in `out`.
-struct Connection {
-    stream: TlsStream<TcpStream>,
-    buf: BytesMut,
-    out: Vec<u8>,
-}
-
-impl Connection {
-    async fn flush(&mut self) -> Result<(), Failure> {
-        self.stream
-            .write_all(&self.out)
-            .await
-            .map_err(|_| Failure::Closed)?;
-        self.out.clear();
-        self.stream.flush().await.map_err(|_| Failure::Closed)
-    }
-
-    async fn recv(&mut self) -> Result<Packet, Failure> {
-        loop {
-            match mqtt::decode(&mut self.buf, MAX_PACKET) {
-                Ok(Some(packet)) => return Ok(packet),
-                Ok(None) => {}
-                Err(_) => return Err(Failure::Protocol("malformed packet")),
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(Failure::Closed),
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// PUBLISH at QoS 1 and wait for the response PUBLISH with our `rid` (PUBACKing it);
-    /// the PUBACK for our publish may come before or after it.
-    async fn request(
-        &mut self,
-        pkid: u16,
-        topic: &str,
-        payload: &[u8],
-        rid: &str,
-    ) -> Result<(ResponseTopic, bytes::Bytes), Failure> {
-        mqtt::publish_qos1(pkid, topic, payload, &mut self.out);
-        self.flush().await?;
-        loop {
-            match self.recv().await? {
-                Packet::PubAck { pkid: acked } if acked == pkid => {}
-                Packet::Publish {
-                    qos,
-                    pkid: their_pkid,
-                    topic,
-                    payload,
-                } => {
-                    if qos == 1 {
-                        mqtt::puback(their_pkid, &mut self.out);
-                        self.flush().await?;
-                    }
-                    let answer = parse_response_topic(&topic)
-                        .ok_or(Failure::Protocol("not a response topic"))?;
-                    if answer.rid != rid {
-                        return Err(Failure::Protocol("response to another request"));
-                    }
-                    return Ok((answer, payload));
-                }
-                _ => return Err(Failure::Protocol("unexpected packet")),
-            }
-        }
-    }
-
-    /// DISCONNECT and TLS close_notify, best effort.
-    async fn close(&mut self) {
-        mqtt::disconnect(&mut self.out);
-        if self.flush().await.is_ok() {
-            let _ = self.stream.shutdown().await;
-        }
-    }
-}
+/// The TLS stream every transport runs over.
+type Stream = TlsStream<TcpStream>;
 
 #[cfg(test)]
 mod tests {
@@ -473,40 +486,17 @@ mod tests {
 
     const DELAY: Duration = Duration::from_millis(100);
 
-    fn topic(text: &str) -> ResponseTopic {
-        parse_response_topic(text).unwrap()
-    }
-
-    #[test]
-    fn response_topics_parse() {
-        assert_eq!(
-            topic("$dps/registrations/res/202/?$rid=1&retry-after=3"),
-            ResponseTopic {
-                status: 202,
-                rid: "1".into(),
-                retry_after: Some(3)
-            }
-        );
-        assert_eq!(
-            topic("$dps/registrations/res/200/?$rid=abc").retry_after,
-            None
-        );
-        for bad in [
-            "$dps/registrations/res/200",
-            "$dps/registrations/res/x/?$rid=1",
-            "$dps/registrations/res/200/?retry-after=1",
-            "$dps/registrations/res/200/?$rid=1&retry-after=soon",
-            "$dps/registrations/res/200/?$rid",
-            "devices/x/messages",
-        ] {
-            assert_eq!(parse_response_topic(bad), None, "{bad}");
+    fn answer(status: u16, retry_after: Option<u64>) -> Answer {
+        Answer {
+            status,
+            retry_after,
         }
     }
 
     #[test]
     fn a_202_leads_to_a_poll_after_the_smaller_of_delay_and_retry_after() {
         let body = br#"{"operationId":"op-1","status":"assigning"}"#;
-        let registered = topic("$dps/registrations/res/202/?$rid=1&retry-after=1");
+        let registered = answer(202, Some(1));
         assert_eq!(
             decide(&registered, body, None, DELAY),
             Next::Poll {
@@ -521,16 +511,20 @@ mod tests {
                 wait: Duration::from_secs(1)
             }
         );
-        let none = topic("$dps/registrations/res/202/?$rid=1&retry-after=0");
         assert!(matches!(
-            decide(&none, body, None, DELAY),
+            decide(&answer(202, Some(0)), body, None, DELAY),
             Next::Poll { wait, .. } if wait.is_zero()
+        ));
+        // AMQP answers carry no status: an `assigning` body under 200 is polled too.
+        assert!(matches!(
+            decide(&answer(200, None), body, None, DELAY),
+            Next::Poll { operation_id, .. } if operation_id == "op-1"
         ));
     }
 
     #[test]
     fn final_answers() {
-        let ok = topic("$dps/registrations/res/200/?$rid=2");
+        let ok = answer(200, None);
         let assigned = br#"{"operationId":"op","status":"assigned","registrationState":{}}"#;
         assert_eq!(decide(&ok, assigned, Some("op"), DELAY), Next::Assigned);
         let failed = br#"{"operationId":"op","status":"failed"}"#;
@@ -538,25 +532,23 @@ mod tests {
             decide(&ok, failed, Some("op"), DELAY),
             Next::Fail(Failure::NotAssigned)
         );
-        let unauthorized = topic("$dps/registrations/res/401/?$rid=1");
         assert_eq!(
-            decide(&unauthorized, b"{}", None, DELAY),
+            decide(&answer(401, None), b"{}", None, DELAY),
             Next::Fail(Failure::Status(401))
         );
         assert_eq!(
             decide(&ok, b"not json", Some("op"), DELAY),
             Next::Fail(Failure::Protocol("answer body is not an operation status"))
         );
-        let accepted = topic("$dps/registrations/res/202/?$rid=1");
         assert_eq!(
-            decide(&accepted, b"{}", None, DELAY),
+            decide(&answer(202, None), b"{}", None, DELAY),
             Next::Fail(Failure::Protocol("202 without operationId"))
         );
     }
 
     #[test]
     fn a_429_repolls_the_same_operation_or_retries_the_register() {
-        let busy = topic("$dps/registrations/res/429/?$rid=3&retry-after=2");
+        let busy = answer(429, Some(2));
         assert_eq!(
             decide(&busy, b"{}", Some("op"), DELAY),
             Next::Poll {
@@ -574,7 +566,9 @@ mod tests {
     fn failure_labels_are_bounded_names() {
         assert_eq!(Failure::ConnAck(5).label(), "connack-5");
         assert_eq!(Failure::Timeout(Step::Poll).label(), "timeout-poll");
+        assert_eq!(Failure::Timeout(Step::Open).label(), "timeout-open");
         assert_eq!(Failure::Status(429).label(), "status-429");
+        assert_eq!(Failure::Refused.label(), "refused");
         assert_eq!(Failure::Protocol("anything").label(), "protocol");
     }
 }

@@ -61,8 +61,8 @@ pub(crate) async fn drive(
     loop {
         while next < config.devices && tasks.len() < config.concurrency {
             let context = context.clone();
-            let id = config.registration_id(next);
-            tasks.spawn(async move { device::run(&context, &id).await });
+            let n = next;
+            tasks.spawn(async move { device::run(&context, n).await });
             next += 1;
         }
         if tasks.is_empty() {
@@ -84,7 +84,7 @@ pub(crate) async fn drive(
                 in_flight: tasks.len(),
             }),
             Some(joined) = tasks.join_next() => match joined {
-                Ok(outcome) => tally.record(outcome),
+                Ok((_kind, outcome)) => tally.record(outcome),
                 // A panicking device task is a bug in this tool; surface it.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Nothing aborts a task before the loop ends.

@@ -1,11 +1,14 @@
-//! `dps-loadtest`: drives many simulated symmetric-key devices through the DPS MQTT
-//! registration flow against a running `dpsd`, and reports throughput and latency.
+//! `dps-loadtest`: drives many simulated devices through the DPS registration flow, over MQTT
+//! or AMQP 1.0, with symmetric keys or X.509 certificates, against a running `dpsd`, and
+//! reports throughput and latency.
 //!
-//! What it does: reads the credentials `dpsd` wrote to its data directory, creates one
-//! symmetric-key enrollment group with a key it chose (so no per-device enrollment is needed),
-//! runs `devices` devices, at most `concurrency` at once (TCP, TLS, CONNECT with a SAS token
-//! from the derived device key, SUBSCRIBE, register, poll until `assigned`, DISCONNECT), then
-//! deletes the group and its registration records unless told to keep them.
+//! What it does: reads the credentials `dpsd` wrote to its data directory; before the clock
+//! starts, mints one leaf certificate per X.509 device ([`x509`]) and creates an enrollment
+//! group per attestation in use (a symmetric-key group with a key it chose, an X.509 group on
+//! its CA), and individual enrollments in bulk for the devices that have one; runs `devices` devices, at most
+//! `concurrency` at once, each of the kind the [`Mix`] gives its index (TCP, TLS, the
+//! transport's open, register, poll until `assigned`, close: [`device`]); then deletes the
+//! groups and their registration records unless told to keep them.
 //!
 //! Its bounds: it only ever connects to loopback addresses ([`Loopback`], [`ApiEndpoint`] are
 //! checked when built and are the only way to name a target; proxies and redirects are off);
@@ -18,11 +21,14 @@
 pub mod cli;
 pub mod device;
 mod driver;
+pub mod mix;
 pub mod mqtt;
 pub mod report;
 pub mod setup;
 pub mod target;
+pub mod x509;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +36,11 @@ use std::time::Duration;
 use dps_types::{EnrollmentGroupId, SymmetricKey};
 
 pub use driver::Progress;
+pub use mix::{Attestation, Kind, Mix, Transport};
 pub use report::{Cleanup, Report};
 pub use setup::CleanupSummary;
 pub use target::{ApiEndpoint, Loopback};
+pub use x509::CaSource;
 
 /// Most devices one run may simulate: each keeps two latency samples (16 bytes) until the
 /// report, and a run this size already takes minutes against one dpsd.
@@ -101,6 +109,9 @@ pub enum LoadError {
         #[source]
         source: reqwest::Error,
     },
+    /// A certificate or key for the X.509 devices could not be made.
+    #[error("minting X.509 certificates: {0}")]
+    Mint(String),
     /// The service API answered with an unexpected status.
     #[error("service API, {operation}: HTTP {status}: {body}")]
     Api {
@@ -123,6 +134,12 @@ pub struct Config {
     pub api: ApiEndpoint,
     /// The MQTT device listener.
     pub mqtt: Loopback,
+    /// The AMQP device listener.
+    pub amqp: Loopback,
+    /// Which kind (transport and attestation) each device is.
+    pub mix: Mix,
+    /// The CA that signs the X.509 devices' leaves.
+    pub x509_ca: CaSource,
     /// Devices to simulate (1 to [`MAX_DEVICES`]).
     pub devices: usize,
     /// Devices at once (1 to [`MAX_CONCURRENCY`]).
@@ -136,7 +153,8 @@ pub struct Config {
     pub poll_delay: Duration,
     /// Register and poll requests one device may send (1 to [`MAX_REQUESTS`]).
     pub max_requests: u32,
-    /// The enrollment group the devices belong to; devices are `{group}-{n}`.
+    /// The symmetric-key enrollment group; the X.509 group is `{group}-x509`; devices (and
+    /// individual enrollments) are `{group}-{n:06}`.
     pub group: EnrollmentGroupId,
     /// Keep the group and the registration records afterwards.
     pub keep: bool,
@@ -146,6 +164,10 @@ pub struct Config {
 
 /// Longest group id: device ids append `-` and up to 7 digits, within DPS's 128.
 const MAX_GROUP_LEN: usize = 120;
+/// Longest X.509 registration id: the leaf's CN, at most 64 characters.
+const MAX_X509_ID_LEN: usize = 64;
+/// dpsd's default AMQPS port.
+const DEFAULT_AMQP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 5671);
 
 impl Config {
     /// The defaults of the command line for this data directory and targets.
@@ -154,6 +176,11 @@ impl Config {
             data_dir,
             api,
             mqtt,
+            amqp: Loopback::new(DEFAULT_AMQP).expect("127.0.0.1 is loopback"),
+            mix: Mix::default(),
+            x509_ca: CaSource::Generated {
+                intermediate: false,
+            },
             devices: 1000,
             concurrency: 64,
             duration_limit: Duration::from_secs(120),
@@ -194,6 +221,28 @@ impl Config {
                 format!("must be at most {MAX_GROUP_LEN} characters"),
             );
         }
+        if self.mix.uses(Attestation::X509) {
+            let x509 = (0..self.devices)
+                .filter(|n| self.mix.kind(*n).attestation == Attestation::X509)
+                .count();
+            if x509 > x509::MAX_X509_DEVICES {
+                return invalid(
+                    "--devices",
+                    format!(
+                        "{x509} X.509 devices is over the {} limit (each leaf is minted and kept before the run)",
+                        x509::MAX_X509_DEVICES
+                    ),
+                );
+            }
+            if self.registration_id(self.devices - 1).len() > MAX_X509_ID_LEN {
+                return invalid(
+                    "--group",
+                    format!(
+                        "too long for X.509 devices: their registration id {{group}}-{{n:06}} is a certificate CN of at most {MAX_X509_ID_LEN} characters"
+                    ),
+                );
+            }
+        }
         if self.progress_every.is_zero() {
             return invalid("progress interval", "must be over 0".into());
         }
@@ -202,7 +251,53 @@ impl Config {
 
     /// The registration id of device `n` (0-based).
     pub fn registration_id(&self, n: usize) -> String {
-        format!("{}-{n:06}", self.group.as_str().to_ascii_lowercase())
+        format!("{}-{n:06}", self.id_prefix())
+    }
+
+    fn id_prefix(&self) -> String {
+        self.group.as_str().to_ascii_lowercase()
+    }
+
+    /// The X.509 enrollment group: `{group}-x509`.
+    pub fn x509_group(&self) -> EnrollmentGroupId {
+        // `group` is valid and at most MAX_GROUP_LEN long, so the suffixed id is too.
+        EnrollmentGroupId::parse(&format!("{}-x509", self.group.as_str()))
+            .expect("a valid group id with -x509 appended is valid")
+    }
+
+    /// The registration ids of the devices with individual enrollments.
+    pub fn individual_ids(&self) -> Vec<String> {
+        self.ids_of(Attestation::SasIndividual)
+    }
+
+    /// The prefix of the individual enrollments' ids, when the mix has any.
+    pub fn individual_prefix(&self) -> Option<String> {
+        self.mix
+            .uses(Attestation::SasIndividual)
+            .then(|| self.id_prefix())
+    }
+
+    /// The registration ids of the devices that attest with `attestation`, in device order.
+    fn ids_of(&self, attestation: Attestation) -> Vec<String> {
+        if !self.mix.uses(attestation) {
+            return Vec::new();
+        }
+        (0..self.devices)
+            .filter(|n| self.mix.kind(*n).attestation == attestation)
+            .map(|n| self.registration_id(n))
+            .collect()
+    }
+
+    /// The groups the mix uses: the symmetric-key group, then the X.509 group.
+    pub fn groups(&self) -> Vec<EnrollmentGroupId> {
+        let mut groups = Vec::with_capacity(2);
+        if self.mix.uses(Attestation::Sas) {
+            groups.push(self.group.clone());
+        }
+        if self.mix.uses(Attestation::X509) {
+            groups.push(self.x509_group());
+        }
+        groups
     }
 }
 
@@ -215,14 +310,44 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     config.validate()?;
     let credentials = setup::Credentials::load(&config.data_dir)?;
     let service = setup::ServiceClient::new(&credentials, &config.api, config.step_timeout)?;
+    let tls = device::TlsClients::new(&credentials.ca_pem)?;
+
+    // The X.509 fleet first: minting is the slow part of the setup and needs no service.
+    let mut leaves = Vec::new();
+    let mut chain_tail = Vec::new();
+    if config.mix.uses(Attestation::X509) {
+        let ca = Arc::new(x509::Ca::load(&config.x509_ca)?);
+        let minted = x509::mint_all(ca.clone(), config.ids_of(Attestation::X509)).await?;
+        let mut minted = minted.into_iter();
+        leaves = (0..config.devices)
+            .map(|n| match config.mix.kind(n).attestation {
+                Attestation::X509 => minted.next(),
+                _ => None,
+            })
+            .collect();
+        chain_tail = ca.chain_tail().to_vec();
+        service
+            .put_x509_group(&config.x509_group(), ca.group_pem())
+            .await?;
+    }
     let group_key = SymmetricKey::generate();
-    service.put_group(&config.group, &group_key).await?;
+    if config.mix.uses(Attestation::Sas) {
+        service.put_group(&config.group, &group_key).await?;
+    }
+    let individual_key = SymmetricKey::generate();
+    setup::put_individuals(&service, &config.individual_ids(), &individual_key).await?;
 
     let context = Arc::new(device::DeviceContext {
         mqtt: config.mqtt,
-        tls: device::tls_connector(&credentials.ca_pem)?,
+        amqp: config.amqp,
+        tls,
         id_scope: credentials.id_scope.clone(),
+        id_prefix: config.id_prefix(),
+        mix: config.mix.clone(),
         group_key,
+        individual_key,
+        leaves,
+        chain_tail,
         step_timeout: config.step_timeout,
         poll_delay: config.poll_delay,
         max_requests: config.max_requests,
@@ -232,7 +357,13 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     let cleanup = if config.keep {
         Cleanup::Kept
     } else {
-        match setup::cleanup(&service, &config.group).await {
+        match setup::cleanup(
+            &service,
+            &config.groups(),
+            config.individual_prefix().as_deref(),
+        )
+        .await
+        {
             Ok(summary) => Cleanup::Done(summary),
             Err(e) => Cleanup::Failed {
                 error: e.to_string(),
@@ -242,10 +373,15 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
     Ok(Report::new(config, tally, cleanup))
 }
 
-/// Deletes the group's registration records and the group (what [`run`] does at the end
-/// unless [`Config::keep`]), e.g. after a run with `--keep`.
+/// Deletes the groups' registration records and the groups of the mix (what [`run`] does at
+/// the end unless [`Config::keep`]), e.g. after a run with `--keep`.
 pub async fn cleanup(config: &Config) -> Result<CleanupSummary, LoadError> {
     let credentials = setup::Credentials::load(&config.data_dir)?;
     let service = setup::ServiceClient::new(&credentials, &config.api, config.step_timeout)?;
-    setup::cleanup(&service, &config.group).await
+    setup::cleanup(
+        &service,
+        &config.groups(),
+        config.individual_prefix().as_deref(),
+    )
+    .await
 }

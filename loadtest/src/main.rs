@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dps_loadtest::cli::Args;
-use dps_loadtest::{Config, LoadError};
+use dps_loadtest::{Attestation, Config, LoadError, Transport};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,14 +24,25 @@ async fn main() -> ExitCode {
 
 async fn run(config: &Config, json: bool, quiet: bool) -> Result<ExitCode, LoadError> {
     if !quiet {
+        let mut targets = Vec::new();
+        if config.mix.uses_transport(Transport::Mqtt) {
+            targets.push(format!("mqtts://{}", config.mqtt));
+        }
+        if config.mix.uses_transport(Transport::Amqp) {
+            targets.push(format!("amqps://{}", config.amqp));
+        }
         eprintln!(
-            "dps-loadtest: {} devices, {} at once, against mqtts://{} and {} (limit {:?})",
+            "dps-loadtest: {} devices ({}), {} at once, against {} and {} (limit {:?})",
             config.devices,
+            config.mix,
             config.concurrency,
-            config.mqtt,
+            targets.join(", "),
             config.api.base(),
             config.duration_limit
         );
+        if config.mix.uses(Attestation::X509) {
+            eprintln!("dps-loadtest: minting the X.509 devices' leaves before the clock starts");
+        }
     }
     let report = dps_loadtest::run(config, |progress| {
         if !quiet {
@@ -54,12 +65,12 @@ async fn run(config: &Config, json: bool, quiet: bool) -> Result<ExitCode, LoadE
 async fn cleanup(config: &Config) -> Result<ExitCode, LoadError> {
     let summary = dps_loadtest::cleanup(config).await?;
     println!(
-        "cleanup     {} registration records deleted, group {}",
+        "cleanup     {} registration records deleted, groups {}",
         summary.registrations_deleted,
         if summary.group_deleted {
             "deleted"
         } else {
-            "already gone"
+            "deleted or already gone"
         }
     );
     Ok(ExitCode::SUCCESS)

@@ -174,22 +174,31 @@ fn put_str(body: &mut Vec<u8>, text: &[u8]) {
     body.extend_from_slice(&text[..len]);
 }
 
-/// CONNECT, MQTT 3.1.1, clean session, with username and password.
+/// CONNECT, MQTT 3.1.1, clean session, with a username and, when given, a password (an
+/// X.509 device sends none).
 pub fn connect(
     client_id: &str,
     username: &str,
-    password: &str,
+    password: Option<&str>,
     keep_alive_secs: u16,
     out: &mut Vec<u8>,
 ) {
-    let mut body = Vec::with_capacity(16 + client_id.len() + username.len() + password.len());
+    let password_len = password.map_or(0, str::len);
+    let mut body = Vec::with_capacity(16 + client_id.len() + username.len() + password_len);
     put_str(&mut body, b"MQTT");
     body.push(4); // protocol level 3.1.1
-    body.push(0b1100_0010); // username, password, clean session
+                  // Username, password when given, clean session.
+    body.push(if password.is_some() {
+        0b1100_0010
+    } else {
+        0b1000_0010
+    });
     body.extend_from_slice(&keep_alive_secs.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
     put_str(&mut body, username.as_bytes());
-    put_str(&mut body, password.as_bytes());
+    if let Some(password) = password {
+        put_str(&mut body, password.as_bytes());
+    }
     frame(0x10, &body, out);
 }
 
@@ -253,7 +262,7 @@ mod tests {
         connect(
             "dev-1",
             "0ne1/registrations/dev-1/api-version=x",
-            "sas",
+            Some("sas"),
             60,
             &mut out,
         );
@@ -265,6 +274,25 @@ mod tests {
                 assert!(will.is_none());
                 assert_eq!(login.username, "0ne1/registrations/dev-1/api-version=x");
                 assert_eq!(login.password, "sas");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // An X.509 device: no password.
+        out.clear();
+        connect(
+            "dev-2",
+            "0ne1/registrations/dev-2/api-version=x",
+            None,
+            60,
+            &mut out,
+        );
+        assert_eq!(out[9], 0b1000_0010, "username and clean session flags only");
+        match read(&out) {
+            Wire::Connect(connect, _, _, _, Some(login)) => {
+                assert_eq!(connect.client_id, "dev-2");
+                assert_eq!(login.username, "0ne1/registrations/dev-2/api-version=x");
+                assert_eq!(login.password, "");
             }
             other => panic!("{other:?}"),
         }

@@ -1,11 +1,13 @@
 //! Before and after the devices: the credentials dpsd wrote to its data directory, and the
-//! service API calls (create the enrollment group; delete its registration records and the
-//! group).
+//! service API calls (create the enrollment groups, symmetric-key and X.509; delete their
+//! registration records and the groups).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_attest::SasToken;
+use std::future::Future;
+
+use dps_attest::{derive_device_key, SasToken};
 use dps_types::{EnrollmentGroupId, SymmetricKey};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -25,9 +27,11 @@ const MAX_PAGES: usize = 10_000;
 /// Cleanup passes: a registration that was still running when the run ended can be written
 /// after a pass has listed the group, so a pass that found records is followed by another.
 const MAX_PASSES: usize = 3;
-/// DELETE requests in flight during cleanup: enough to keep dpsd's group commit busy without
-/// crowding its API listener.
-const DELETE_CONCURRENCY: usize = 32;
+/// Requests in flight during setup and cleanup (DELETEs, bulk operations): enough to keep
+/// dpsd's group commit busy without crowding its API listener.
+const API_CONCURRENCY: usize = 32;
+/// Enrollments per bulk operation: DPS's limit.
+const BULK_ITEMS: usize = 10;
 /// Response body quoted in an error.
 const MAX_QUOTED_BODY: usize = 300;
 /// Lifetime of the service SAS token of each request.
@@ -175,13 +179,35 @@ impl ServiceClient {
         group: &EnrollmentGroupId,
         key: &SymmetricKey,
     ) -> Result<(), LoadError> {
+        let attestation = serde_json::json!({"type": "symmetricKey", "symmetricKey": {
+            "primaryKey": key.expose_base64(),
+            "secondaryKey": SymmetricKey::generate().expose_base64(),
+        }});
+        self.put_group_with(group, attestation).await
+    }
+
+    /// Creates (or replaces) an X.509 enrollment group whose signing certificate is
+    /// `ca_pem`.
+    pub async fn put_x509_group(
+        &self,
+        group: &EnrollmentGroupId,
+        ca_pem: &str,
+    ) -> Result<(), LoadError> {
+        let attestation = serde_json::json!({"type": "x509", "x509": {
+            "signingCertificates": {"primary": {"certificate": ca_pem}},
+        }});
+        self.put_group_with(group, attestation).await
+    }
+
+    async fn put_group_with(
+        &self,
+        group: &EnrollmentGroupId,
+        attestation: serde_json::Value,
+    ) -> Result<(), LoadError> {
         const OP: &str = "create the enrollment group";
         let body = serde_json::json!({
             "enrollmentGroupId": group.as_str(),
-            "attestation": {"type": "symmetricKey", "symmetricKey": {
-                "primaryKey": key.expose_base64(),
-                "secondaryKey": SymmetricKey::generate().expose_base64(),
-            }},
+            "attestation": attestation,
             "provisioningStatus": "enabled",
         });
         let response = self
@@ -200,43 +226,102 @@ impl ServiceClient {
         Ok(())
     }
 
+    /// Runs one bulk operation on individual enrollments (`mode` `update` creates or
+    /// replaces, `delete` deletes); the ids that failed, with their error codes.
+    async fn bulk_enrollments(
+        &self,
+        mode: &'static str,
+        enrollments: Vec<serde_json::Value>,
+    ) -> Result<Vec<(String, u32)>, LoadError> {
+        const OP: &str = "bulk individual enrollment operation";
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ItemError {
+            registration_id: String,
+            error_code: u32,
+        }
+        #[derive(Deserialize)]
+        struct BulkResult {
+            #[serde(default)]
+            errors: Vec<ItemError>,
+        }
+        let http = |source| LoadError::Http {
+            operation: OP,
+            source,
+        };
+        let body = serde_json::json!({"mode": mode, "enrollments": enrollments});
+        let response = self
+            .request(Method::POST, "/enrollments")
+            .json(&body)
+            .send()
+            .await
+            .map_err(http)?;
+        let result: BulkResult = expect(OP, response, &[StatusCode::OK])
+            .await?
+            .json()
+            .await
+            .map_err(http)?;
+        Ok(result
+            .errors
+            .into_iter()
+            .map(|e| (e.registration_id, e.error_code))
+            .collect())
+    }
+
     /// Every registration id of `group`, read page by page.
     pub async fn registration_ids(
         &self,
         group: &EnrollmentGroupId,
     ) -> Result<Vec<String>, LoadError> {
-        const OP: &str = "query registration states";
+        let path = format!("/registrations/{}/query", group.as_str());
+        self.query_ids("query registration states", &path, None)
+            .await
+    }
+
+    /// The registration id of every individual enrollment, read page by page.
+    pub async fn individual_enrollment_ids(&self) -> Result<Vec<String>, LoadError> {
+        let all = serde_json::json!({"query": "*"});
+        self.query_ids(
+            "query individual enrollments",
+            "/enrollments/query",
+            Some(&all),
+        )
+        .await
+    }
+
+    /// The `registrationId` of every item a query at `path` returns, page by page.
+    async fn query_ids(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<String>, LoadError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
-        struct State {
+        struct Item {
             registration_id: String,
         }
+        let http = |source| LoadError::Http { operation, source };
         let mut ids = Vec::new();
         let mut continuation: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut request = self
-                .request(
-                    Method::POST,
-                    &format!("/registrations/{}/query", group.as_str()),
-                )
+                .request(Method::POST, path)
                 .header("x-ms-max-item-count", PAGE_SIZE);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
             if let Some(token) = &continuation {
                 request = request.header("x-ms-continuation", token);
             }
-            let response = request.send().await.map_err(|source| LoadError::Http {
-                operation: OP,
-                source,
-            })?;
+            let response = request.send().await.map_err(http)?;
             let next = response
                 .headers()
                 .get("x-ms-continuation")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let response = expect(OP, response, &[StatusCode::OK]).await?;
-            let page: Vec<State> = response.json().await.map_err(|source| LoadError::Http {
-                operation: OP,
-                source,
-            })?;
+            let response = expect(operation, response, &[StatusCode::OK]).await?;
+            let page: Vec<Item> = response.json().await.map_err(http)?;
             ids.extend(page.into_iter().map(|s| s.registration_id));
             if next.is_none() || next == continuation {
                 return Ok(ids);
@@ -306,48 +391,180 @@ async fn expect(
 pub struct CleanupSummary {
     /// Registration records deleted.
     pub registrations_deleted: usize,
-    /// Whether the group existed and was deleted.
+    /// Whether the run's groups (one per attestation of the mix) all existed and were
+    /// deleted.
     pub group_deleted: bool,
 }
 
-/// Deletes every registration record of `group` (a few passes, see [`MAX_PASSES`]), then the
-/// group.
+/// Creates (or replaces) a symmetric-key individual enrollment for each of `ids`, whose
+/// primary key is derived from `master` and the id (as a group's device keys are), in bulk
+/// operations of [`BULK_ITEMS`].
+pub async fn put_individuals(
+    service: &ServiceClient,
+    ids: &[String],
+    master: &SymmetricKey,
+) -> Result<(), LoadError> {
+    let batches: Vec<Vec<serde_json::Value>> = ids
+        .chunks(BULK_ITEMS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|id| {
+                    let key = derive_device_key(master, id);
+                    serde_json::json!({"registrationId": id,
+                        "attestation": {"type": "symmetricKey", "symmetricKey": {
+                            "primaryKey": key.expose_base64(),
+                            "secondaryKey": SymmetricKey::generate().expose_base64(),
+                        }},
+                        "provisioningStatus": "enabled"})
+                })
+                .collect()
+        })
+        .collect();
+    concurrently(batches, |batch| {
+        let service = service.clone();
+        async move {
+            match service.bulk_enrollments("update", batch).await?.first() {
+                None => Ok(()),
+                Some((id, code)) => Err(LoadError::Api {
+                    operation: "create individual enrollments",
+                    status: u16::try_from(code / 1000).unwrap_or(0),
+                    body: format!("{id}: error code {code}"),
+                }),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Deletes the individual enrollments `ids`, in bulk operations; one already gone is not an
+/// error.
+async fn delete_individuals(service: &ServiceClient, ids: &[String]) -> Result<(), LoadError> {
+    let batches: Vec<Vec<serde_json::Value>> = ids
+        .chunks(BULK_ITEMS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|id| serde_json::json!({"registrationId": id}))
+                .collect()
+        })
+        .collect();
+    concurrently(batches, |batch| {
+        let service = service.clone();
+        async move {
+            let failed = service.bulk_enrollments("delete", batch).await?;
+            match failed.iter().find(|(_, code)| code / 1000 != 404) {
+                None => Ok(()),
+                Some((id, code)) => Err(LoadError::Api {
+                    operation: "delete individual enrollments",
+                    status: u16::try_from(code / 1000).unwrap_or(0),
+                    body: format!("{id}: error code {code}"),
+                }),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Whether `id` is one of the run's device ids: `{prefix}-` and at least six digits.
+fn is_device_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// For each of `groups`: deletes every registration record of the group (a few passes, see
+/// [`MAX_PASSES`]), then the group. With `individual_prefix`, then the individual enrollments
+/// whose ids are device ids under it (found by a query, so a cut-short run or a later
+/// `--cleanup-only` finds them all) and their records (records again after the enrollments:
+/// a registration still in flight when the first pass ran is written by then).
 pub async fn cleanup(
     service: &ServiceClient,
-    group: &EnrollmentGroupId,
+    groups: &[EnrollmentGroupId],
+    individual_prefix: Option<&str>,
 ) -> Result<CleanupSummary, LoadError> {
-    let mut summary = CleanupSummary::default();
-    for _ in 0..MAX_PASSES {
-        let ids = service.registration_ids(group).await?;
-        if ids.is_empty() {
-            break;
-        }
+    let mut summary = CleanupSummary {
+        registrations_deleted: 0,
+        group_deleted: true,
+    };
+    if let Some(prefix) = individual_prefix {
+        let mut ids = service.individual_enrollment_ids().await?;
+        ids.retain(|id| is_device_id(prefix, id));
+        summary.registrations_deleted += delete_all(service, ids.clone()).await?;
+        delete_individuals(service, &ids).await?;
         summary.registrations_deleted += delete_all(service, ids).await?;
     }
-    summary.group_deleted = service.delete_group(group).await?;
+    for group in groups {
+        for _ in 0..MAX_PASSES {
+            let ids = service.registration_ids(group).await?;
+            if ids.is_empty() {
+                break;
+            }
+            summary.registrations_deleted += delete_all(service, ids).await?;
+        }
+        summary.group_deleted &= service.delete_group(group).await?;
+    }
     Ok(summary)
 }
 
-/// Deletes `ids`, [`DELETE_CONCURRENCY`] at a time; how many existed.
+/// Deletes the registration records `ids`, [`API_CONCURRENCY`] at a time; how many existed.
 async fn delete_all(service: &ServiceClient, ids: Vec<String>) -> Result<usize, LoadError> {
-    let mut ids = ids.into_iter();
+    let existed = concurrently(ids, |id| {
+        let service = service.clone();
+        async move { service.delete_registration(&id).await }
+    })
+    .await?;
+    Ok(existed.into_iter().filter(|e| *e).count())
+}
+
+/// Runs `task` on each of `items`, [`API_CONCURRENCY`] at a time; the results in completion
+/// order, or the first error.
+async fn concurrently<T, R, F, Fut>(items: Vec<T>, task: F) -> Result<Vec<R>, LoadError>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R, LoadError>> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut items = items.into_iter();
     let mut tasks = JoinSet::new();
-    let mut deleted = 0;
+    let mut results = Vec::new();
     loop {
-        while tasks.len() < DELETE_CONCURRENCY {
-            let Some(id) = ids.next() else { break };
-            let service = service.clone();
-            tasks.spawn(async move { service.delete_registration(&id).await });
+        while tasks.len() < API_CONCURRENCY {
+            let Some(item) = items.next() else { break };
+            tasks.spawn(task(item));
         }
         let Some(joined) = tasks.join_next().await else {
-            return Ok(deleted);
+            return Ok(results);
         };
         match joined {
-            Ok(Ok(existed)) => deleted += usize::from(existed),
+            Ok(Ok(result)) => results.push(result),
             Ok(Err(e)) => return Err(e),
             // A panicking task is a bug in this tool; surface it. (Nothing cancels these.)
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_runs_device_ids_are_cleaned_up() {
+        assert!(is_device_id("lt", "lt-000042"));
+        assert!(is_device_id("lt", "lt-1000000"));
+        for other in [
+            "lt-42",
+            "lt-00004x",
+            "lt000042",
+            "lt-x-000042",
+            "other-000042",
+            "lt-",
+        ] {
+            assert!(!is_device_id("lt", other), "{other}");
         }
     }
 }

@@ -1,9 +1,10 @@
-//! The load tool against an in-process dpsd on loopback port 0 with one linked hub.
+//! The load tool against an in-process dpsd on loopback port 0 with one linked hub: every
+//! kind of device (MQTT and AMQP, symmetric key and X.509) and a mix of them.
 
 use std::path::Path;
 use std::time::Duration;
 
-use dps_loadtest::{ApiEndpoint, Cleanup, CleanupSummary, Config, Loopback};
+use dps_loadtest::{ApiEndpoint, CaSource, Cleanup, CleanupSummary, Config, Loopback, Mix};
 use dps_types::EnrollmentGroupId;
 
 /// Starts dpsd in `dir` with one linked hub, so devices can be assigned.
@@ -36,6 +37,7 @@ fn config_for(running: &dpsd::Running) -> Config {
         ApiEndpoint::from_addr(running.api_addr).unwrap(),
         Loopback::new(running.mqtt_addr).unwrap(),
     );
+    config.amqp = Loopback::new(running.amqp_addr.expect("AMQP is on")).unwrap();
     config.duration_limit = Duration::from_secs(60);
     config.poll_delay = Duration::from_millis(20);
     config
@@ -139,4 +141,162 @@ async fn a_non_loopback_target_is_refused_before_any_traffic() {
     let err = ApiEndpoint::parse("https://203.0.113.5:8443").unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
     assert!(ApiEndpoint::from_addr("198.51.100.1:8443".parse().unwrap()).is_err());
+}
+
+/// Runs `config` (`devices` of them) to the end and checks that every device was assigned and
+/// that the cleanup removed every record and the groups.
+async fn assert_all_assigned_and_cleaned(running: &dpsd::Running, config: &Config) {
+    let report = dps_loadtest::run(config, |_| {}).await.unwrap();
+    assert_eq!(report.assigned, config.devices, "{report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(
+        report.cleanup,
+        Cleanup::Done(CleanupSummary {
+            registrations_deleted: config.devices,
+            group_deleted: true
+        }),
+        "{report}"
+    );
+    assert_eq!(running.registrar.store().cache().registration_count(), 0);
+    for group in config.groups() {
+        assert!(!group_exists(running, &group), "{group:?} is left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_group_devices_over_mqtt_present_leaf_and_intermediate_and_are_assigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("mqtt-x509").unwrap();
+    config.x509_ca = CaSource::Generated { intermediate: true };
+    config.devices = 40;
+    config.concurrency = 8;
+    assert_all_assigned_and_cleaned(&running, &config).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_key_devices_over_amqp_are_assigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("amqp-sas").unwrap();
+    config.devices = 40;
+    config.concurrency = 8;
+    assert_all_assigned_and_cleaned(&running, &config).await;
+    running.shutdown().await.unwrap();
+}
+
+/// Writes a root and an intermediate under it (`ca.pem`: intermediate then root) and the
+/// intermediate's key, as a user would hand them to the tool.
+fn ca_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |name: &str, constraints| {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(constraints);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+    };
+    let root_params = ca("user root", BasicConstraints::Unconstrained);
+    let root_key = KeyPair::generate().unwrap();
+    let root_cert = root_params.self_signed(&root_key).unwrap();
+    let root = Issuer::new(root_params, root_key);
+    let key = KeyPair::generate().unwrap();
+    let intermediate = ca("user intermediate", BasicConstraints::Constrained(0))
+        .signed_by(&key, &root)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("ca.pem"), dir.join("ca.key"));
+    std::fs::write(&cert_file, intermediate.pem() + &root_cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_devices_over_amqp_under_a_given_ca_are_assigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let (cert, key) = ca_files(dir.path());
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("amqp-x509").unwrap();
+    config.x509_ca = CaSource::Files {
+        cert: cert.clone(),
+        key,
+    };
+    config.devices = 40;
+    config.concurrency = 8;
+    assert_all_assigned_and_cleaned(&running, &config).await;
+
+    // A key that does not belong to the issuer is refused before any group is made.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_, other_key) = ca_files(&other);
+    config.x509_ca = CaSource::Files {
+        cert,
+        key: other_key,
+    };
+    let err = dps_loadtest::run(&config, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("does not belong"), "{err}");
+    assert!(!group_exists(&running, &config.x509_group()));
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_of_every_kind_is_assigned_and_kept_until_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let store = running.registrar.store().clone();
+    let mut config = config_for(&running);
+    config.mix =
+        Mix::parse("mqtt-x509:2,amqp-sas:1,mqtt-sas:1,amqp-x509:1,amqp-sas-individual:1").unwrap();
+    config.devices = 50;
+    config.concurrency = 10;
+    config.keep = true;
+    let report = dps_loadtest::run(&config, |_| {}).await.unwrap();
+    assert_eq!(report.assigned, 50, "{report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(store.cache().registration_count(), 50);
+    let groups = config.groups();
+    assert_eq!(groups.len(), 2);
+    assert!(groups.iter().all(|g| group_exists(&running, g)));
+
+    // As `--cleanup-only` runs it, without the run's device count: what to delete comes
+    // from the service.
+    config.devices = 1;
+    let summary = dps_loadtest::cleanup(&config).await.unwrap();
+    assert_eq!(
+        summary,
+        CleanupSummary {
+            registrations_deleted: 50,
+            group_deleted: true
+        }
+    );
+    assert_eq!(store.cache().registration_count(), 0);
+    assert!(groups.iter().all(|g| !group_exists(&running, g)));
+    assert_eq!(store.cache().enrollment_count(), 0);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn individual_symmetric_key_devices_are_enrolled_in_bulk_and_removed_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let store = running.registrar.store().clone();
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("mqtt-sas-individual:1,amqp-sas-individual:1").unwrap();
+    config.devices = 35; // four bulk operations, the last one partial
+    config.concurrency = 8;
+    assert!(config.groups().is_empty());
+    let ids = config.individual_ids();
+    assert_eq!(ids.len(), 35);
+    assert_all_assigned_and_cleaned(&running, &config).await;
+    for id in &ids {
+        let id = dps_types::RegistrationId::parse(id).unwrap();
+        assert!(store.enrollment(&id).is_none(), "{id:?} is left");
+    }
+    running.shutdown().await.unwrap();
 }
