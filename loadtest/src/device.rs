@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use dps_attest::{derive_device_key, SasToken};
-use dps_types::SymmetricKey;
+use dps_types::{EnrollmentGroupId, SymmetricKey};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +47,8 @@ pub struct DeviceContext {
     pub tls: TlsConnector,
     /// The ID scope.
     pub id_scope: String,
+    /// The enrollment group the devices belong to (their ids are [`registration_id`]s).
+    pub group: EnrollmentGroupId,
     /// The enrollment group's key; each device's key is derived from it.
     pub group_key: SymmetricKey,
     /// Limit of each step.
@@ -268,9 +270,16 @@ pub fn decide(
     }
 }
 
-/// Runs one device `registration_id` to the end.
-pub async fn run(ctx: &DeviceContext, registration_id: &str) -> Result<Timings, Failure> {
+/// The registration id of device `n` (0-based) of `group`: `{group}-{n:06}`, lowercase.
+pub fn registration_id(group: &EnrollmentGroupId, n: usize) -> String {
+    format!("{}-{n:06}", group.as_str().to_ascii_lowercase())
+}
+
+/// Runs device `n` (0-based) of the group to the end.
+pub async fn run(ctx: &DeviceContext, n: usize) -> Result<Timings, Failure> {
     let start = Instant::now();
+    let id = registration_id(&ctx.group, n);
+    let registration_id = id.as_str();
     let step = |s: Step| move |_: tokio::time::error::Elapsed| Failure::Timeout(s);
     let limit = ctx.step_timeout;
 

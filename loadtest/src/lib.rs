@@ -20,6 +20,7 @@ pub mod device;
 mod driver;
 pub mod mqtt;
 pub mod report;
+pub mod schedule;
 pub mod setup;
 pub mod target;
 
@@ -31,6 +32,7 @@ use dps_types::{EnrollmentGroupId, SymmetricKey};
 
 pub use driver::Progress;
 pub use report::{Cleanup, Report};
+pub use schedule::{Rate, Schedule};
 pub use setup::CleanupSummary;
 pub use target::{ApiEndpoint, Loopback};
 
@@ -63,6 +65,15 @@ pub enum LoadError {
         target: String,
         /// What is wrong.
         why: &'static str,
+    },
+    /// The CSV file could not be read or appended to.
+    #[error("{path}: {source}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A setting is out of range.
     #[error("{setting}: {why}")]
@@ -142,6 +153,17 @@ pub struct Config {
     pub keep: bool,
     /// How often the progress callback is called.
     pub progress_every: Duration,
+
+    // How devices are started and when the run ends (see `schedule`).
+    /// Open loop at this arrival rate (`devices` then bounds the count, `concurrency` is a
+    /// safety cap); `None`: closed loop, `concurrency` devices at once.
+    pub rate: Option<Rate>,
+    /// The rate (open loop) or the concurrency (closed loop) grows linearly over this; zero
+    /// for no ramp. Shorter than the run.
+    pub ramp: Duration,
+    /// End by time: devices start until this much has passed (at most `devices` of them),
+    /// then those running finish (within `duration_limit`). `None`: end by count.
+    pub duration: Option<Duration>,
 }
 
 /// Longest group id: device ids append `-` and up to 7 digits, within DPS's 128.
@@ -164,6 +186,9 @@ impl Config {
             group: EnrollmentGroupId::parse("loadtest-group").expect("valid group id"),
             keep: false,
             progress_every: Duration::from_secs(2),
+            rate: None,
+            ramp: Duration::ZERO,
+            duration: None,
         }
     }
 
@@ -194,6 +219,22 @@ impl Config {
                 format!("must be at most {MAX_GROUP_LEN} characters"),
             );
         }
+        if let Some(duration) = self.duration {
+            if duration.is_zero() || duration >= self.duration_limit {
+                return invalid(
+                    "--duration",
+                    "must be over 0 and below --duration-limit (running devices finish in between)"
+                        .into(),
+                );
+            }
+        }
+        let run = self.duration.unwrap_or(self.duration_limit);
+        if self.ramp >= run {
+            return invalid(
+                "--ramp",
+                "must be shorter than --duration (or --duration-limit)".into(),
+            );
+        }
         if self.progress_every.is_zero() {
             return invalid("progress interval", "must be over 0".into());
         }
@@ -202,7 +243,21 @@ impl Config {
 
     /// The registration id of device `n` (0-based).
     pub fn registration_id(&self, n: usize) -> String {
-        format!("{}-{n:06}", self.group.as_str().to_ascii_lowercase())
+        device::registration_id(&self.group, n)
+    }
+
+    /// How devices start: open loop with a rate, closed loop without.
+    pub fn schedule(&self) -> Schedule {
+        match self.rate {
+            Some(rate) => Schedule::Open {
+                rate,
+                ramp: self.ramp,
+            },
+            None => Schedule::Closed {
+                concurrency: self.concurrency,
+                ramp: self.ramp,
+            },
+        }
     }
 }
 
@@ -222,12 +277,17 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
         mqtt: config.mqtt,
         tls: device::tls_connector(&credentials.ca_pem)?,
         id_scope: credentials.id_scope.clone(),
+        group: config.group.clone(),
         group_key,
         step_timeout: config.step_timeout,
         poll_delay: config.poll_delay,
         max_requests: config.max_requests,
     });
-    let tally = driver::drive(context, config, on_progress).await;
+    let device = move |n| {
+        let context = context.clone();
+        async move { device::run(&context, n).await }
+    };
+    let tally = driver::drive(config, device, on_progress).await;
 
     let cleanup = if config.keep {
         Cleanup::Kept
