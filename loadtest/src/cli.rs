@@ -26,7 +26,7 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(60);
 ///
 /// Example, against `dpsd serve --data-dir ./data --mqtt-listen 127.0.0.1:8883`:
 /// `dps-loadtest --data-dir ./data --devices 5000 --concurrency 256`, or open loop
-/// `dps-loadtest --data-dir ./data --rate 500/s --ramp 10s --duration 60s --concurrency 2000`
+/// `dps-loadtest --data-dir ./data --rate 500/s --ramp 10s --duration 60s --concurrency 256`
 #[derive(Debug, Parser)]
 #[command(name = "dps-loadtest", version)]
 pub struct Args {

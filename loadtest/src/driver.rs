@@ -44,13 +44,14 @@ impl std::fmt::Display for Progress {
         };
         write!(
             f,
-            "[{secs:6.1}s] started {} assigned {} failed {} in flight {} ({rate:.0}/s, max lag {:.1} ms)",
-            self.started,
-            self.assigned,
-            self.failed,
-            self.in_flight,
-            self.max_lag.as_secs_f64() * 1000.0
-        )
+            "[{secs:6.1}s] started {} assigned {} failed {} in flight {} ({rate:.0}/s)",
+            self.started, self.assigned, self.failed, self.in_flight
+        )?;
+        // Only the open loop measures lag.
+        if !self.max_lag.is_zero() {
+            write!(f, ", max lag {:.1} ms", self.max_lag.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
     }
 }
 

@@ -3,14 +3,22 @@
 //!
 //! What it does: reads the credentials `dpsd` wrote to its data directory, creates one
 //! symmetric-key enrollment group with a key it chose (so no per-device enrollment is needed),
-//! runs `devices` devices, at most `concurrency` at once (TCP, TLS, CONNECT with a SAS token
-//! from the derived device key, SUBSCRIBE, register, poll until `assigned`, DISCONNECT), then
-//! deletes the group and its registration records unless told to keep them.
+//! runs devices (TCP, TLS, CONNECT with a SAS token from the derived device key, SUBSCRIBE,
+//! register, poll until `assigned`, DISCONNECT), then deletes the group and its registration
+//! records unless told to keep them.
+//!
+//! How devices start ([`Schedule`], driven by `driver`): **closed loop**, `concurrency` at
+//! once, or **open loop**, a target arrival [`Rate`] with `concurrency` as a safety cap; either
+//! with a linear ramp, ending after `devices` or after a `duration`. In the open loop a
+//! device's latency counts from its *scheduled* start, so a slow server cannot hide its queue
+//! (no coordinated omission), and the report says how far behind schedule the tool fell.
+//! Latencies go into HDR histograms (p50 to p99.9 and max); the [`Report`] prints as text,
+//! JSON, or a CSV row ([`report::csv`]).
 //!
 //! Its bounds: it only ever connects to loopback addresses ([`Loopback`], [`ApiEndpoint`] are
 //! checked when built and are the only way to name a target; proxies and redirects are off);
-//! the device count, the concurrency, every step (one timeout each) and the whole run
-//! ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
+//! the device count, the concurrency, the rate, every step (one timeout each) and the whole
+//! run ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
 //! counted by kind and never stops the run.
 //!
 //! Main types: [`Config`], [`run`] and [`cleanup`], the [`Report`], the [`LoadError`].
@@ -36,8 +44,9 @@ pub use schedule::{Rate, Schedule};
 pub use setup::CleanupSummary;
 pub use target::{ApiEndpoint, Loopback};
 
-/// Most devices one run may simulate: each keeps two latency samples (16 bytes) until the
-/// report, and a run this size already takes minutes against one dpsd.
+/// Most devices one run may simulate (also the count of a run ended by `--duration` alone):
+/// device ids stay within 6 digits, and a run this size already takes minutes against one
+/// dpsd. Latencies go into fixed-size histograms, so memory does not grow with the count.
 pub const MAX_DEVICES: usize = 1_000_000;
 /// Most devices at once: each holds a socket (a file descriptor here and in dpsd, whose MQTT
 /// listener takes 4096 by default: raise `mqtt.max_connections` for more) and a TLS session.

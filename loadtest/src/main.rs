@@ -57,9 +57,13 @@ async fn run(
             Some(d) => format!("for {d:?}"),
             None => format!("{} devices", config.devices),
         };
+        let ramp = if config.ramp.is_zero() {
+            String::new()
+        } else {
+            format!(", ramp {:?}", config.ramp)
+        };
         let line = format!(
-            "dps-loadtest: {end}, {schedule}, ramp {:?}, against mqtts://{} and {} (limit {:?})",
-            config.ramp,
+            "dps-loadtest: {end}, {schedule}{ramp}, against mqtts://{} and {} (limit {:?})",
             config.mqtt,
             config.api.base(),
             config.duration_limit
@@ -69,9 +73,9 @@ async fn run(
             None => eprintln!("{line}"),
         }
     }
-    let by_time = config.duration.is_some();
+    let (by_time, open) = (config.duration.is_some(), config.rate.is_some());
     let report = dps_loadtest::run(&config, |progress| match &bar {
-        Some(bar) => show(bar, progress, by_time),
+        Some(bar) => show(bar, progress, by_time, open),
         None if !quiet => eprintln!("{progress}"),
         None => {}
     })
@@ -112,7 +116,7 @@ fn progress_bar(config: &Config) -> ProgressBar {
     ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style)
 }
 
-fn show(bar: &ProgressBar, p: &Progress, by_time: bool) {
+fn show(bar: &ProgressBar, p: &Progress, by_time: bool, open: bool) {
     let position = if by_time {
         u64::try_from(p.elapsed.as_millis()).unwrap_or(u64::MAX)
     } else {
@@ -125,12 +129,14 @@ fn show(bar: &ProgressBar, p: &Progress, by_time: bool) {
     } else {
         0.0
     };
+    let lag = if open {
+        format!(", max lag {:.1} ms", p.max_lag.as_secs_f64() * 1000.0)
+    } else {
+        String::new()
+    };
     bar.set_message(format!(
-        "{} assigned ({rate:.0}/s), {} failed, {} in flight, max lag {:.1} ms",
-        p.assigned,
-        p.failed,
-        p.in_flight,
-        p.max_lag.as_secs_f64() * 1000.0
+        "{} assigned ({rate:.0}/s), {} failed, {} in flight{lag}",
+        p.assigned, p.failed, p.in_flight
     ));
 }
 async fn cleanup(config: &Config) -> Result<ExitCode, LoadError> {

@@ -320,6 +320,7 @@ impl std::fmt::Display for Report {
             String::new()
         };
         let end = match self.duration_secs {
+            Some(secs) if self.devices == crate::MAX_DEVICES => format!("for {secs} s"),
             Some(secs) => format!("for {secs} s (at most {} devices)", self.devices),
             None => format!("{} devices", self.devices),
         };
