@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use dps_attest::{derive_device_key, SasToken};
-use dps_types::{EnrollmentGroupId, SymmetricKey};
+use dps_types::SymmetricKey;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,8 +47,8 @@ pub struct DeviceContext {
     pub tls: TlsConnector,
     /// The ID scope.
     pub id_scope: String,
-    /// The enrollment group the devices belong to (their ids are [`registration_id`]s).
-    pub group: EnrollmentGroupId,
+    /// Registration ids are `{id_prefix}-{n:06}`.
+    pub id_prefix: String,
     /// The enrollment group's key; each device's key is derived from it.
     pub group_key: SymmetricKey,
     /// Limit of each step.
@@ -57,6 +57,13 @@ pub struct DeviceContext {
     pub poll_delay: Duration,
     /// Register and poll requests one device may send.
     pub max_requests: u32,
+}
+
+impl DeviceContext {
+    /// The registration id of device `n`.
+    pub fn registration_id(&self, n: usize) -> String {
+        format!("{}-{n:06}", self.id_prefix)
+    }
 }
 
 /// TLS client configuration trusting only `ca_pem`, without session resumption (each real
@@ -270,15 +277,10 @@ pub fn decide(
     }
 }
 
-/// The registration id of device `n` (0-based) of `group`: `{group}-{n:06}`, lowercase.
-pub fn registration_id(group: &EnrollmentGroupId, n: usize) -> String {
-    format!("{}-{n:06}", group.as_str().to_ascii_lowercase())
-}
-
 /// Runs device `n` (0-based) of the group to the end.
 pub async fn run(ctx: &DeviceContext, n: usize) -> Result<Timings, Failure> {
     let start = Instant::now();
-    let id = registration_id(&ctx.group, n);
+    let id = ctx.registration_id(n);
     let registration_id = id.as_str();
     let step = |s: Step| move |_: tokio::time::error::Elapsed| Failure::Timeout(s);
     let limit = ctx.step_timeout;

@@ -252,7 +252,11 @@ impl Config {
 
     /// The registration id of device `n` (0-based).
     pub fn registration_id(&self, n: usize) -> String {
-        device::registration_id(&self.group, n)
+        format!("{}-{n:06}", self.id_prefix())
+    }
+
+    fn id_prefix(&self) -> String {
+        self.group.as_str().to_ascii_lowercase()
     }
 
     /// How devices start: open loop with a rate, closed loop without.
@@ -286,7 +290,7 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
         mqtt: config.mqtt,
         tls: device::tls_connector(&credentials.ca_pem)?,
         id_scope: credentials.id_scope.clone(),
-        group: config.group.clone(),
+        id_prefix: config.id_prefix(),
         group_key,
         step_timeout: config.step_timeout,
         poll_delay: config.poll_delay,
