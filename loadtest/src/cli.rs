@@ -6,18 +6,29 @@ use std::time::Duration;
 use clap::Parser;
 use dps_types::EnrollmentGroupId;
 
-use crate::{ApiEndpoint, CaSource, Config, Kind, LoadError, Loopback, Mix};
+use crate::{ApiEndpoint, CaSource, Config, Kind, LoadError, Loopback, Mix, Rate};
+
+/// The hard limit's default: the device phase's default bound, or with --duration that long
+/// plus this much for the running devices to finish.
+const DEFAULT_LIMIT: Duration = Duration::from_secs(120);
+const DEFAULT_DRAIN: Duration = Duration::from_secs(60);
 
 /// Drives simulated devices through DPS registration (MQTT or AMQP, symmetric key or X.509)
 /// against a dpsd on this machine, then reports throughput and latency.
 ///
+/// Closed loop (default): --concurrency devices at once. Open loop (--rate): devices arrive
+/// at a target rate and latency counts from each one's scheduled start. Either ends after
+/// --devices or after --duration, and always by --duration-limit.
+///
 /// Loopback only: any target outside 127.0.0.0/8, ::1 and localhost is refused. The run is
-/// bounded by --devices and --duration-limit and stops by itself. Exit status: 0 when every
+/// bounded by --devices (or --duration) and --duration-limit and stops by itself. Exit status: 0 when every
 /// device was assigned (and cleanup worked), 2 when some were not, 1 on a setup error.
 ///
 /// Example, against `dpsd serve --data-dir ./data --mqtt-listen 127.0.0.1:8883`:
-/// `dps-loadtest --data-dir ./data --devices 5000 --concurrency 256`; X.509 devices over
-/// AMQP: add `--transport amqp --attestation x509`; a mix: `--mix mqtt-x509:3,amqp-sas:1`.
+/// `dps-loadtest --data-dir ./data --devices 5000 --concurrency 256`, or open loop
+/// `dps-loadtest --data-dir ./data --rate 500/s --ramp 10s --duration 60s --concurrency 256`;
+/// X.509 devices over AMQP: add `--transport amqp --attestation x509`; a mix:
+/// `--mix mqtt-x509:3,amqp-sas:1`.
 #[derive(Debug, Parser)]
 #[command(name = "dps-loadtest", version)]
 pub struct Args {
@@ -57,15 +68,26 @@ pub struct Args {
     /// device presents [leaf, intermediate] and the group names the root.
     #[arg(long, conflicts_with = "x509_ca_cert")]
     pub x509_intermediate: bool,
-    /// Devices to simulate.
-    #[arg(long, value_name = "N", required_unless_present = "cleanup_only")]
+    /// Devices to simulate (with --duration: at most this many).
+    #[arg(long, value_name = "N", required_unless_present_any = ["cleanup_only", "duration"])]
     pub devices: Option<usize>,
-    /// Devices at once.
+    /// Devices at once (closed loop); with --rate, a safety cap on devices in flight.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub concurrency: usize,
-    /// The device phase ends after this; devices still running count as unfinished.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
-    pub duration_limit: Duration,
+    /// Open loop: devices start at this rate (`200/s`, `600/m`); a device held back by
+    /// --concurrency still counts its latency from its scheduled start.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Grow the rate (open loop) or the concurrency (closed loop) linearly over this.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// End by time: start devices for this long, then let the running ones finish.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// The device phase ends after this whatever else; devices still running count as
+    /// unfinished [default: 120s, or --duration plus 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration_limit: Option<Duration>,
     /// Limit for each step of a device (TCP, TLS, CONNACK, SUBACK, each answer).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub step_timeout: Duration,
@@ -83,10 +105,13 @@ pub struct Args {
     /// Keep the group and the registration records afterwards.
     #[arg(long)]
     pub keep: bool,
-    /// Print the report as one JSON line on stdout.
+    /// Print the report as one JSON object on stdout (fields in docs/loadtest.md).
     #[arg(long)]
     pub json: bool,
-    /// No progress lines on stderr.
+    /// Also append the report as one row to this CSV file (header first if it is new).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// No progress (bar on a terminal, lines otherwise) on stderr.
     #[arg(long)]
     pub quiet: bool,
     /// Only delete the group's registration records and the group (after a --keep run).
@@ -117,10 +142,29 @@ impl Args {
                 intermediate: self.x509_intermediate,
             },
         };
-        // Any valid count when only cleaning up: no device runs.
-        config.devices = self.devices.unwrap_or(1);
+        // By duration without a count: as many as fit (X.509 leaves are minted before the
+        // clock, so those need a count). Any valid count when only cleaning up: no device runs.
+        config.devices = match (self.devices, self.duration) {
+            (Some(n), _) => n,
+            (None, Some(_)) if config.mix.uses(crate::Attestation::X509) => {
+                return Err(LoadError::Invalid {
+                    setting: "--devices",
+                    why: "X.509 devices are minted before the run: give a count with --duration"
+                        .into(),
+                })
+            }
+            (None, Some(_)) => crate::MAX_DEVICES,
+            (None, None) => 1,
+        };
         config.concurrency = self.concurrency;
-        config.duration_limit = self.duration_limit;
+        config.rate = self.rate.as_deref().map(Rate::parse).transpose()?;
+        config.ramp = self.ramp;
+        config.duration = self.duration;
+        config.duration_limit = match (self.duration_limit, self.duration) {
+            (Some(limit), _) => limit,
+            (None, Some(duration)) => (duration + DEFAULT_DRAIN).min(crate::MAX_DURATION),
+            (None, None) => DEFAULT_LIMIT,
+        };
         config.step_timeout = self.step_timeout;
         config.poll_delay = self.poll_delay;
         config.max_requests = self.max_requests;
@@ -335,15 +379,59 @@ mod tests {
     }
 
     #[test]
+    fn scheduling_flags_make_an_open_loop_run() {
+        let config = args(&["--rate", "200/s", "--ramp", "10s", "--duration", "60s"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.rate.map(Rate::get), Some(200.0));
+        assert_eq!(config.ramp, Duration::from_secs(10));
+        assert_eq!(config.duration, Some(Duration::from_secs(60)));
+        // Room for the running devices to finish after the last start.
+        assert_eq!(config.duration_limit, Duration::from_secs(120));
+        // By duration alone: no count needed, the count bound holds.
+        let by_time = ["dps-loadtest", "--data-dir", "d", "--duration", "30s"];
+        let config = Args::try_parse_from(by_time)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.devices, crate::MAX_DEVICES);
+        assert_eq!(config.rate, None);
+        assert_eq!(config.duration_limit, Duration::from_secs(90));
+    }
+
+    #[test]
     fn out_of_range_settings_are_refused() {
         for extra in [
             &["--concurrency", "0"][..],
+            &["--rate", "0"],
+            &["--rate=-10/s"],
+            &["--rate", "fast"],
+            &["--rate", "10/h"],
+            &["--rate", "1000000/s"],
+            &["--duration", "0s"],
+            &["--duration", "60s", "--duration-limit", "60s"],
+            &["--ramp", "2m"],
+            &["--ramp", "30s", "--duration", "30s"],
             &["--duration-limit", "2h"],
             &["--max-requests", "100"],
             &["--group", "bad group"],
         ] {
             let err = args(extra).into_config().unwrap_err();
             assert!(matches!(err, LoadError::Invalid { .. }), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_scheduling_flags_are_refused_by_the_parser() {
+        for extra in [
+            &["--ramp", "ten"][..],
+            &["--ramp", "1.5s"],
+            &["--duration", "60"],
+            &["--duration-limit", "-1s"],
+        ] {
+            let mut argv = vec!["dps-loadtest", "--data-dir", "d", "--devices", "10"];
+            argv.extend_from_slice(extra);
+            assert!(Args::try_parse_from(argv).is_err(), "{extra:?}");
         }
     }
 }

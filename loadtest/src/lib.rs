@@ -10,10 +10,18 @@
 //! transport's open, register, poll until `assigned`, close: [`device`]); then deletes the
 //! groups and their registration records unless told to keep them.
 //!
+//! How devices start ([`Schedule`], driven by `driver`): **closed loop**, `concurrency` at
+//! once, or **open loop**, a target arrival [`Rate`] with `concurrency` as a safety cap; either
+//! with a linear ramp, ending after `devices` or after a `duration`. In the open loop a
+//! device's latency counts from its *scheduled* start, so a slow server cannot hide its queue
+//! (no coordinated omission), and the report says how far behind schedule the tool fell.
+//! Latencies go into HDR histograms (p50 to p99.9 and max); the [`Report`] prints as text,
+//! JSON, or a CSV row ([`report::csv`]).
+//!
 //! Its bounds: it only ever connects to loopback addresses ([`Loopback`], [`ApiEndpoint`] are
 //! checked when built and are the only way to name a target; proxies and redirects are off);
-//! the device count, the concurrency, every step (one timeout each) and the whole run
-//! ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
+//! the device count, the concurrency, the rate, every step (one timeout each) and the whole
+//! run ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
 //! counted by kind and never stops the run.
 //!
 //! Main types: [`Config`], [`run`] and [`cleanup`], the [`Report`], the [`LoadError`].
@@ -24,6 +32,7 @@ mod driver;
 pub mod mix;
 pub mod mqtt;
 pub mod report;
+pub mod schedule;
 pub mod setup;
 pub mod target;
 pub mod x509;
@@ -38,12 +47,14 @@ use dps_types::{EnrollmentGroupId, SymmetricKey};
 pub use driver::Progress;
 pub use mix::{Attestation, Kind, Mix, Transport};
 pub use report::{Cleanup, Report};
+pub use schedule::{Rate, Schedule};
 pub use setup::CleanupSummary;
 pub use target::{ApiEndpoint, Loopback};
 pub use x509::CaSource;
 
-/// Most devices one run may simulate: each keeps two latency samples (16 bytes) until the
-/// report, and a run this size already takes minutes against one dpsd.
+/// Most devices one run may simulate (also the count of a run ended by `--duration` alone):
+/// device ids stay within 6 digits, and a run this size already takes minutes against one
+/// dpsd. Latencies go into fixed-size histograms, so memory does not grow with the count.
 pub const MAX_DEVICES: usize = 1_000_000;
 /// Most devices at once: each holds a socket (a file descriptor here and in dpsd, whose MQTT
 /// listener takes 4096 by default: raise `mqtt.max_connections` for more) and a TLS session.
@@ -71,6 +82,15 @@ pub enum LoadError {
         target: String,
         /// What is wrong.
         why: &'static str,
+    },
+    /// The CSV file could not be read or appended to.
+    #[error("{path}: {source}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A setting is out of range.
     #[error("{setting}: {why}")]
@@ -160,6 +180,17 @@ pub struct Config {
     pub keep: bool,
     /// How often the progress callback is called.
     pub progress_every: Duration,
+
+    // How devices are started and when the run ends (see `schedule`).
+    /// Open loop at this arrival rate (`devices` then bounds the count, `concurrency` is a
+    /// safety cap); `None`: closed loop, `concurrency` devices at once.
+    pub rate: Option<Rate>,
+    /// The rate (open loop) or the concurrency (closed loop) grows linearly over this; zero
+    /// for no ramp. Shorter than the run.
+    pub ramp: Duration,
+    /// End by time: devices start until this much has passed (at most `devices` of them),
+    /// then those running finish (within `duration_limit`). `None`: end by count.
+    pub duration: Option<Duration>,
 }
 
 /// Longest group id: device ids append `-` and up to 7 digits, within DPS's 128.
@@ -191,6 +222,9 @@ impl Config {
             group: EnrollmentGroupId::parse("loadtest-group").expect("valid group id"),
             keep: false,
             progress_every: Duration::from_secs(2),
+            rate: None,
+            ramp: Duration::ZERO,
+            duration: None,
         }
     }
 
@@ -242,6 +276,22 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let Some(duration) = self.duration {
+            if duration.is_zero() || duration >= self.duration_limit {
+                return invalid(
+                    "--duration",
+                    "must be over 0 and below --duration-limit (running devices finish in between)"
+                        .into(),
+                );
+            }
+        }
+        let run = self.duration.unwrap_or(self.duration_limit);
+        if self.ramp >= run {
+            return invalid(
+                "--ramp",
+                "must be shorter than --duration (or --duration-limit)".into(),
+            );
         }
         if self.progress_every.is_zero() {
             return invalid("progress interval", "must be over 0".into());
@@ -299,6 +349,20 @@ impl Config {
         }
         groups
     }
+
+    /// How devices start: open loop with a rate, closed loop without.
+    pub fn schedule(&self) -> Schedule {
+        match self.rate {
+            Some(rate) => Schedule::Open {
+                rate,
+                ramp: self.ramp,
+            },
+            None => Schedule::Closed {
+                concurrency: self.concurrency,
+                ramp: self.ramp,
+            },
+        }
+    }
 }
 
 /// Sets up, runs every device and cleans up (unless [`Config::keep`]). `on_progress` is called
@@ -352,7 +416,11 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
         poll_delay: config.poll_delay,
         max_requests: config.max_requests,
     });
-    let tally = driver::drive(context, config, on_progress).await;
+    let device = move |n| {
+        let context = context.clone();
+        async move { device::run(&context, n).await.1 }
+    };
+    let tally = driver::drive(config, device, on_progress).await;
 
     let cleanup = if config.keep {
         Cleanup::Kept

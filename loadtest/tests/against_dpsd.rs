@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dps_loadtest::{ApiEndpoint, CaSource, Cleanup, CleanupSummary, Config, Loopback, Mix};
+use dps_loadtest::report::csv;
+use dps_loadtest::{ApiEndpoint, CaSource, Cleanup, CleanupSummary, Config, Loopback, Mix, Rate};
 use dps_types::EnrollmentGroupId;
 
 /// Starts dpsd in `dir` with one linked hub, so devices can be assigned.
@@ -130,6 +131,58 @@ async fn the_duration_limit_stops_the_run_and_counts_the_rest() {
         0,
         "{report}"
     );
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_run_assigns_every_device_it_schedules() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+
+    // 200 devices a second for 2 s: 400 devices, each counted from its scheduled start.
+    let mut config = config_for(&running);
+    config.rate = Some(Rate::parse("200/s").unwrap());
+    config.duration = Some(Duration::from_secs(2));
+    config.devices = 10_000;
+    config.concurrency = 256;
+    let report = dps_loadtest::run(&config, |_| {}).await.unwrap();
+    assert_eq!((report.started, report.assigned), (400, 400), "{report}");
+    assert_eq!((report.failed, report.unfinished), (0, 0), "{report}");
+    assert_eq!(report.not_started, 0, "{report}");
+    assert!(report.all_assigned(), "{report}");
+    assert_eq!(report.flow_ms.samples, 400);
+    assert_eq!(report.lag_ms.samples, 400);
+    // Latency counts from the scheduled start, so it includes the lag.
+    assert!(report.flow_ms.max >= report.lag_ms.max, "{report}");
+    assert!(report.max_in_flight >= 1 && report.max_in_flight <= 256);
+    assert!(report.registrations_per_sec > 0.0, "{report}");
+    // dpsd holds exactly the records the report counts, and cleanup removed them.
+    assert_eq!(
+        report.cleanup,
+        Cleanup::Done(CleanupSummary {
+            registrations_deleted: 400,
+            group_deleted: true
+        }),
+        "{report}"
+    );
+
+    // The same numbers in the JSON object and the CSV row.
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(
+        (json["mode"].as_str(), json["assigned"].as_u64()),
+        (Some("open"), Some(400))
+    );
+    let table = dir.path().join("runs.csv");
+    csv::append(&table, &report).unwrap();
+    let text = std::fs::read_to_string(&table).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], csv::HEADER);
+    let column = csv::HEADER
+        .split(',')
+        .position(|c| c == "assigned")
+        .unwrap();
+    assert_eq!(lines[1].split(',').nth(column), Some("400"));
 
     running.shutdown().await.unwrap();
 }

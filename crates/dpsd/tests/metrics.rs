@@ -53,7 +53,7 @@ async fn register(running: &dpsd::Running, group: &str, devices: usize) {
     assert_eq!(report.assigned, devices, "{report}");
 }
 
-/// Made-up devices (`prefix-0`, ...) that sign with a key of their own: every CONNECT is
+/// Made-up devices (`prefix-000000`, ...) that sign with a key of their own: every CONNECT is
 /// refused (CONNACK 5), whatever enrollment exists.
 async fn impostors(running: &dpsd::Running, prefix: &str, count: usize) {
     let ca = std::fs::read(&running.ca_file).unwrap();
@@ -61,17 +61,18 @@ async fn impostors(running: &dpsd::Running, prefix: &str, count: usize) {
         mqtt: Loopback::new(running.mqtt_addr).unwrap(),
         tls: device::tls_connector(&ca).unwrap(),
         id_scope: running.id_scope.to_string(),
+        id_prefix: prefix.to_owned(),
         group_key: SymmetricKey::generate(),
         step_timeout: Duration::from_secs(30),
         poll_delay: Duration::from_millis(20),
         max_requests: 4,
     });
-    let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+    let ids: Vec<usize> = (0..count).collect();
     for chunk in ids.chunks(16) {
         let mut tasks = tokio::task::JoinSet::new();
-        for id in chunk {
-            let (context, id) = (Arc::clone(&context), id.clone());
-            tasks.spawn(async move { device::run(&context, &id).await });
+        for &n in chunk {
+            let context = Arc::clone(&context);
+            tasks.spawn(async move { device::run(&context, n).await });
         }
         while let Some(done) = tasks.join_next().await {
             assert_eq!(done.unwrap().unwrap_err(), Failure::ConnAck(5));
