@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8883")]
     pub mqtt: String,
     /// Devices to simulate.
-    #[arg(long, value_name = "N", required_unless_present = "cleanup_only")]
+    #[arg(long, value_name = "N", required_unless_present_any = ["cleanup_only", "hold"])]
     pub devices: Option<usize>,
     /// Devices at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
@@ -64,6 +64,9 @@ pub struct Args {
     /// Only delete the group's registration records and the group (after a --keep run).
     #[arg(long)]
     pub cleanup_only: bool,
+    /// Server statistics, baselines, hold mode, scraping.
+    #[command(flatten)]
+    pub extras: crate::extras::ExtrasArgs,
 }
 
 impl Args {
