@@ -239,17 +239,22 @@ pub fn check(hold: &HoldConfig) -> Result<(), LoadError> {
     {
         return invalid("keep-alive", "must be 1s to 65535s".into());
     }
-    if let Some(limit) = raise_open_file_limit() {
-        let needed = hold.devices as u64 + RESERVED_FDS;
-        if needed > limit {
-            return invalid(
-                "--hold",
-                format!(
-                    "{} devices need {needed} open files here but the limit (RLIMIT_NOFILE, raised to its hard limit) is {limit}; raise the hard limit (ulimit -Hn, LimitNOFILE) or hold fewer",
-                    hold.devices
-                ),
-            );
-        }
+    match raise_open_file_limit() {
+        Some(limit) => fits(hold.devices, limit),
+        None => Ok(()),
+    }
+}
+
+/// Whether `devices` held connections fit under an open-file limit of `limit`.
+pub fn fits(devices: usize, limit: u64) -> Result<(), LoadError> {
+    let needed = devices as u64 + RESERVED_FDS;
+    if needed > limit {
+        return Err(LoadError::Invalid {
+            setting: "--hold",
+            why: format!(
+                "{devices} devices need {needed} open files here but the limit (RLIMIT_NOFILE, raised to its hard limit) is {limit}; raise the hard limit (ulimit -Hn, LimitNOFILE) or hold fewer"
+            ),
+        });
     }
     Ok(())
 }
@@ -451,5 +456,24 @@ impl HeldDevice {
             Packet::ConnAck { .. } => Err("connack-refused"),
             _ => Err("protocol"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_over_the_open_file_limit_is_refused_with_the_numbers() {
+        assert!(fits(1000, 1024).is_err());
+        let err = fits(10_000, 4096).unwrap_err().to_string();
+        assert!(
+            err.contains("RLIMIT_NOFILE") && err.contains("4096") && err.contains("10064"),
+            "{err}"
+        );
+        assert!(fits(10_000, 20_000).is_ok());
+        // This process can raise its soft limit to the hard one.
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        assert_eq!(raise_open_file_limit(), hard);
     }
 }
