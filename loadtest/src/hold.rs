@@ -350,7 +350,7 @@ pub async fn hold_with(config: &Config, hold: &HoldConfig, login: Arc<dyn Login>
             Err(_) => {}
         }
     }
-    report.after = sample(hold.server);
+    report.after = settled(hold.server, report.before).await;
     match (report.before, report.at_hold) {
         (Some(b), Some(h)) if report.connected > 0 => {
             report.rss_per_device_bytes =
@@ -363,6 +363,30 @@ pub async fn hold_with(config: &Config, hold: &HoldConfig, login: Arc<dyn Login>
         _ => report.unavailable = Some("/proc could not be read for the server process".into()),
     }
     report
+}
+
+/// How long the server gets to close the released connections before the "after" reading.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// How often its descriptors are counted meanwhile.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// Descriptors above the "before" reading that still count as settled (log files, a pending
+/// accept, the metrics listener's own connections).
+const SETTLE_SLACK: u64 = 16;
+
+/// The server's reading once its descriptors are back near `before` (it closes released
+/// connections as it reads their DISCONNECT), or at [`SETTLE_LIMIT`].
+async fn settled(server: Option<Pid>, before: Option<Sample>) -> Option<Sample> {
+    let pid = server?;
+    let began = Instant::now();
+    loop {
+        let now = procfs::sample(pid).ok();
+        let back =
+            matches!((now, before), (Some(n), Some(b)) if n.open_fds <= b.open_fds + SETTLE_SLACK);
+        if back || now.is_none() || began.elapsed() > SETTLE_LIMIT {
+            return now;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
 }
 
 enum Event {

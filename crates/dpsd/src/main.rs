@@ -196,7 +196,13 @@ fn raise_open_file_limit() {
         tracing::info!(limit = %show(current), "open file limit (RLIMIT_NOFILE) already at its hard limit");
         return;
     }
-    match setrlimit(Resource::Nofile, Rlimit { current: maximum, maximum }) {
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: maximum,
+            maximum,
+        },
+    ) {
         Ok(()) => tracing::info!(
             from = %show(current),
             to = %show(maximum),
