@@ -44,7 +44,7 @@ pub struct ExtrasArgs {
     #[arg(long, value_name = "FILE")]
     pub baseline_mqtt_key: Option<PathBuf>,
     /// Hold mode instead of registrations: N devices connect, attest and stay connected.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["devices", "baseline", "scrape"])]
     pub hold: Option<usize>,
     /// How long hold mode holds the devices once all are connected.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -136,6 +136,7 @@ impl ExtrasArgs {
             connections: config.devices,
             concurrency: config.concurrency,
             step_timeout: config.step_timeout,
+            duration_limit: config.duration_limit,
             exe,
             broker,
         }))
@@ -373,5 +374,79 @@ impl std::fmt::Display for Extras {
             baseline.fmt(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Args;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["dps-loadtest", "--data-dir", "d"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn baselines_are_a_comma_separated_list_of_known_kinds() {
+        let args = parse(&["--devices", "10", "--baseline", "tls,mtls,mqtt"]).unwrap();
+        let kinds = [BaselineKind::Tls, BaselineKind::Mtls, BaselineKind::Mqtt];
+        assert_eq!(args.extras.baseline, kinds);
+        assert!(parse(&["--devices", "10", "--baseline", "tls,quic"]).is_err());
+        // A broker URL needs its CA, certificate and key.
+        assert!(parse(&[
+            "--devices",
+            "1",
+            "--baseline-mqtt-url",
+            "mqtts://127.0.0.1:1"
+        ])
+        .is_err());
+        let extras = parse(&["--devices", "3", "--baseline", "mqtt"])
+            .unwrap()
+            .extras;
+        let config = parse(&["--devices", "3"]).unwrap().into_config().unwrap();
+        let settings = extras
+            .baseline_settings(&config, "x".into())
+            .unwrap()
+            .unwrap();
+        assert_eq!((settings.connections, settings.concurrency), (3, 64));
+        assert!(matches!(settings.broker, MqttBroker::Mosquitto(_)));
+    }
+
+    #[test]
+    fn hold_mode_replaces_the_device_count_and_takes_no_baseline() {
+        let args = parse(&["--hold", "200", "--hold-for", "5s"]).unwrap();
+        let extras = args.extras.clone();
+        let config = args.into_config().unwrap();
+        let hold = extras.hold_config(&config).unwrap();
+        assert_eq!((hold.devices, hold.hold_for), (200, Duration::from_secs(5)));
+        assert_eq!(hold.keep_alive, Duration::from_secs(30));
+        assert!(parse(&["--hold", "10", "--devices", "10"]).is_err());
+        assert!(parse(&["--hold", "10", "--baseline", "tls"]).is_err());
+        assert!(parse(&["--devices", "10"])
+            .unwrap()
+            .extras
+            .hold_config(&config)
+            .is_none());
+    }
+
+    #[test]
+    fn a_bad_scrape_url_is_refused_before_the_run() {
+        let args = parse(&[
+            "--devices",
+            "1",
+            "--scrape",
+            "http://192.0.2.1:9464/metrics",
+        ])
+        .unwrap();
+        let extras = args.extras.clone();
+        let config = args.into_config().unwrap();
+        assert!(matches!(
+            extras.watchers(&config),
+            Err(LoadError::NotLoopback { .. })
+        ));
     }
 }

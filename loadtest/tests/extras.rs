@@ -52,6 +52,7 @@ fn settings(kinds: Vec<BaselineKind>, connections: usize) -> BaselineSettings {
         connections,
         concurrency: 16,
         step_timeout: Duration::from_secs(10),
+        duration_limit: Duration::from_secs(120),
         exe: PathBuf::from(env!("CARGO_BIN_EXE_dps-loadtest")),
         broker: MqttBroker::Mosquitto(baseline::MOSQUITTO.into()),
     }

@@ -37,8 +37,15 @@ pub struct LoopTally {
     pub wall: Duration,
 }
 
-/// Runs `connections` calls of `one` (given the connection's number), `concurrency` at once.
-pub async fn closed_loop<F, Fut>(connections: usize, concurrency: usize, one: F) -> LoopTally
+/// Runs `connections` calls of `one` (given the connection's number), `concurrency` at once,
+/// for at most `limit`: connections still running then, or never started, count as
+/// `unfinished` failures.
+pub async fn closed_loop<F, Fut>(
+    connections: usize,
+    concurrency: usize,
+    limit: Duration,
+    one: F,
+) -> LoopTally
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<(), &'static str>> + Send + 'static,
@@ -48,6 +55,8 @@ where
         latencies_us: Vec::with_capacity(connections),
         ..LoopTally::default()
     };
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
     let mut tasks = JoinSet::new();
     let mut next = 0;
     loop {
@@ -59,8 +68,20 @@ where
             });
             next += 1;
         }
-        let Some(joined) = tasks.join_next().await else {
-            break;
+        // Both cancel-safe: the deadline keeps its state, `join_next` loses no task.
+        let joined = tokio::select! {
+            biased;
+            () = &mut deadline => {
+                let left = connections - tally.ok - tally.failures.values().sum::<u64>() as usize;
+                if left > 0 {
+                    tally.failures.insert("unfinished".to_owned(), left as u64);
+                }
+                break;
+            }
+            joined = tasks.join_next() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
         };
         match joined {
             Ok(Ok(latency)) => {
@@ -75,6 +96,7 @@ where
         }
     }
     tally.wall = start.elapsed();
+    tasks.shutdown().await;
     tally
 }
 

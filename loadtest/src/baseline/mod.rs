@@ -103,6 +103,8 @@ pub struct BaselineSettings {
     pub concurrency: usize,
     /// Limit of each step.
     pub step_timeout: Duration,
+    /// Limit of each baseline's connections (the run's duration limit).
+    pub duration_limit: Duration,
     /// This tool's binary, started as the bare TLS server.
     pub exe: PathBuf,
     /// The MQTT baseline's broker.
@@ -407,7 +409,13 @@ where
 {
     let cpu = || pid.and_then(|pid| procfs::cpu_time(pid).ok());
     let before = cpu();
-    let tally = client::closed_loop(settings.connections, settings.concurrency, one).await;
+    let tally = client::closed_loop(
+        settings.connections,
+        settings.concurrency,
+        settings.duration_limit,
+        one,
+    )
+    .await;
     let after = cpu();
     let server_cpu_secs = before
         .zip(after)
