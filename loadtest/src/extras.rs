@@ -187,18 +187,8 @@ impl std::fmt::Display for ServerStats {
         let opt = |v: Option<f64>, unit: &str| {
             v.map_or_else(|| "unavailable".to_owned(), |v| format!("{v:.2}{unit}"))
         };
-        let mem = |s: &Option<Sample>| {
-            s.map_or_else(
-                || "unavailable".to_owned(),
-                |s| {
-                    format!(
-                        "RSS {:.1} MiB, {} fds",
-                        s.rss_bytes as f64 / 1048576.0,
-                        s.open_fds
-                    )
-                },
-            )
-        };
+        let mem =
+            |s: &Option<Sample>| s.map_or_else(|| "unavailable".to_owned(), |s| s.to_string());
         writeln!(
             f,
             "server      pid {}: CPU {} ({} per assigned device); before {}, after {}",

@@ -159,18 +159,8 @@ impl std::fmt::Display for HoldReport {
                 .collect();
             writeln!(f, "failures    {}", kinds.join(", "))?;
         }
-        let show = |s: &Option<Sample>| {
-            s.map_or_else(
-                || "unavailable".to_owned(),
-                |s| {
-                    format!(
-                        "RSS {:.1} MiB, {} fds",
-                        s.rss_bytes as f64 / 1048576.0,
-                        s.open_fds
-                    )
-                },
-            )
-        };
+        let show =
+            |s: &Option<Sample>| s.map_or_else(|| "unavailable".to_owned(), |s| s.to_string());
         writeln!(
             f,
             "server      pid {}: before {}; at hold {}; after {}",
@@ -380,9 +370,10 @@ async fn settled(server: Option<Pid>, before: Option<Sample>) -> Option<Sample> 
     let began = Instant::now();
     loop {
         let now = procfs::sample(pid).ok();
-        let back =
-            matches!((now, before), (Some(n), Some(b)) if n.open_fds <= b.open_fds + SETTLE_SLACK);
-        if back || now.is_none() || began.elapsed() > SETTLE_LIMIT {
+        let back = matches!((now.and_then(|n| n.open_fds), before.and_then(|b| b.open_fds)), (Some(n), Some(b)) if n <= b + SETTLE_SLACK);
+        let countable = now.is_some_and(|n| n.open_fds.is_some())
+            && before.is_some_and(|b| b.open_fds.is_some());
+        if back || !countable || began.elapsed() > SETTLE_LIMIT {
             return now;
         }
         tokio::time::sleep(SETTLE_POLL).await;

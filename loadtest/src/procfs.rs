@@ -41,8 +41,19 @@ pub struct Sample {
     pub cpu_secs: f64,
     /// Resident set size.
     pub rss_bytes: u64,
-    /// Open file descriptors.
-    pub open_fds: u64,
+    /// Open file descriptors (`None`: `/proc/<pid>/fd` is not readable, e.g. another user's
+    /// process, while its CPU and memory are).
+    pub open_fds: Option<u64>,
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RSS {:.1} MiB, ", self.rss_bytes as f64 / 1_048_576.0)?;
+        match self.open_fds {
+            Some(n) => write!(f, "{n} fds"),
+            None => write!(f, "fds unavailable"),
+        }
+    }
 }
 
 /// Reads `pid`'s CPU time, RSS and open descriptors now.
@@ -52,7 +63,9 @@ pub fn sample(pid: Pid) -> std::io::Result<Sample> {
     let ticks = parse_stat_ticks(&stat).ok_or_else(|| malformed("stat"))?;
     let status = read(&dir.join("status"))?;
     let rss_bytes = parse_status_rss(&status).ok_or_else(|| malformed("status"))?;
-    let open_fds = std::fs::read_dir(dir.join("fd"))?.count() as u64;
+    let open_fds = std::fs::read_dir(dir.join("fd"))
+        .ok()
+        .map(|fds| fds.count() as u64);
     Ok(Sample {
         cpu_secs: ticks as f64 / rustix::param::clock_ticks_per_second() as f64,
         rss_bytes,
@@ -199,7 +212,8 @@ mod tests {
 
         let sample = sample(Pid::own()).unwrap();
         assert!(sample.rss_bytes > 1024 * 1024, "{sample:?}");
-        assert!(sample.open_fds >= 3, "{sample:?}");
+        assert!(sample.open_fds.unwrap() >= 3, "{sample:?}");
+        assert!(sample.to_string().ends_with(" fds"), "{sample}");
         assert!(sample.cpu_secs >= 0.0);
         assert!(cpu_time(Pid::own()).is_ok());
     }
