@@ -13,6 +13,10 @@
 //! ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
 //! counted by kind and never stops the run.
 //!
+//! Beside the devices ([`extras`]): the server's CPU, memory and descriptors from `/proc`
+//! ([`procfs`]), baselines in the same run ([`baseline`]), hold mode ([`hold`]) and metrics
+//! scraping ([`scrape`]); [`run_observed`] lets them watch the device phase alone.
+//!
 //! Main types: [`Config`], [`run`] and [`cleanup`], the [`Report`], the [`LoadError`].
 
 pub mod baseline;
