@@ -130,13 +130,10 @@ impl Scraper {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut latencies = Vec::new();
+            // The interval's first tick is now: the first scrape happens however short the
+            // phase, the next ones every `every` until stopped.
+            ticker.tick().await;
             loop {
-                // Both branches are cancel-safe; a scrape in progress finishes first.
-                tokio::select! {
-                    biased;
-                    _ = stopped.changed() => break,
-                    _ = ticker.tick() => {}
-                }
                 let began = Instant::now();
                 match scrape_once(&http, &report.url).await {
                     Ok(bytes) => {
@@ -146,6 +143,12 @@ impl Scraper {
                             .push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
                     }
                     Err(why) => *report.errors.entry(why).or_default() += 1,
+                }
+                // Both cancel-safe: `changed` and `tick` lose nothing when the other wins.
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    _ = ticker.tick() => {}
                 }
             }
             report.latency_ms = Percentiles::of(latencies);
