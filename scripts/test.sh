@@ -16,6 +16,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+# mosquitto: the broker dps-loadtest's MQTT baseline test starts (tests/extras.rs).
+[ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

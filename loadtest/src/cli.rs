@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "x509_ca_cert")]
     pub x509_intermediate: bool,
     /// Devices to simulate (with --duration: at most this many).
-    #[arg(long, value_name = "N", required_unless_present_any = ["cleanup_only", "duration"])]
+    #[arg(long, value_name = "N", required_unless_present_any = ["cleanup_only", "duration", "hold"])]
     pub devices: Option<usize>,
     /// Devices at once (closed loop); with --rate, a safety cap on devices in flight.
     #[arg(long, value_name = "N", default_value_t = 64)]
@@ -117,6 +117,9 @@ pub struct Args {
     /// Only delete the group's registration records and the group (after a --keep run).
     #[arg(long)]
     pub cleanup_only: bool,
+    /// Server statistics, baselines, hold mode, scraping.
+    #[command(flatten)]
+    pub extras: crate::extras::ExtrasArgs,
 }
 
 impl Args {

@@ -116,6 +116,11 @@ impl TlsClients {
         })
     }
 
+    /// The client without a certificate (symmetric-key devices).
+    pub fn server_auth(&self) -> TlsConnector {
+        self.server_auth.clone()
+    }
+
     /// A client presenting `leaf` (with its key), then `tail`.
     fn with_cert(
         &self,

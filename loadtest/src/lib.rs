@@ -24,15 +24,25 @@
 //! run ([`Config::duration_limit`]) are bounded, and it stops by itself. A device's failure is
 //! counted by kind and never stops the run.
 //!
+//! Beside the devices ([`extras`]): the server's CPU, memory and descriptors from `/proc`
+//! ([`procfs`]), baselines in the same run ([`baseline`]), hold mode ([`hold`]) and metrics
+//! scraping ([`scrape`]); [`run_observed`] lets them watch the device phase alone.
+//!
 //! Main types: [`Config`], [`run`] and [`cleanup`], the [`Report`], the [`LoadError`].
 
+pub mod baseline;
 pub mod cli;
+mod conn;
 pub mod device;
 mod driver;
+pub mod extras;
+pub mod hold;
 pub mod mix;
 pub mod mqtt;
+pub mod procfs;
 pub mod report;
 pub mod schedule;
+pub mod scrape;
 pub mod setup;
 pub mod target;
 pub mod x509;
@@ -120,6 +130,16 @@ pub enum LoadError {
     /// The TLS client configuration could not be built from the CA file.
     #[error("TLS setup: {0}")]
     Tls(#[source] rustls::Error),
+    /// A baseline (the bare TLS server, the MQTT broker) or a measurement beside the devices
+    /// could not be set up.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A service API request failed before an answer came.
     #[error("service API, {operation}: {source}")]
     Http {
@@ -371,6 +391,29 @@ impl Config {
 /// Errors are for what stops the run before devices start (bad settings, unreadable data
 /// directory, group creation refused); a failed cleanup is reported in [`Report::cleanup`].
 pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<Report, LoadError> {
+    run_observed(config, on_progress, &mut ()).await
+}
+
+/// What watches the device phase alone (after setup, before cleanup): server CPU and memory,
+/// metrics scraping ([`extras::Watchers`]).
+pub trait DevicePhase {
+    /// Just before the first device starts.
+    fn starting(&mut self);
+    /// Just after the last device ended (or the duration limit stopped them).
+    fn ended(&mut self);
+}
+
+impl DevicePhase for () {
+    fn starting(&mut self) {}
+    fn ended(&mut self) {}
+}
+
+/// [`run`], with `phase` told when the device phase starts and ends.
+pub async fn run_observed(
+    config: &Config,
+    on_progress: impl FnMut(&Progress),
+    phase: &mut dyn DevicePhase,
+) -> Result<Report, LoadError> {
     config.validate()?;
     let credentials = setup::Credentials::load(&config.data_dir)?;
     let service = setup::ServiceClient::new(&credentials, &config.api, config.step_timeout)?;
@@ -420,7 +463,9 @@ pub async fn run(config: &Config, on_progress: impl FnMut(&Progress)) -> Result<
         let context = context.clone();
         async move { device::run(&context, n).await.1 }
     };
+    phase.starting();
     let tally = driver::drive(config, device, on_progress).await;
+    phase.ended();
 
     let cleanup = if config.keep {
         Cleanup::Kept

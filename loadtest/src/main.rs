@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dps_loadtest::baseline::server;
 use dps_loadtest::cli::Args;
+use dps_loadtest::extras::{Extras, ExtrasArgs};
 use dps_loadtest::report::csv;
 use dps_loadtest::{Attestation, Config, LoadError, Progress, Transport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -20,12 +22,20 @@ const BAR_EVERY: Duration = Duration::from_millis(200);
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(code) = server::main_if_child(&argv).await {
+        return code;
+    }
     let args = Args::parse();
     let (json, quiet, cleanup_only) = (args.json, args.quiet, args.cleanup_only);
     let csv = args.csv.clone();
+    let extras = args.extras.clone();
     let outcome = match args.into_config() {
         Ok(config) if cleanup_only => cleanup(&config).await,
-        Ok(config) => run(config, json, quiet, csv).await,
+        Ok(config) => match extras.hold_config(&config) {
+            Some(hold) => run_hold(&config, &hold, json).await,
+            None => run(config, &extras, json, quiet, csv).await,
+        },
         Err(e) => Err(e),
     };
     outcome.unwrap_or_else(|e| {
@@ -36,10 +46,17 @@ async fn main() -> ExitCode {
 
 async fn run(
     mut config: Config,
+    extras: &ExtrasArgs,
     json: bool,
     quiet: bool,
     csv_file: Option<PathBuf>,
 ) -> Result<ExitCode, LoadError> {
+    let exe = std::env::current_exe().map_err(|e| LoadError::Setup {
+        what: "finding this program for the baseline server",
+        source: Box::new(e),
+    })?;
+    let baselines = extras.baseline_settings(&config, exe)?;
+    let mut watchers = extras.watchers(&config)?;
     // A CSV file that cannot take the row is refused before any device starts.
     if let Some(path) = &csv_file {
         csv::open(path)?;
@@ -87,11 +104,15 @@ async fn run(
         }
     }
     let (by_time, open) = (config.duration.is_some(), config.rate.is_some());
-    let report = dps_loadtest::run(&config, |progress| match &bar {
-        Some(bar) => show(bar, progress, by_time, open),
-        None if !quiet => eprintln!("{progress}"),
-        None => {}
-    })
+    let report = dps_loadtest::run_observed(
+        &config,
+        |progress| match &bar {
+            Some(bar) => show(bar, progress, by_time, open),
+            None if !quiet => eprintln!("{progress}"),
+            None => {}
+        },
+        &mut watchers,
+    )
     .await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
@@ -103,6 +124,12 @@ async fn run(
     }
     if let Some(path) = &csv_file {
         csv::append(path, &report)?;
+    }
+    let extras = Extras::collect(watchers, &report, baselines.as_ref()).await;
+    if json {
+        println!("{}", extras.to_json());
+    } else {
+        print!("{extras}");
     }
     Ok(if report.all_assigned() {
         ExitCode::SUCCESS
@@ -152,6 +179,24 @@ fn show(bar: &ProgressBar, p: &Progress, by_time: bool, open: bool) {
         p.assigned, p.failed, p.in_flight
     ));
 }
+async fn run_hold(
+    config: &Config,
+    hold: &dps_loadtest::hold::HoldConfig,
+    json: bool,
+) -> Result<ExitCode, LoadError> {
+    let report = dps_loadtest::hold::run(config, hold).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.all_held() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
 async fn cleanup(config: &Config) -> Result<ExitCode, LoadError> {
     let summary = dps_loadtest::cleanup(config).await?;
     println!(

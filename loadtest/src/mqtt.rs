@@ -230,6 +230,11 @@ pub fn disconnect(out: &mut Vec<u8>) {
     frame(0xe0, &[], out);
 }
 
+/// PINGREQ (the server answers PINGRESP, [`Packet::Other`]`(13)`).
+pub fn pingreq(out: &mut Vec<u8>) {
+    frame(0xc0, &[], out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

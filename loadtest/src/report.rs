@@ -21,13 +21,14 @@ const MAX_MICROS: u64 = 3_600_000_000;
 /// Significant digits kept: 0.1% resolution, about 200 KiB per histogram.
 const SIGNIFICANT_DIGITS: u8 = 3;
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram, in microseconds.
+pub(crate) fn histogram() -> Histogram<u64> {
     // Constant, valid bounds (1 <= 2 * 1 <= MAX_MICROS, digits in 0..=5): this cannot fail.
     Histogram::new_with_bounds(1, MAX_MICROS, SIGNIFICANT_DIGITS)
         .expect("constant histogram bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -156,7 +157,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From a histogram of microseconds.
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Self::default();
         }

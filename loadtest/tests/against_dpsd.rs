@@ -8,41 +8,9 @@ use dps_loadtest::report::csv;
 use dps_loadtest::{ApiEndpoint, CaSource, Cleanup, CleanupSummary, Config, Loopback, Mix, Rate};
 use dps_types::EnrollmentGroupId;
 
-/// Starts dpsd in `dir` with one linked hub, so devices can be assigned.
-async fn start_dpsd(dir: &Path) -> dpsd::Running {
-    let config_file = dir.join("dpsd.toml");
-    std::fs::write(
-        &config_file,
-        "[[linked_hubs]]\nhost_name = \"hub-1.example.net\"\n",
-    )
-    .unwrap();
-    let flags = dpsd::Flags {
-        data_dir: Some(dir.join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        mqtt_listen: Some("127.0.0.1:0".into()),
-        amqp_listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    let config = dpsd::Config::load(
-        Some(&config_file),
-        [("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())],
-        &flags,
-    )
-    .unwrap();
-    dpsd::start(config).await.unwrap()
-}
+mod common;
 
-fn config_for(running: &dpsd::Running) -> Config {
-    let mut config = Config::new(
-        running.data_dir.clone(),
-        ApiEndpoint::from_addr(running.api_addr).unwrap(),
-        Loopback::new(running.mqtt_addr).unwrap(),
-    );
-    config.amqp = Loopback::new(running.amqp_addr.expect("AMQP is on")).unwrap();
-    config.duration_limit = Duration::from_secs(60);
-    config.poll_delay = Duration::from_millis(20);
-    config
-}
+use common::{config_for, start_dpsd};
 
 fn group_exists(running: &dpsd::Running, group: &EnrollmentGroupId) -> bool {
     running.registrar.store().group(group).is_some()

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -182,6 +183,38 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+/// Raises the soft limit on open files to the hard one: every device connection is a file
+/// descriptor, and the usual soft limit (1024) is far below the listeners' connection limits.
+/// Logged either way, with the numbers, so an operator sees the ceiling in effect.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    let show = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if current == maximum {
+        tracing::info!(limit = %show(current), "open file limit (RLIMIT_NOFILE) already at its hard limit");
+        return;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: maximum,
+            maximum,
+        },
+    ) {
+        Ok(()) => tracing::info!(
+            from = %show(current),
+            to = %show(maximum),
+            "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            limit = %show(current),
+            hard = %show(maximum),
+            error = %e,
+            "could not raise the open file limit (RLIMIT_NOFILE); connections beyond it will be refused"
+        ),
+    }
 }
 
 fn init_logging(filter: &LogFilter) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dps_loadtest::device::{self, DeviceContext, Failure};
-use dps_loadtest::{ApiEndpoint, Config, Loopback};
+use dps_loadtest::{ApiEndpoint, Config, Loopback, Mix};
 use dps_types::{EnrollmentGroupId, SymmetricKey};
 
 const HUB: &str = "hub-1.example.net";
@@ -59,10 +59,15 @@ async fn impostors(running: &dpsd::Running, prefix: &str, count: usize) {
     let ca = std::fs::read(&running.ca_file).unwrap();
     let context = Arc::new(DeviceContext {
         mqtt: Loopback::new(running.mqtt_addr).unwrap(),
-        tls: device::tls_connector(&ca).unwrap(),
+        amqp: Loopback::new(running.amqp_addr.unwrap()).unwrap(),
+        tls: device::TlsClients::new(&ca).unwrap(),
         id_scope: running.id_scope.to_string(),
         id_prefix: prefix.to_owned(),
+        mix: Mix::parse("mqtt-sas:1").unwrap(),
         group_key: SymmetricKey::generate(),
+        individual_key: SymmetricKey::generate(),
+        leaves: Vec::new(),
+        chain_tail: Vec::new(),
         step_timeout: Duration::from_secs(30),
         poll_delay: Duration::from_millis(20),
         max_requests: 4,
@@ -75,7 +80,7 @@ async fn impostors(running: &dpsd::Running, prefix: &str, count: usize) {
             tasks.spawn(async move { device::run(&context, n).await });
         }
         while let Some(done) = tasks.join_next().await {
-            assert_eq!(done.unwrap().unwrap_err(), Failure::ConnAck(5));
+            assert_eq!(done.unwrap().1.unwrap_err(), Failure::ConnAck(5));
         }
     }
 }
