@@ -177,6 +177,24 @@ pub fn unauthorized() -> definitions::Error {
     }
 }
 
+/// The refusal of an attested device that already holds `max_connections_per_device`
+/// connections: `amqp:resource-limit-exceeded` with DPS's `429001` error JSON. The Node SDK
+/// reports it as `IotHubQuotaExceededError` (C# as a transient `QuotaExceededException`, Java
+/// as `AmqpResourceLimitExceededException`): clearly "too many", never mistaken for bad
+/// credentials as `amqp:unauthorized-access` would be, and retried by the stacks that retry
+/// transient errors, as MQTT's CONNACK 3 is.
+pub fn device_limit() -> definitions::Error {
+    let details = ErrorDetails::new(
+        ErrorCode::Throttled,
+        "The device holds the most connections it may open at once",
+    );
+    definitions::Error {
+        condition: ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+        description: Some(String::from_utf8_lossy(&json_bytes(&details)).into_owned()),
+        info: None,
+    }
+}
+
 /// An error with `condition` and a plain description (link refusals, connection closes).
 pub fn error(condition: ErrorCondition, description: &str) -> definitions::Error {
     definitions::Error {

@@ -15,14 +15,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_listener::{Admitted, Handshake, ListenerLimits};
+use dps_listener::{Admitted, DeviceConnections, Handshake, ListenerLimits};
 use dps_registrar::Registrar;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{count_end, Connection, Handler};
-use crate::devices::DeviceConnections;
 use crate::stats::MqttCounters;
 use crate::{CloseReason, MqttError, Session, SessionConfig};
 
