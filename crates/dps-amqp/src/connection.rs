@@ -47,6 +47,8 @@ pub enum CloseReason {
     DeviceConnectionLimit,
     /// The device asked for too many links we had to refuse.
     TooManyRefusedLinks,
+    /// The device attached a link with the name of one it already holds.
+    DuplicateLinkName,
     /// The server is shutting down and the connection had no registration running.
     ServerShutdown,
     /// The connection reached its maximum lifetime.
@@ -61,6 +63,7 @@ impl CloseReason {
             CloseReason::NotAuthorized => "not_authorized",
             CloseReason::DeviceConnectionLimit => "device_connection_limit",
             CloseReason::TooManyRefusedLinks => "too_many_refused_links",
+            CloseReason::DuplicateLinkName => "duplicate_link_name",
             CloseReason::ServerShutdown => "server_shutdown",
             CloseReason::LifetimeExceeded => "lifetime_exceeded",
         }
@@ -253,6 +256,11 @@ impl Handler<'_> {
                     self.registration_done(done);
                 }
                 attach = self.ready.session.next_incoming_attach() => match attach {
+                    Some(attach) if self.holds_link(&attach.name) => {
+                        bump(&self.shared.counters.get().refused_links);
+                        self.close(open::duplicate_link_name()).await;
+                        return Ok(Ending::Closed(CloseReason::DuplicateLinkName));
+                    }
                     Some(attach) => self.refuse_link(attach).await?,
                     None => return Ok(Ending::DeviceLeft),
                 },
@@ -388,6 +396,11 @@ impl Handler<'_> {
         self.operations.done(&operation_id, outcome);
     }
 
+    /// Whether one of the connection's two links is called `name`.
+    fn holds_link(&self, name: &str) -> bool {
+        self.ready.sender.name() == name || self.ready.receiver.name() == name
+    }
+
     /// A link beyond the two: attached and detached at once (fe2o3 answers an ATTACH only by
     /// attaching).
     async fn refuse_link(
@@ -442,7 +455,9 @@ fn count_end(counters: &AmqpCounters, end: &Result<CloseReason, AmqpError>) {
             | CloseReason::NotAuthorized
             | CloseReason::DeviceConnectionLimit,
         ) => {}
-        Ok(CloseReason::TooManyRefusedLinks) => bump(&c.protocol_errors),
+        Ok(CloseReason::TooManyRefusedLinks | CloseReason::DuplicateLinkName) => {
+            bump(&c.protocol_errors)
+        }
         Ok(CloseReason::LifetimeExceeded) => bump(&c.lifetime_ends),
         Err(AmqpError::TlsHandshake(_)) => bump(&c.tls_failures),
         Err(AmqpError::TlsHandshakeTimeout) => bump(&c.tls_timeouts),

@@ -251,6 +251,15 @@ where
                 }
             }
         };
+        let held = [
+            sender.as_ref().map(Sender::name),
+            receiver.as_ref().map(Receiver::name),
+        ];
+        if held.contains(&Some(attach.name.as_str())) {
+            bump(&shared.counters.get().refused_links);
+            close(&mut connection, duplicate_link_name(), shared).await;
+            return Ok(Opened::Closed(CloseReason::DuplicateLinkName));
+        }
         let link = links
             .accept_incoming_attach(attach, &mut session)
             .await
@@ -314,6 +323,16 @@ fn device_of(attach: &Attach, shared: &Shared) -> Option<RegistrationId> {
     scope
         .eq_ignore_ascii_case(shared.registrar.id_scope().as_str())
         .then_some(id)
+}
+
+/// The close of a connection whose device named a link like one it already holds. AMQP allows
+/// that when the roles differ (Qpid Proton's default names do it), but fe2o3's session keys
+/// links by name alone and would end the session without a word to the device.
+pub(crate) fn duplicate_link_name() -> definitions::Error {
+    message::error(
+        ErrorCondition::AmqpError(Condition::NotAllowed),
+        "each link on a connection needs a name of its own",
+    )
 }
 
 fn wrong_address() -> definitions::Error {
