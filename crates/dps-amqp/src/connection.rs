@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dps_listener::{Admitted, DeviceConnections, Draining, Handshake};
+use dps_listener::{Admitted, DeviceConnections, Draining};
 use dps_registrar::{Registrar, RegistrarError, Transport};
 use fe2o3_amqp::link::delivery::{Delivery, Sendable};
 use fe2o3_amqp::link::{LinkStateError, RecvError};
@@ -97,19 +97,14 @@ async fn run_connection(
     let _ = tcp.set_nodelay(true);
     let _socket = SocketGuard::new(&tcp);
     let limits = &shared.limits;
-    let started = std::time::Instant::now();
-    let handshake = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+    let handshake = shared
+        .counters
+        .listener()
+        .timed_handshake(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
-        tls = handshake => {
-            let outcome = match &tls {
-                Ok(Ok(_)) => Handshake::Done,
-                Ok(Err(_)) => Handshake::Failed,
-                Err(_) => Handshake::TimedOut,
-            };
-            shared.counters.listener().handshake(outcome, started.elapsed());
-            tls.map_err(|_elapsed| AmqpError::TlsHandshakeTimeout)?
-                .map_err(AmqpError::TlsHandshake)?
-        }
+        tls = handshake => tls
+            .map_err(|_elapsed| AmqpError::TlsHandshakeTimeout)?
+            .map_err(AmqpError::TlsHandshake)?,
         () = draining.wait() => return Ok(CloseReason::ServerShutdown),
     };
     let expires = Instant::now() + limits.max_connection_lifetime;
