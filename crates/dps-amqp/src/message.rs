@@ -178,11 +178,13 @@ pub fn unauthorized() -> definitions::Error {
 }
 
 /// The refusal of an attested device that already holds `max_connections_per_device`
-/// connections: `amqp:resource-limit-exceeded` with DPS's `429001` error JSON. The Node SDK
-/// reports it as `IotHubQuotaExceededError` (C# as a transient `QuotaExceededException`, Java
-/// as `AmqpResourceLimitExceededException`): clearly "too many", never mistaken for bad
-/// credentials as `amqp:unauthorized-access` would be, and retried by the stacks that retry
-/// transient errors, as MQTT's CONNACK 3 is.
+/// connections: `amqp:resource-limit-exceeded` with DPS's `429001` error JSON. The Node
+/// provisioning transport hands it to the caller as is (`error.condition` is
+/// `amqp:resource-limit-exceeded`, the description the JSON; checked with
+/// azure-iot-provisioning-device-amqp 1.9.1), the Azure stacks' AMQP error tables map it to a
+/// quota error (Node `IotHubQuotaExceededError`, C# a transient `QuotaExceededException`,
+/// Java `AmqpResourceLimitExceededException`): clearly "too many, later", never mistaken for
+/// bad credentials as `amqp:unauthorized-access` would be, like MQTT's CONNACK 3.
 pub fn device_limit() -> definitions::Error {
     let details = ErrorDetails::new(
         ErrorCode::Throttled,
