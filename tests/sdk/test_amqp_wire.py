@@ -3,8 +3,8 @@
 what the SDKs never do - an oversized message (refused by the server's own limit, which
 Proton does not enforce on its side), a link on a wrong address, a request without a
 correlation id or with an unknown operation, bytes that are not AMQP after the protocol
-header, a SASL exchange that never finishes, and Proton's own default of one name for both
-links. Each gets a clear error, and a fresh device registers over the same listener afterwards.
+header, a SASL exchange that never finishes, a third connection of one device, and Proton's
+own default of one name for both links. Each gets a clear error, and a fresh device registers over the same listener afterwards.
 
 The session's dpsd (conftest.py) listens for AMQP on its default address, 0.0.0.0:5671.
 Devices sign in with SASL PLAIN: username `{idScope}/registrations/{registrationId}`, password
@@ -30,7 +30,7 @@ import pytest
 try:
     from proton import Delivery, Message, SSLDomain
     from proton import ConnectionException
-    from proton.utils import BlockingConnection, LinkDetached
+    from proton.utils import BlockingConnection, ConnectionClosed, LinkDetached
 except ImportError as e:  # a venv made before python-qpid-proton was added to requirements.txt
     raise ImportError(
         f"{e}: the AMQP wire tests need python-qpid-proton; install the pinned packages with "
@@ -273,6 +273,33 @@ def test_a_request_without_correlation_id_or_with_an_unknown_operation_is_reject
         assert status["status"] == "assigned", status
     finally:
         device.close()
+
+
+def test_a_device_holding_two_connections_is_refused_a_third_with_resource_limit_exceeded(dpsd, client):
+    rid = uid("amqp-cap")
+    key = enroll(client, rid)
+    held = [Device(dpsd, rid, key) for _ in range(2)]
+    # SASL and OPEN succeed (the device is attested), then the server closes with the reason.
+    with pytest.raises(ConnectionClosed) as closed:
+        connect(dpsd, rid, key)
+    assert getattr(closed.value, "condition", None) == "amqp:resource-limit-exceeded", closed.value
+    assert '"errorCode":429001' in str(closed.value), closed.value
+    # The held connections still serve, and once one closes the device connects again.
+    status = held[0].register_until_assigned()
+    assert status["status"] == "assigned", status
+    held[0].close()
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            again = Device(dpsd, rid, key)
+            break
+        except ConnectionException:
+            # The server frees the place when it has seen the close: a moment after ours.
+            assert time.monotonic() < deadline, "the closed connection never freed its place"
+            time.sleep(0.05)
+    assert again.register_until_assigned()["status"] == "assigned"
+    again.close()
+    held[1].close()
 
 
 def test_garbage_after_the_protocol_header_closes_that_connection_only(dpsd, client):
