@@ -32,6 +32,8 @@ pub async fn tls(
     device: Option<&DeviceCert>,
 ) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    // As the SDKs' stacks do: small frames go out at once, not after a delayed ACK.
+    tcp.set_nodelay(true).unwrap();
     tokio_rustls::TlsConnector::from(crate::tls::client_config(root_der, device))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
