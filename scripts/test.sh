@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Debian packages, installed when missing after one `apt-get update`: Chromium and its
 # WebDriver for the portal's browser tests; prometheus (the server the metrics tests start,
 # and promtool for deploy/prometheus); systemd (systemd-analyze for deploy/systemd); PyYAML
-# for the deploy/ checks.
+# for the deploy/ checks; libssl-dev and gcc to build python-qpid-proton.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
@@ -18,6 +18,9 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 # mosquitto: the broker dps-loadtest's MQTT baseline test starts (tests/extras.rs).
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+# OpenSSL's headers and a C compiler: pip builds python-qpid-proton (tests/sdk) from source.
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v gcc >/dev/null || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dps_listener::{Admitted, Draining};
+use dps_listener::{Admitted, DeviceConnections, Draining};
 use dps_registrar::{Registrar, RegistrarError, Transport};
 use fe2o3_amqp::link::delivery::{Delivery, Sendable};
 use fe2o3_amqp::link::{LinkStateError, RecvError};
@@ -28,6 +28,8 @@ use crate::{AmqpError, AmqpLimits};
 pub(crate) struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) registrar: Registrar,
+    /// Where the authenticated connections of each device are counted.
+    pub(crate) devices: DeviceConnections,
     pub(crate) limits: AmqpLimits,
     pub(crate) counters: AmqpCounters,
 }
@@ -40,8 +42,13 @@ pub enum CloseReason {
     ClientClosed,
     /// Attestation refused the device (`amqp:unauthorized-access`).
     NotAuthorized,
+    /// The attested device already held `max_connections_per_device` connections
+    /// (`amqp:resource-limit-exceeded`).
+    DeviceConnectionLimit,
     /// The device asked for too many links we had to refuse.
     TooManyRefusedLinks,
+    /// The device attached a link with the name of one it already holds.
+    DuplicateLinkName,
     /// The server is shutting down and the connection had no registration running.
     ServerShutdown,
     /// The connection reached its maximum lifetime.
@@ -54,7 +61,9 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::NotAuthorized => "not_authorized",
+            CloseReason::DeviceConnectionLimit => "device_connection_limit",
             CloseReason::TooManyRefusedLinks => "too_many_refused_links",
+            CloseReason::DuplicateLinkName => "duplicate_link_name",
             CloseReason::ServerShutdown => "server_shutdown",
             CloseReason::LifetimeExceeded => "lifetime_exceeded",
         }
@@ -88,7 +97,10 @@ async fn run_connection(
     let _ = tcp.set_nodelay(true);
     let _socket = SocketGuard::new(&tcp);
     let limits = &shared.limits;
-    let handshake = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+    let handshake = shared
+        .counters
+        .listener()
+        .timed_handshake(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
         tls = handshake => tls
             .map_err(|_elapsed| AmqpError::TlsHandshakeTimeout)?
@@ -120,8 +132,8 @@ async fn run_connection(
     // A refused device has its first request rejected; it gets no longer to send it than
     // it had to open.
     let expires = match ready.device {
-        Some(_) => expires,
-        None => expires.min(Instant::now() + limits.open_timeout),
+        Ok(_) => expires,
+        Err(_) => expires.min(Instant::now() + limits.open_timeout),
     };
     let mut handler = Handler {
         ready,
@@ -239,20 +251,30 @@ impl Handler<'_> {
                     self.registration_done(done);
                 }
                 attach = self.ready.session.next_incoming_attach() => match attach {
+                    Some(attach) if self.holds_link(&attach.name) => {
+                        bump(&self.shared.counters.get().refused_links);
+                        self.close(open::duplicate_link_name()).await;
+                        return Ok(Ending::Closed(CloseReason::DuplicateLinkName));
+                    }
                     Some(attach) => self.refuse_link(attach).await?,
                     None => return Ok(Ending::DeviceLeft),
                 },
-                () = tokio::time::sleep_until(self.expires), if self.ready.device.is_none() => {
-                    self.close(message::unauthorized()).await;
-                    return Ok(Ending::Closed(CloseReason::NotAuthorized));
-                }
+                // One deadline branch: two branches on one instant would race (`select!`
+                // polls from a random branch), and a refused device could be closed as if it
+                // had reached its lifetime.
                 () = tokio::time::sleep_until(self.expires) => {
-                    let error = message::error(
-                        ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
-                        "the connection reached its maximum lifetime",
-                    );
+                    let (error, reason) = match self.ready.device {
+                        Err(refused) => (refused.error(), refused.close_reason()),
+                        Ok(_) => (
+                            message::error(
+                                ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
+                                "the connection reached its maximum lifetime",
+                            ),
+                            CloseReason::LifetimeExceeded,
+                        ),
+                    };
                     self.close(error).await;
-                    return Ok(Ending::Closed(CloseReason::LifetimeExceeded));
+                    return Ok(Ending::Closed(reason));
                 }
                 () = self.draining.wait(), if self.registrations.is_empty() => {
                     let error = message::error(
@@ -271,11 +293,11 @@ impl Handler<'_> {
     /// does not is closed at its shortened deadline). Closing at once could overtake the
     /// rejection: fe2o3 sends a CLOSE ahead of the session's queued frames.
     async fn on_request(&mut self, delivery: Delivery<Body<Value>>) -> Result<(), AmqpError> {
-        if self.ready.device.is_none() {
+        if let Err(refused) = self.ready.device {
             return self
                 .ready
                 .receiver
-                .reject(&delivery, message::unauthorized())
+                .reject(&delivery, refused.error())
                 .await
                 .map_err(AmqpError::Dispose);
         }
@@ -293,6 +315,9 @@ impl Handler<'_> {
                 (answer, None, None)
             }
         };
+        if answer.status() == 429 {
+            bump(&self.shared.counters.get().throttled);
+        }
         let receiver = &self.ready.receiver;
         match (&answer, message::rejection(&answer)) {
             (_, Some(error)) => receiver.reject(&delivery, error).await,
@@ -321,11 +346,12 @@ impl Handler<'_> {
     fn start_registration(&mut self, operation_id: String, payload: Option<serde_json::Value>) {
         bump(&self.shared.counters.get().registrations_started);
         let registrar = self.shared.registrar.clone();
-        let Some(device) = self.ready.device.clone() else {
+        let Ok((device, _)) = &self.ready.device else {
             tracing::error!("bug: a registration was asked for a refused device");
             self.operations.done(&operation_id, Outcome::Failed);
             return;
         };
+        let device = Arc::clone(device);
         let task = self.registrations.spawn(async move {
             match registrar.register(&device, Transport::Amqp, payload).await {
                 Ok(result) => Outcome::Done(Box::new(result)),
@@ -363,6 +389,11 @@ impl Handler<'_> {
             Outcome::Done(_) => {}
         }
         self.operations.done(&operation_id, outcome);
+    }
+
+    /// Whether one of the connection's two links is called `name`.
+    fn holds_link(&self, name: &str) -> bool {
+        self.ready.sender.name() == name || self.ready.receiver.name() == name
     }
 
     /// A link beyond the two: attached and detached at once (fe2o3 answers an ATTACH only by
@@ -412,10 +443,16 @@ pub(crate) fn unix_now() -> i64 {
 fn count_end(counters: &AmqpCounters, end: &Result<CloseReason, AmqpError>) {
     let c = counters.get();
     match end {
+        // Refused devices are counted where they are refused.
         Ok(
-            CloseReason::ClientClosed | CloseReason::ServerShutdown | CloseReason::NotAuthorized,
+            CloseReason::ClientClosed
+            | CloseReason::ServerShutdown
+            | CloseReason::NotAuthorized
+            | CloseReason::DeviceConnectionLimit,
         ) => {}
-        Ok(CloseReason::TooManyRefusedLinks) => bump(&c.protocol_errors),
+        Ok(CloseReason::TooManyRefusedLinks | CloseReason::DuplicateLinkName) => {
+            bump(&c.protocol_errors)
+        }
         Ok(CloseReason::LifetimeExceeded) => bump(&c.lifetime_ends),
         Err(AmqpError::TlsHandshake(_)) => bump(&c.tls_failures),
         Err(AmqpError::TlsHandshakeTimeout) => bump(&c.tls_timeouts),

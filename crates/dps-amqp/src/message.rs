@@ -177,6 +177,26 @@ pub fn unauthorized() -> definitions::Error {
     }
 }
 
+/// The refusal of an attested device that already holds `max_connections_per_device`
+/// connections: `amqp:resource-limit-exceeded` with DPS's `429001` error JSON. The Node
+/// provisioning transport hands it to the caller as is (`error.condition` is
+/// `amqp:resource-limit-exceeded`, the description the JSON; checked with
+/// azure-iot-provisioning-device-amqp 1.9.1), the Azure stacks' AMQP error tables map it to a
+/// quota error (Node `IotHubQuotaExceededError`, C# a transient `QuotaExceededException`,
+/// Java `AmqpResourceLimitExceededException`): clearly "too many, later", never mistaken for
+/// bad credentials as `amqp:unauthorized-access` would be, like MQTT's CONNACK 3.
+pub fn device_limit() -> definitions::Error {
+    let details = ErrorDetails::new(
+        ErrorCode::Throttled,
+        "The device holds the most connections it may open at once",
+    );
+    definitions::Error {
+        condition: ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
+        description: Some(String::from_utf8_lossy(&json_bytes(&details)).into_owned()),
+        info: None,
+    }
+}
+
 /// An error with `condition` and a plain description (link refusals, connection closes).
 pub fn error(condition: ErrorCondition, description: &str) -> definitions::Error {
     definitions::Error {

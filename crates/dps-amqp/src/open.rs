@@ -6,13 +6,15 @@
 //! 2. fe2o3's connection acceptor runs SASL and exchanges OPENs (announcing our frame size,
 //!    idle timeout and a single session);
 //! 3. a PLAIN claim is attested at once (`attest_sas`); a refusal is recorded and the device
-//!    gets a CLOSE with `amqp:unauthorized-access` and DPS's `401002` JSON, as from DPS;
+//!    gets a CLOSE with `amqp:unauthorized-access` and DPS's `401002` JSON, as from DPS; an
+//!    attested device that already holds `max_connections_per_device` connections gets a
+//!    CLOSE with `amqp:resource-limit-exceeded` ([`message::device_limit`]);
 //! 4. one session; then ATTACHes until there is one link each way on
 //!    `{idScope}/registrations/{registrationId}`. Without a PLAIN claim the first such address
 //!    names the registration id the TLS client certificate is attested against
 //!    (`attest_x509`). A refusal is recorded, and the links are attached all the same: the
-//!    device's first request is then rejected with `amqp:unauthorized-access` and the
-//!    connection closed. (A CLOSE while its receiver link attaches leaves the Node SDK waiting
+//!    device's first request is then rejected with `amqp:unauthorized-access` (or
+//!    `amqp:resource-limit-exceeded` when it holds its connections) and the connection closed. (A CLOSE while its receiver link attaches leaves the Node SDK waiting
 //!    45 s for a DETACH that cannot come; a rejected request is reported at once.) A link on
 //!    another address, on another device's, or a second link of one direction is attached and
 //!    at once detached with an error; a few of those close the connection.
@@ -20,7 +22,7 @@
 use std::sync::Arc;
 
 use dps_attest::{AttestedDevice, Refusal};
-use dps_listener::Slot;
+use dps_listener::{DevicePlace, Slot};
 use dps_registrar::Transport;
 use dps_types::RegistrationId;
 use fe2o3_amqp::acceptor::{
@@ -67,10 +69,37 @@ pub(crate) struct Ready {
     pub(crate) receiver: Receiver,
     /// The registration id both links name.
     pub(crate) registration_id: RegistrationId,
-    /// The attested device; `None` when attestation refused it (its requests are rejected).
-    pub(crate) device: Option<Arc<AttestedDevice>>,
+    /// The attested device and its place among the device's connections, or why it may not
+    /// register (its requests are rejected with that error).
+    pub(crate) device: Result<(Arc<AttestedDevice>, DevicePlace), Refused>,
     /// Ends fe2o3's tasks when the connection is dropped.
     pub(crate) _kill: Kill,
+}
+
+/// Why a device that opened its links may not register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Attestation refused it.
+    NotAuthorized,
+    /// It already holds `max_connections_per_device` connections.
+    DeviceLimit,
+}
+
+impl Refused {
+    /// The error its requests are rejected with and its connection closed with.
+    pub(crate) fn error(self) -> definitions::Error {
+        match self {
+            Refused::NotAuthorized => message::unauthorized(),
+            Refused::DeviceLimit => message::device_limit(),
+        }
+    }
+
+    pub(crate) fn close_reason(self) -> CloseReason {
+        match self {
+            Refused::NotAuthorized => CloseReason::NotAuthorized,
+            Refused::DeviceLimit => CloseReason::DeviceConnectionLimit,
+        }
+    }
 }
 
 /// How opening ended without an error.
@@ -128,7 +157,7 @@ where
         return Err(AmqpError::ProtocolHeader);
     };
 
-    let mut device = match claim {
+    let (mut device, mut claimed) = match claim {
         Claim::Sas {
             registration_id,
             token,
@@ -140,19 +169,23 @@ where
                 shared.registrar.lookup(),
                 unix_now(),
             );
-            match attested {
-                Ok(device) => Some(device),
+            let admitted = match attested {
+                Ok(attested) => admit(attested, shared, slot),
                 Err(refusal) => {
-                    return refuse(connection, shared, registration_id.as_str(), &refusal).await
+                    record(shared, registration_id.as_str(), &refusal);
+                    Err(Refused::NotAuthorized)
+                }
+            };
+            match admitted {
+                Ok(admitted) => (Some(Ok(admitted)), Some(registration_id)),
+                Err(refused) => {
+                    close(&mut connection, refused.error(), shared).await;
+                    return Ok(Opened::Closed(refused.close_reason()));
                 }
             }
         }
-        Claim::Certificate => None,
+        Claim::Certificate => (None, None),
     };
-    let mut claimed = device.as_ref().map(|d| d.registration_id().clone());
-    if device.is_some() {
-        slot.authenticated();
-    }
 
     let incoming = connection
         .next_incoming_session()
@@ -182,18 +215,20 @@ where
             Some(named) => {
                 if claimed.is_none() {
                     let chain: Vec<&[u8]> = chain.iter().map(|c| c.as_ref()).collect();
-                    match dps_attest::attest_x509(
-                        &chain,
-                        named.as_str(),
-                        shared.registrar.lookup(),
-                        dps_attest::UnixTime::now(),
-                    ) {
-                        Ok(attested) => {
-                            slot.authenticated();
-                            device = Some(attested);
-                        }
-                        Err(refusal) => record(shared, named.as_str(), &refusal),
-                    }
+                    device = Some(
+                        match dps_attest::attest_x509(
+                            &chain,
+                            named.as_str(),
+                            shared.registrar.lookup(),
+                            dps_attest::UnixTime::now(),
+                        ) {
+                            Ok(attested) => admit(attested, shared, slot),
+                            Err(refusal) => {
+                                record(shared, named.as_str(), &refusal);
+                                Err(Refused::NotAuthorized)
+                            }
+                        },
+                    );
                     claimed = Some(named.clone());
                 }
                 let ours = claimed.as_ref().is_some_and(|c| c.key() == named.key());
@@ -216,6 +251,15 @@ where
                 }
             }
         };
+        let held = [
+            sender.as_ref().map(Sender::name),
+            receiver.as_ref().map(Receiver::name),
+        ];
+        if held.contains(&Some(attach.name.as_str())) {
+            bump(&shared.counters.get().refused_links);
+            close(&mut connection, duplicate_link_name(), shared).await;
+            return Ok(Opened::Closed(CloseReason::DuplicateLinkName));
+        }
         let link = links
             .accept_incoming_attach(attach, &mut session)
             .await
@@ -243,15 +287,15 @@ where
             }
         }
     }
-    match (sender, receiver, claimed) {
-        (Some(sender), Some(receiver), Some(registration_id)) => {
+    match (sender, receiver, claimed, device) {
+        (Some(sender), Some(receiver), Some(registration_id), Some(device)) => {
             Ok(Opened::Ready(Box::new(Ready {
                 connection,
                 session,
                 sender,
                 receiver,
                 registration_id,
-                device: device.map(Arc::new),
+                device: device.map(|(device, place)| (Arc::new(device), place)),
                 _kill: kill,
             })))
         }
@@ -281,6 +325,16 @@ fn device_of(attach: &Attach, shared: &Shared) -> Option<RegistrationId> {
         .then_some(id)
 }
 
+/// The close of a connection whose device named a link like one it already holds. AMQP allows
+/// that when the roles differ (Qpid Proton's default names do it), but fe2o3's session keys
+/// links by name alone and would end the session without a word to the device.
+pub(crate) fn duplicate_link_name() -> definitions::Error {
+    message::error(
+        ErrorCondition::AmqpError(Condition::NotAllowed),
+        "each link on a connection needs a name of its own",
+    )
+}
+
 fn wrong_address() -> definitions::Error {
     message::error(
         ErrorCondition::AmqpError(Condition::NotFound),
@@ -288,16 +342,24 @@ fn wrong_address() -> definitions::Error {
     )
 }
 
-/// Records the refusal and closes the connection as DPS does.
-async fn refuse(
-    mut connection: ListenerConnectionHandle,
+/// Gives an attested device its place among its connections (its slot then stops counting
+/// as unauthenticated), or refuses it when it holds them all.
+fn admit(
+    device: AttestedDevice,
     shared: &Shared,
-    claimed: &str,
-    refusal: &Refusal,
-) -> Result<Opened, AmqpError> {
-    record(shared, claimed, refusal);
-    close(&mut connection, message::unauthorized(), shared).await;
-    Ok(Opened::Closed(CloseReason::NotAuthorized))
+    slot: &Slot,
+) -> Result<(AttestedDevice, DevicePlace), Refused> {
+    match shared.devices.enter(device.registration_id().as_str()) {
+        Some(place) => {
+            slot.authenticated();
+            Ok((device, place))
+        }
+        None => {
+            tracing::debug!("AMQP device refused: it holds its connections");
+            bump(&shared.counters.get().device_limit);
+            Err(Refused::DeviceLimit)
+        }
+    }
 }
 
 /// Records an attestation refusal (the device itself only learns "unauthorized").

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_listener::ListenerLimits;
+use dps_listener::{DeviceConnections, ListenerLimits};
 use dps_registrar::Registrar;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -36,6 +36,9 @@ pub struct AmqpLimits {
     pub idle_timeout: Duration,
     /// Longest time a connection may stay open, counted from the end of the TLS handshake.
     pub max_connection_lifetime: Duration,
+    /// Attested connections one registration id may hold at once; one more is refused with
+    /// `amqp:resource-limit-exceeded`.
+    pub max_connections_per_device: usize,
     /// The largest frame we accept (announced in OPEN; a larger one closes the connection).
     pub max_frame_size: usize,
     /// The largest message (announced at ATTACH; a larger one closes the connection).
@@ -65,6 +68,8 @@ impl Default for AmqpLimits {
     ///   peers reach it.
     /// * `max_connection_lifetime` 300 s: a device registers (milliseconds, or up to the SDKs'
     ///   30 s behind a slow allocation webhook), polls and leaves: ten times the longest.
+    /// * `max_connections_per_device` 2: as for MQTT: the connection that registers, plus one
+    ///   left half-open by a device that lost its network and retried before it timed out.
     /// * `max_frame_size` 8 KiB: a register request is a few hundred bytes, so frames this big
     ///   cost an honest device nothing, while they keep what fe2o3's bounded per-connection
     ///   channels can hold to a few hundred KiB.
@@ -84,6 +89,7 @@ impl Default for AmqpLimits {
             open_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connection_lifetime: Duration::from_secs(300),
+            max_connections_per_device: 2,
             max_frame_size: 8 * 1024,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             link_credit: 8,
@@ -137,6 +143,7 @@ pub async fn serve_with_counters(
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
         registrar,
+        devices: DeviceConnections::new(limits.max_connections_per_device),
         limits,
         counters: counters.clone(),
     });

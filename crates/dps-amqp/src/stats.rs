@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     pub(crate) bad_headers: AtomicU64,
     pub(crate) sasl_failures: AtomicU64,
     pub(crate) not_authorized: AtomicU64,
+    pub(crate) device_limit: AtomicU64,
     pub(crate) refused_links: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
@@ -30,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) registrations_started: AtomicU64,
     pub(crate) registrations_busy: AtomicU64,
     pub(crate) registrations_failed: AtomicU64,
+    pub(crate) throttled: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -51,6 +53,9 @@ pub struct AmqpStats {
     pub sasl_failures: u64,
     /// Devices refused by attestation (closed with `amqp:unauthorized-access`).
     pub not_authorized: u64,
+    /// Attested devices refused because they already held `max_connections_per_device`
+    /// connections (`amqp:resource-limit-exceeded`).
+    pub device_limit: u64,
     /// Links refused: a wrong address, another device's, or one link too many.
     pub refused_links: u64,
     /// Requests rejected as malformed (no correlation id, unknown operation, bad body).
@@ -68,9 +73,20 @@ pub struct AmqpStats {
     pub registrations_busy: u64,
     /// Registrations that failed on our side (store error, a panic).
     pub registrations_failed: u64,
+    /// Requests rejected with `429` (registrar busy, or a connection over its request or
+    /// operation limit).
+    pub throttled: u64,
 }
 
 impl AmqpCounters {
+    /// Counters whose listener part is `listener` (e.g. one with a handshake timer).
+    pub fn new(listener: ListenerCounters) -> Self {
+        Self {
+            inner: Arc::default(),
+            listener,
+        }
+    }
+
     /// Reads every counter (each atomically; the set is not one consistent instant).
     pub fn snapshot(&self) -> AmqpStats {
         let c = &self.inner;
@@ -83,6 +99,7 @@ impl AmqpCounters {
             bad_headers: get(&c.bad_headers),
             sasl_failures: get(&c.sasl_failures),
             not_authorized: get(&c.not_authorized),
+            device_limit: get(&c.device_limit),
             refused_links: get(&c.refused_links),
             bad_requests: get(&c.bad_requests),
             protocol_errors: get(&c.protocol_errors),
@@ -91,6 +108,7 @@ impl AmqpCounters {
             registrations_started: get(&c.registrations_started),
             registrations_busy: get(&c.registrations_busy),
             registrations_failed: get(&c.registrations_failed),
+            throttled: get(&c.throttled),
         }
     }
 

@@ -59,7 +59,7 @@ async fn an_x509_device_registers_without_sasl_and_with_anonymous_sasl() {
                 "x509": {"clientCertificates": {"primary": {"certificate": cert.cert_pem}}}}}))
             .await;
         let connection = server.connection(Some(&cert), profile.clone()).await;
-        let mut device = Device::attach(connection, &id).await;
+        let mut device = Device::attach(connection, &address(&id)).await;
         let state = device.register_until_done().await;
         assert_eq!(state["status"], "assigned", "{profile:?}: {state}");
         assert_eq!(state["registrationState"]["deviceId"], id.as_str());
@@ -80,7 +80,7 @@ async fn an_x509_group_device_registers_with_a_chain_through_an_intermediate() {
     let id = unique("member");
     let cert = server.pki.device(&id);
     let connection = server.connection(Some(&cert), None).await;
-    let mut device = Device::attach(connection, &id).await;
+    let mut device = Device::attach(connection, &address(&id)).await;
     let state = device.register_until_done().await;
     assert_eq!(state["status"], "assigned", "{state}");
     assert_eq!(state["registrationState"]["deviceId"], id.as_str());
@@ -114,7 +114,7 @@ async fn an_unknown_certificate_gets_its_request_rejected_as_unauthorized_and_is
     let id = unique("stranger");
     let cert = TestCa::root("Nobody's CA").issue(&id, DeviceOptions::default());
     let connection = server.connection(Some(&cert), None).await;
-    let mut device = Device::attach(connection, &id).await;
+    let mut device = Device::attach(connection, &address(&id)).await;
     let Reply::Rejected {
         condition,
         description,
@@ -135,6 +135,65 @@ async fn an_unknown_certificate_gets_its_request_rejected_as_unauthorized_and_is
     assert_eq!(server.stats().not_authorized, 1);
     assert_eq!(server.stats().registrations_started, 0);
     server.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_device_holding_its_two_connections_is_refused_a_third_with_resource_limit_exceeded() {
+    let server = Server::start().await;
+    // Symmetric key: refused at open, with a CLOSE.
+    let id = unique("capped-sas");
+    let key = server.enroll_sas(&id).await;
+    let first = server.sas_device(&id, &key).await;
+    let second = server.sas_device(&id, &key).await;
+    let mut third = server.sas_connection(&id, &key).await;
+    let error = closed_with(&mut third).await.expect("closed with an error");
+    assert!(error.contains("ResourceLimitExceeded"), "{error}");
+    assert!(error.contains("429001"), "{error}");
+    // X.509: refused on its first request (its identity is known only once a link names it).
+    let x509 = unique("capped-x509");
+    let cert = server.pki.device(&x509);
+    server
+        .enroll(
+            json!({"registrationId": x509, "attestation": {"type": "x509",
+            "x509": {"clientCertificates": {"primary": {"certificate": cert.cert_pem}}}}}),
+        )
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            Device::attach(server.connection(Some(&cert), None).await, &address(&x509)).await,
+        );
+    }
+    let mut over =
+        Device::attach(server.connection(Some(&cert), None).await, &address(&x509)).await;
+    let Reply::Rejected {
+        condition,
+        description,
+        ..
+    } = over.register().await
+    else {
+        panic!("a device over its connection cap was answered");
+    };
+    assert!(condition.contains("ResourceLimitExceeded"), "{condition}");
+    assert_eq!(description["errorCode"], 429001, "{description}");
+    over.close().await;
+    assert_eq!(server.stats().device_limit, 2);
+    assert!(server.refusals(&id).is_empty() && server.refusals(&x509).is_empty());
+
+    // Once one of its connections ends, the device connects and registers again; the held
+    // connections were never disturbed.
+    first.close().await;
+    wait_until("the closed connection frees its place", || {
+        server.stats().listener.active == 3
+    })
+    .await;
+    let mut again = server.sas_device(&id, &key).await;
+    assert_eq!(again.register_until_done().await["status"], "assigned");
+    for mut device in held.into_iter().chain([second]) {
+        assert_eq!(device.register_until_done().await["status"], "assigned");
+        device.close().await;
+    }
+    again.close().await;
 }
 
 #[tokio::test]

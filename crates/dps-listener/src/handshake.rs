@@ -1,12 +1,16 @@
 //! How the frontends' TLS handshakes end, counted with the listener's other counters so one
 //! handle per listener carries everything an operator watches about its connections. The
-//! frontend runs the handshake (this crate speaks no TLS) and reports it with
+//! frontend runs the handshake (this crate speaks no TLS) under
+//! [`ListenerCounters::timed_handshake`], or reports one it ran itself with
 //! [`ListenerCounters::handshake`]; the duration of a completed one goes to the listener's
 //! [`HandshakeTimer`], if it has one (the metrics histogram).
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::error::Elapsed;
 
 use crate::slots::bump;
 use crate::ListenerCounters;
@@ -50,6 +54,24 @@ impl ListenerCounters {
         self
     }
 
+    /// Runs `handshake` (the frontend's TLS accept) under `timeout`, and counts how it ended
+    /// and how long a completed one took. Dropped before it ends, it counts nothing.
+    pub async fn timed_handshake<T, E>(
+        &self,
+        timeout: Duration,
+        handshake: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, Elapsed> {
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(timeout, handshake).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => Handshake::Done,
+            Ok(Err(_)) => Handshake::Failed,
+            Err(_) => Handshake::TimedOut,
+        };
+        self.handshake(outcome, started.elapsed());
+        result
+    }
+
     /// Counts a handshake that ended `elapsed` after it started.
     pub fn handshake(&self, outcome: Handshake, elapsed: Duration) {
         let c = &self.inner;
@@ -78,6 +100,28 @@ mod tests {
         fn handshake_done(&self, elapsed: Duration) {
             self.0.lock().unwrap().push(elapsed);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_handshake_is_counted_by_how_it_ends() {
+        let record = Arc::new(Record::default());
+        let counters = ListenerCounters::default().with_handshake_timer(record.clone());
+        let limit = Duration::from_secs(10);
+        let done = counters.timed_handshake(limit, async {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            Ok::<_, ()>(())
+        });
+        assert_eq!(done.await, Ok(Ok(())));
+        let failed = counters.timed_handshake(limit, async { Err::<(), _>("bad certificate") });
+        assert_eq!(failed.await, Ok(Err("bad certificate")));
+        let stuck = counters.timed_handshake(limit, std::future::pending::<Result<(), ()>>());
+        assert!(stuck.await.is_err());
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.tls_handshakes, stats.tls_failures, stats.tls_timeouts),
+            (1, 1, 1)
+        );
+        assert_eq!(*record.0.lock().unwrap(), [Duration::from_millis(3)]);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   error, so the process can exit and be restarted rather than half-live;
 //! * **drain**: once `shutdown` resolves, the socket closes, every connection sees
 //!   [`Draining`], and connections still open after the drain timeout are aborted;
+//! * **devices**: [`DeviceConnections`], the authenticated connections each registration id
+//!   holds, so that one identity holds a bounded number of a device listener's slots;
 //! * **handshakes**: the frontends report how each TLS handshake ended
 //!   ([`ListenerCounters::handshake`]), so one handle per listener carries every connection
 //!   metric, and a [`HandshakeTimer`] gets the duration of the completed ones.
@@ -23,9 +25,10 @@
 //! lock across an await.
 //!
 //! Main types: [`serve`], [`ListenerLimits`], [`Admitted`] (what a connection task gets),
-//! [`Slot`], [`Draining`], [`ListenerCounters`] / [`ListenerStats`], [`Handshake`]. The crate has no error
+//! [`Slot`], [`Draining`], [`DeviceConnections`], [`ListenerCounters`] / [`ListenerStats`], [`Handshake`]. The crate has no error
 //! type of its own: the only error it returns is the listener's `std::io::Error`.
 
+mod devices;
 mod handshake;
 mod slots;
 
@@ -38,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use devices::{DeviceConnections, DevicePlace};
 pub use handshake::{Handshake, HandshakeTimer};
 pub use slots::{ListenerCounters, ListenerStats, Slot};
 

@@ -1,6 +1,7 @@
 //! Collectors that read, at scrape time, the counters the libraries keep on their hot paths
 //! (plain atomics): nothing is added to a connection or a registration for them.
 
+use dps_amqp::AmqpCounters;
 use dps_attest::FailureReason;
 use dps_listener::{Handshake, ListenerCounters};
 use dps_mqtt::MqttCounters;
@@ -145,6 +146,59 @@ impl Collector for MqttCollector {
             closed.done(),
             Family::counter(THROTTLED.0, THROTTLED.1)
                 .sample(&[("transport", "mqtt")], s.throttled)
+                .done(),
+        ]
+    }
+}
+
+const AMQP_CLOSED: (&str, &str) = (
+    "dps_amqp_connections_closed_total",
+    "AMQP connections the server closed or refused after the handshake, by reason (clean closes and shutdown are not counted).",
+);
+
+/// The AMQP frontend's own counters.
+pub(crate) struct AmqpCollector {
+    counters: AmqpCounters,
+    descs: Vec<Desc>,
+}
+
+impl AmqpCollector {
+    pub(crate) fn new(counters: AmqpCounters) -> Result<Self, MetricsError> {
+        let constant = Some(("transport", "amqp"));
+        let descs = vec![
+            desc(AMQP_CLOSED.0, AMQP_CLOSED.1, &["reason"], constant)?,
+            desc(THROTTLED.0, THROTTLED.1, &[], constant)?,
+        ];
+        Ok(Self { counters, descs })
+    }
+}
+
+impl Collector for AmqpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = self.counters.snapshot();
+        let closed = [
+            ("open_timeout", s.open_timeouts),
+            ("bad_header", s.bad_headers),
+            ("sasl_failure", s.sasl_failures),
+            ("not_authorized", s.not_authorized),
+            ("device_limit", s.device_limit),
+            ("protocol_error", s.protocol_errors),
+            ("lifetime_exceeded", s.lifetime_ends),
+            ("io_error", s.io_errors),
+        ]
+        .into_iter()
+        .fold(
+            Family::counter(AMQP_CLOSED.0, AMQP_CLOSED.1),
+            |f, (reason, n)| f.sample(&[("transport", "amqp"), ("reason", reason)], n),
+        );
+        vec![
+            closed.done(),
+            Family::counter(THROTTLED.0, THROTTLED.1)
+                .sample(&[("transport", "amqp")], s.throttled)
                 .done(),
         ]
     }

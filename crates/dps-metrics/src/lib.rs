@@ -2,7 +2,7 @@
 //!
 //! What it does: [`Metrics`] owns the one `prometheus` [`Registry`]. At scrape time its
 //! collectors read the counters the libraries keep anyway (each listener's
-//! `ListenerCounters`, the MQTT frontend's `MqttCounters`, the registrar's `Diagnostics`
+//! `ListenerCounters`, the MQTT and AMQP frontends' `MqttCounters` and `AmqpCounters`, the registrar's `Diagnostics`
 //! counts, the store's sizes and health); for what must be measured as it happens it hands
 //! the libraries observers whose prometheus handles were resolved once, at start
 //! (registrations by transport, attestation type and outcome with their latency, assignments
@@ -29,6 +29,7 @@ mod server;
 
 use std::sync::Arc;
 
+use dps_amqp::AmqpCounters;
 use dps_listener::ListenerCounters;
 use dps_mqtt::MqttCounters;
 use dps_registrar::{Registrar, RegistrarObserver};
@@ -42,7 +43,7 @@ pub use health::Health;
 pub use prometheus;
 pub use server::{serve, MetricsLimits};
 
-use collectors::{ListenerCollector, MqttCollector, RegistrarCollector};
+use collectors::{AmqpCollector, ListenerCollector, MqttCollector, RegistrarCollector};
 use observers::{HandshakeHistogram, RegistrationMetrics, StoreMetrics};
 
 /// Why a metric could not be registered or the registry not encoded.
@@ -148,6 +149,14 @@ impl Metrics {
     pub fn mqtt(&self) -> Result<MqttCounters, MetricsError> {
         let counters = MqttCounters::new(self.listener("mqtt")?);
         self.register(Box::new(MqttCollector::new(counters.clone())?))?;
+        Ok(counters)
+    }
+
+    /// Counters for the AMQP frontend (listener `amqp`): as [`Metrics::listener`], plus why
+    /// connections were closed or devices refused, and the `429`s sent.
+    pub fn amqp(&self) -> Result<AmqpCounters, MetricsError> {
+        let counters = AmqpCounters::new(self.listener("amqp")?);
+        self.register(Box::new(AmqpCollector::new(counters.clone())?))?;
         Ok(counters)
     }
 

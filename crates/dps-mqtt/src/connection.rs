@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dps_attest::{AttestedDevice, Refusal};
-use dps_listener::{Draining, Slot};
+use dps_listener::{DeviceConnections, DevicePlace, Draining, Slot};
 use dps_registrar::{Registrar, RegistrarError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +17,6 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::codec::{self, Inbound};
-use crate::devices::{DeviceConnections, DevicePlace};
 use crate::stats::{bump, MqttCounters};
 use crate::{Action, CloseReason, Credentials, MqttError, RegistrationOutcome, Session};
 
@@ -202,7 +201,7 @@ impl Handler {
             ),
         };
         match attested {
-            Ok(device) => match self.devices.enter(&credentials.registration_id) {
+            Ok(device) => match self.devices.enter(credentials.registration_id.as_str()) {
                 Some(place) => {
                     self.device = Some((Arc::new(device), place));
                     self.slot.authenticated();

@@ -19,7 +19,6 @@
 
 pub mod codec;
 mod connection;
-mod devices;
 mod error;
 mod server;
 pub mod session;

@@ -15,14 +15,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_listener::{Admitted, Handshake, ListenerLimits};
+use dps_listener::{Admitted, DeviceConnections, ListenerLimits};
 use dps_registrar::Registrar;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{count_end, Connection, Handler};
-use crate::devices::DeviceConnections;
 use crate::stats::MqttCounters;
 use crate::{CloseReason, MqttError, Session, SessionConfig};
 
@@ -207,19 +206,14 @@ async fn run_connection(
     // Responses are small and latency-bound; don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
     let limits = &shared.limits;
-    let started = std::time::Instant::now();
-    let handshake = tokio::time::timeout(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+    let handshake = shared
+        .counters
+        .listener()
+        .timed_handshake(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
-        tls = handshake => {
-            let outcome = match &tls {
-                Ok(Ok(_)) => Handshake::Done,
-                Ok(Err(_)) => Handshake::Failed,
-                Err(_) => Handshake::TimedOut,
-            };
-            shared.counters.listener().handshake(outcome, started.elapsed());
-            tls.map_err(|_elapsed| MqttError::TlsHandshakeTimeout)?
-                .map_err(MqttError::TlsHandshake)?
-        }
+        tls = handshake => tls
+            .map_err(|_elapsed| MqttError::TlsHandshakeTimeout)?
+            .map_err(MqttError::TlsHandshake)?,
         () = draining.wait() => return Ok(CloseReason::ServerShutdown),
     };
     let session = Session::new(

@@ -9,7 +9,9 @@
 //! being allowed to ([`TestCa::flawed_intermediate`]). [`MemoryLookup`] is an
 //! `EnrollmentLookup` over plain vectors, for attestation tests and benchmarks. [`broker`] is a
 //! hub back end's view of the real RabbitMQ on 127.0.0.1:5672 (queues bound to the assignment
-//! feed's exchange, deliveries collected and deduplicated), for the feed's tests.
+//! feed's exchange, deliveries collected and deduplicated), for the feed's tests. [`amqp`] is a
+//! DPS device over AMQP 1.0 (fe2o3-amqp's client), for the AMQP frontend's and dpsd's tests;
+//! [`tls`] the rustls configurations of the device listeners' tests and their clients.
 //!
 //! What it must never do: be a runtime dependency of any shipped crate (only
 //! `[dev-dependencies]` name it). Because it only runs inside tests, it panics on failure
@@ -18,8 +20,10 @@
 //! Main types: [`TestPki`], [`TestCa`], [`IssuerFlaw`], [`DeviceCert`], [`DeviceOptions`],
 //! [`MemoryLookup`].
 
+pub mod amqp;
 pub mod broker;
 mod lookup;
+pub mod tls;
 
 pub use lookup::MemoryLookup;
 

@@ -265,7 +265,12 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
             .health
             .add_check("broker", move || feed.is_up());
     }
-    observability.certificate(&cert, &["api", "mqtt"]);
+    let presenting: &[&str] = if config.amqp.enabled {
+        &["api", "mqtt", "amqp"]
+    } else {
+        &["api", "mqtt"]
+    };
+    observability.certificate(&cert, presenting);
 
     let mut listeners = Listeners::new();
     let api_listener = bind(config.api.listen).await?;
@@ -319,7 +324,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         listeners.until_stopped(),
     );
     listeners.spawn(MQTT_LISTENER, mqtt);
-    let amqp_addr = start_amqp(&config, &mqtt_tls, &registrar, &mut listeners).await?;
+    let amqp_addr = start_amqp(&config, &mqtt_tls, &registrar, metrics, &mut listeners).await?;
     let metrics_addr = observability.start(&config.metrics, &mut listeners).await?;
 
     Ok(Running {
@@ -352,6 +357,7 @@ async fn start_amqp(
     config: &Config,
     tls: &Arc<rustls::ServerConfig>,
     registrar: &dps_registrar::Registrar,
+    metrics: &Metrics,
     listeners: &mut Listeners,
 ) -> Result<Option<SocketAddr>, DpsdError> {
     let amqp = &config.amqp;
@@ -360,11 +366,12 @@ async fn start_amqp(
     }
     let listener = bind(amqp.listen).await?;
     let addr = local_addr(&listener, amqp.listen)?;
-    let serve = dps_amqp::serve(
+    let serve = dps_amqp::serve_with_counters(
         listener,
         Arc::clone(tls),
         registrar.clone(),
         amqp.limits(),
+        metrics.amqp().map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
     listeners.spawn(AMQP_LISTENER, serve);

@@ -1,7 +1,7 @@
 //! The metrics as their real consumer sees them: a Prometheus server (Debian's `prometheus`,
 //! started here on a free loopback port with the scrape config and alert rules from
-//! `deploy/prometheus/`) scrapes an in-process dpsd while devices register over MQTT, and the
-//! results are read back through Prometheus' query API. And the cardinality bound: a thousand
+//! `deploy/prometheus/`) scrapes an in-process dpsd while devices register over MQTT and AMQP,
+//! and the results are read back through Prometheus' query API. And the cardinality bound: a thousand
 //! distinct devices, made-up ids among them, add no series.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use dps_loadtest::device::{self, DeviceContext, Failure};
 use dps_loadtest::{ApiEndpoint, Config, Loopback, Mix};
+use dps_test_util::amqp;
 use dps_types::{EnrollmentGroupId, SymmetricKey};
 
 const HUB: &str = "hub-1.example.net";
@@ -369,6 +370,106 @@ async fn prometheus_reads_registrations_failures_by_reason_and_latency() {
         }
     }
 
+    running.shutdown().await.unwrap();
+}
+
+/// Enrolls `id` with a fresh symmetric key (straight into the store) and returns a SASL PLAIN
+/// profile signed with `key`, or with the enrolled key when `key` is `None`.
+async fn amqp_sas(
+    running: &dpsd::Running,
+    id: &str,
+    key: Option<SymmetricKey>,
+) -> fe2o3_amqp::sasl_profile::SaslProfile {
+    let enrolled = SymmetricKey::generate();
+    let enrollment: dps_types::IndividualEnrollment = serde_json::from_value(serde_json::json!({
+        "registrationId": id,
+        "attestation": {"type": "symmetricKey",
+            "symmetricKey": {"primaryKey": enrolled.expose_base64()}}}))
+    .unwrap();
+    let registrar = &running.registrar;
+    let prepared =
+        dps_attest::prepare_individual(enrollment, &registrar.enrollment_rules()).unwrap();
+    registrar
+        .store()
+        .put_enrollment(prepared, &dps_store::Precondition::Any)
+        .await
+        .unwrap();
+    let address = format!("{}/registrations/{id}", running.id_scope);
+    let expiry = dps_types::Timestamp::now().unix() + 3600;
+    let token = dps_attest::SasToken::generate(
+        &address,
+        &key.unwrap_or(enrolled),
+        Some("registration"),
+        expiry,
+    );
+    fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+        username: address,
+        password: token,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_registration_and_its_connections_show_under_listener_amqp() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let amqp_addr = running.amqp_addr.expect("AMQP listener on by default");
+    let prometheus = Prometheus::start(running.metrics_addr.unwrap()).await;
+    prometheus.expect(r#"up{job="dpsd"}"#, 1.0).await;
+    let ca = std::fs::read_to_string(&running.ca_file).unwrap();
+    let root = dps_test_util::tls::certs(&ca).remove(0);
+
+    let profile = amqp_sas(&running, "amqp-metrics-1", None).await;
+    let tls = amqp::tls(amqp_addr, &root, None).await;
+    let address = format!("{}/registrations/amqp-metrics-1", running.id_scope);
+    let mut device = amqp::Device::attach(amqp::connect(tls, Some(profile)).await, &address).await;
+    let state = device.register_until_done().await;
+    assert_eq!(state["status"], "assigned", "{state}");
+    device.close().await;
+    let wrong = amqp_sas(&running, "amqp-metrics-2", Some(SymmetricKey::generate())).await;
+    let tls = amqp::tls(amqp_addr, &root, None).await;
+    let mut refused = amqp::connect(tls, Some(wrong)).await;
+    let error = amqp::closed_with(&mut refused).await.unwrap();
+    assert!(error.contains("UnauthorizedAccess"), "{error}");
+
+    for (promql, value) in [
+        (
+            r#"dps_registrations_total{transport="amqp", attestation="symmetricKey", outcome="assigned"}"#,
+            1.0,
+        ),
+        (
+            r#"dps_registration_duration_seconds_count{transport="amqp"}"#,
+            1.0,
+        ),
+        (r#"dps_connections_accepted_total{listener="amqp"}"#, 2.0),
+        (
+            r#"dps_tls_handshakes_total{listener="amqp", result="ok"}"#,
+            2.0,
+        ),
+        (
+            r#"dps_tls_handshake_duration_seconds_count{listener="amqp"}"#,
+            2.0,
+        ),
+        (r#"sum(dps_connections_shed_total{listener="amqp"})"#, 0.0),
+        (
+            r#"dps_amqp_connections_closed_total{reason="not_authorized"}"#,
+            1.0,
+        ),
+        (r#"sum(dps_amqp_connections_closed_total)"#, 1.0),
+        (r#"dps_throttled_responses_total{transport="amqp"}"#, 0.0),
+        (
+            r#"dps_attestation_failures_total{reason="sas_signature_mismatch"}"#,
+            1.0,
+        ),
+        (r#"dps_connections_open{listener="amqp"}"#, 0.0),
+        (
+            r#"count(dps_tls_certificate_not_after_seconds{listener="amqp"})"#,
+            1.0,
+        ),
+        // Nothing of it was counted as MQTT.
+        (r#"dps_connections_accepted_total{listener="mqtt"}"#, 0.0),
+    ] {
+        prometheus.expect(promql, value).await;
+    }
     running.shutdown().await.unwrap();
 }
 

@@ -1,32 +1,10 @@
+use dps_test_util::amqp::request_message as request;
 use dps_types::{RegistrationId, RegistrationOperationStatus};
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::messaging::AmqpValue;
 use serde_amqp::read::SliceReader;
 
 use super::*;
-
-fn request(
-    correlation_id: Option<&str>,
-    properties: &[(&str, SimpleValue)],
-    body: Body<Value>,
-) -> Message<Body<Value>> {
-    let mut application = ApplicationProperties::builder();
-    for (key, value) in properties {
-        application = application.insert(*key, value.clone());
-    }
-    Message {
-        header: None,
-        delivery_annotations: None,
-        message_annotations: None,
-        properties: Some(Properties {
-            correlation_id: correlation_id.map(|c| MessageId::String(c.to_owned())),
-            ..Properties::default()
-        }),
-        application_properties: Some(application.build()),
-        body,
-        footer: None,
-    }
-}
 
 fn data(bytes: &[u8]) -> Body<Value> {
     Body::Data(vec![Data(Binary::from(bytes.to_vec()))].into())

@@ -1,6 +1,6 @@
-//! An in-process AMQP frontend on 127.0.0.1 port 0 over a temporary store, and a device built
-//! on fe2o3-amqp's client (over our own tokio-rustls stream, for client certificates) that
-//! talks to it as the DPS SDKs do, or misbehaves on purpose.
+//! An in-process AMQP frontend on 127.0.0.1 port 0 over a temporary store, and the test
+//! device of `dps_test_util::amqp` (fe2o3-amqp's client over our own tokio-rustls stream, for
+//! client certificates) that talks to it as the DPS SDKs do, or misbehaves on purpose.
 
 #![allow(dead_code)]
 
@@ -12,17 +12,12 @@ use dps_amqp::{AmqpCounters, AmqpLimits, AmqpStats};
 use dps_attest::SasToken;
 use dps_registrar::{LinkedHub, Registrar, RegistrarConfig};
 use dps_store::{Precondition, Store};
+pub use dps_test_util::amqp::*;
+use dps_test_util::{amqp, tls};
 use dps_test_util::{DeviceCert, TestPki};
 use dps_types::{EnrollmentGroup, HubName, IdScope, IndividualEnrollment, SymmetricKey};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
-use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -30,24 +25,6 @@ use tokio_rustls::client::TlsStream;
 
 pub const SCOPE: &str = "0ne00000A1B";
 pub const HUB: &str = "hub-a.azure-devices.net";
-/// How long a test waits for any one answer before it fails.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn key(pem: &str) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .unwrap()
-        .unwrap()
-}
 
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -97,21 +74,16 @@ impl Server {
         let config = RegistrarConfig::new(IdScope::parse(SCOPE).unwrap(), hubs);
         let registrar = Registrar::new(store.clone(), config).unwrap();
         let pki = TestPki::new();
-        let server_cert = pki.server("localhost");
-        let provider = provider();
-        let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(Arc::new(dps_attest::PossessionVerifier::new(provider)))
-            .with_single_cert(certs(&server_cert.chain_pem), key(&server_cert.key_pem))
-            .unwrap();
+        let tls = tls::server_config(&pki, |provider| {
+            Arc::new(dps_attest::PossessionVerifier::new(provider))
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = AmqpCounters::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(dps_amqp::serve_with_counters(
             listener,
-            Arc::new(tls),
+            tls,
             registrar.clone(),
             limits,
             counters.clone(),
@@ -194,25 +166,7 @@ impl Server {
 
     /// A TLS connection, with `device`'s chain as client certificate if given.
     pub async fn tls(&self, device: Option<&DeviceCert>) -> TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.pki.root().der()))
-            .unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match device {
-            Some(d) => builder
-                .with_client_auth_cert(certs(&d.chain_pem), key(&d.key_pem))
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
+        amqp::tls(self.addr, &self.pki.root().der(), device).await
     }
 
     /// An AMQP connection: SASL `profile` if given (else none), `device`'s certificate if given.
@@ -221,18 +175,7 @@ impl Server {
         device: Option<&DeviceCert>,
         profile: Option<SaslProfile>,
     ) -> ConnectionHandle<()> {
-        let tls = self.tls(device).await;
-        let builder = Connection::builder()
-            .container_id("dps-amqp-test")
-            .hostname("localhost");
-        let builder = match profile {
-            Some(profile) => builder.sasl_profile(profile),
-            None => builder,
-        };
-        tokio::time::timeout(ANSWER_TIMEOUT, builder.open_with_stream(tls))
-            .await
-            .expect("the connection opens in time")
-            .expect("the connection opens")
+        amqp::connect(self.tls(device).await, profile).await
     }
 
     /// A symmetric-key device's connection with SASL PLAIN.
@@ -247,7 +190,7 @@ impl Server {
     /// A device with both links attached on its own address.
     pub async fn sas_device(&self, id: &str, key: &SymmetricKey) -> Device {
         let connection = self.sas_connection(id, key).await;
-        Device::attach(connection, id).await
+        Device::attach(connection, &address(id)).await
     }
 
     /// Proves the frontend still serves: a fresh device registers to `assigned`.
@@ -269,208 +212,11 @@ impl Drop for Server {
     }
 }
 
-/// What became of a request.
-#[derive(Debug)]
-pub enum Reply {
-    /// Accepted, and the answer message (JSON body, `retry-after`).
-    Answer {
-        body: serde_json::Value,
-        retry_after: Option<String>,
-    },
-    /// Rejected: the error's condition, description as JSON, and `retry-after` in its info.
-    Rejected {
-        condition: String,
-        description: serde_json::Value,
-        retry_after: Option<String>,
-    },
-}
-
-/// A device connection with its session and two links.
-pub struct Device {
-    pub connection: ConnectionHandle<()>,
-    pub session: SessionHandle<()>,
-    pub sender: Sender,
-    pub receiver: Receiver,
-}
-
-impl Device {
-    /// Begins a session and attaches the receiver, then the sender link (as Node does) on
-    /// the device's address.
-    pub async fn attach(mut connection: ConnectionHandle<()>, id: &str) -> Device {
-        let mut session = Session::begin(&mut connection).await.unwrap();
-        let receiver = Receiver::attach(&mut session, "receiver", address(id))
-            .await
-            .unwrap();
-        let sender = Sender::attach(&mut session, "sender", address(id))
-            .await
-            .unwrap();
-        Device {
-            connection,
-            session,
-            sender,
-            receiver,
-        }
-    }
-
-    /// Sends `message` and returns its outcome, and the answer if it was accepted.
-    pub async fn request(&mut self, message: Message<Body<Value>>) -> Reply {
-        let correlation = message
-            .properties
-            .as_ref()
-            .and_then(|p| p.correlation_id.clone());
-        let outcome = tokio::time::timeout(ANSWER_TIMEOUT, self.sender.send(message))
-            .await
-            .expect("the request is settled in time")
-            .expect("the request is sent");
-        match outcome {
-            Outcome::Accepted(_) => {}
-            Outcome::Rejected(rejected) => {
-                let error = rejected.error.expect("a rejection carries an error");
-                let retry_after = error
-                    .info
-                    .as_ref()
-                    .and_then(|info| {
-                        info.get(&fe2o3_amqp::types::primitives::Symbol::from("retry-after"))
-                            .cloned()
-                    })
-                    .map(|v| match v {
-                        Value::String(s) => s,
-                        other => panic!("retry-after is {other:?}"),
-                    });
-                return Reply::Rejected {
-                    condition: format!("{:?}", error.condition),
-                    description: serde_json::from_str(error.description.as_deref().unwrap())
-                        .unwrap(),
-                    retry_after,
-                };
-            }
-            other => panic!("unexpected outcome {other:?}"),
-        }
-        let delivery = tokio::time::timeout(ANSWER_TIMEOUT, self.receiver.recv::<Body<Value>>())
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        self.receiver.accept(&delivery).await.unwrap();
-        let message = delivery.into_message();
-        assert_eq!(
-            message
-                .properties
-                .as_ref()
-                .and_then(|p| p.correlation_id.clone()),
-            correlation,
-            "the answer carries the request's correlation id"
-        );
-        let retry_after = message
-            .application_properties
-            .as_ref()
-            .and_then(|p| p.0.get("retry-after").cloned())
-            .map(|v| match v {
-                SimpleValue::String(s) => s,
-                other => panic!("retry-after is {other:?}"),
-            });
-        let Body::Data(sections) = message.body else {
-            panic!("the answer body is not a data section: {:?}", message.body);
-        };
-        Reply::Answer {
-            body: serde_json::from_slice(sections[0].0.as_slice()).unwrap(),
-            retry_after,
-        }
-    }
-
-    pub async fn register(&mut self) -> Reply {
-        self.request(register_message(Some(&uuid::Uuid::new_v4().to_string())))
-            .await
-    }
-
-    pub async fn poll(&mut self, operation_id: &str) -> Reply {
-        self.request(poll_message(operation_id)).await
-    }
-
-    /// Registers and polls until the status is no longer `assigning`; returns the last body.
-    pub async fn register_until_done(&mut self) -> serde_json::Value {
-        let Reply::Answer { body, .. } = self.register().await else {
-            panic!("the register was rejected");
-        };
-        assert_eq!(body["status"], "assigning", "{body}");
-        let operation_id = body["operationId"].as_str().unwrap().to_owned();
-        for _ in 0..100 {
-            match self.poll(&operation_id).await {
-                Reply::Answer { body, .. } if body["status"] == "assigning" => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Reply::Answer { body, .. } => return body,
-                other => panic!("poll: {other:?}"),
-            }
-        }
-        panic!("the registration never finished");
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.sender.close().await;
-        let _ = self.receiver.close().await;
-        let _ = self.session.end().await;
-        let _ = self.connection.close().await;
-    }
-}
-
-/// A register request as Node sends it.
-pub fn register_message(correlation_id: Option<&str>) -> Message<Body<Value>> {
-    request_message(
-        correlation_id,
-        &[
-            ("iotdps-operation-type", "iotdps-register".into()),
-            ("iotdps-forceRegistration", SimpleValue::Bool(false)),
-        ],
-        Body::Data(vec![Data(Binary::from(br#"{"registrationId":"x"}"#.to_vec()))].into()),
-    )
-}
-
-/// A poll as Node sends it (an empty string body).
-pub fn poll_message(operation_id: &str) -> Message<Body<Value>> {
-    request_message(
-        Some(&uuid::Uuid::new_v4().to_string()),
-        &[
-            ("iotdps-operation-type", "iotdps-get-operationstatus".into()),
-            ("iotdps-operation-id", operation_id.into()),
-        ],
-        Body::Value(AmqpValue(Value::String(String::new()))),
-    )
-}
-
-pub fn request_message(
-    correlation_id: Option<&str>,
-    properties: &[(&str, SimpleValue)],
-    body: Body<Value>,
-) -> Message<Body<Value>> {
-    let mut application = ApplicationProperties::builder();
-    for (key, value) in properties {
-        application = application.insert(*key, value.clone());
-    }
-    Message {
-        header: None,
-        delivery_annotations: None,
-        message_annotations: None,
-        properties: Some(Properties {
-            correlation_id: correlation_id.map(|c| MessageId::String(c.to_owned())),
-            ..Properties::default()
-        }),
-        application_properties: Some(application.build()),
-        body,
-        footer: None,
-    }
-}
-
-/// Waits for the server to end `connection`; returns the error it closed with, if any.
-pub async fn closed_with(connection: &mut ConnectionHandle<()>) -> Option<String> {
-    match tokio::time::timeout(ANSWER_TIMEOUT, connection.on_close())
-        .await
-        .expect("the server closes the connection in time")
-    {
-        Err(fe2o3_amqp::connection::Error::RemoteClosedWithError(e)) => Some(format!(
-            "{:?} {}",
-            e.condition,
-            e.description.unwrap_or_default()
-        )),
-        _ => None,
+/// Checks `condition` until it holds; fails the test after [`ANSWER_TIMEOUT`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

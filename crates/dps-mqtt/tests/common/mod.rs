@@ -20,7 +20,7 @@ use rumqttd::protocol::{
     Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubAck, PubAckReason, QoS,
     RetainForwardRule, Subscribe,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,21 +32,7 @@ pub const HUB: &str = "hub-a.azure-devices.net";
 /// How long a test waits for any one answer before it fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn key(pem: &str) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .unwrap()
-        .unwrap()
-}
+use dps_test_util::tls;
 
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -120,21 +106,16 @@ impl Server {
         };
         let registrar = Registrar::with_feed(store.clone(), config, feed).unwrap();
         let pki = TestPki::new();
-        let server_cert = pki.server("localhost");
-        let provider = provider();
-        let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(Arc::new(dps_attest::PossessionVerifier::new(provider)))
-            .with_single_cert(certs(&server_cert.chain_pem), key(&server_cert.key_pem))
-            .unwrap();
+        let tls = tls::server_config(&pki, |provider| {
+            Arc::new(dps_attest::PossessionVerifier::new(provider))
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = MqttCounters::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(dps_mqtt::serve_with_counters(
             listener,
-            Arc::new(tls),
+            tls,
             registrar.clone(),
             limits,
             counters.clone(),
@@ -241,21 +222,8 @@ impl Server {
     /// A TLS connection from `source`, with `device`'s chain as client certificate if given.
     pub async fn tls_from(&self, source: [u8; 4], device: Option<&DeviceCert>) -> Client {
         let tcp = self.tcp_from(source).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.pki.root().der()))
-            .unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match device {
-            Some(d) => builder
-                .with_client_auth_cert(certs(&d.chain_pem), key(&d.key_pem))
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let config = tls::client_config(&self.pki.root().der(), device);
+        let connector = tokio_rustls::TlsConnector::from(config);
         let stream = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await

@@ -32,6 +32,8 @@ pub struct AmqpConfig {
     pub idle_timeout: Duration,
     /// Longest a device connection stays open.
     pub max_connection_lifetime: Duration,
+    /// Attested connections one registration id may hold at once.
+    pub max_connections_per_device: usize,
     /// Largest frame.
     pub max_frame: ByteSize,
     /// Largest message.
@@ -57,6 +59,7 @@ impl AmqpConfig {
             open_timeout: self.open_timeout,
             idle_timeout: self.idle_timeout,
             max_connection_lifetime: self.max_connection_lifetime,
+            max_connections_per_device: self.max_connections_per_device,
             max_frame_size: self.max_frame.0,
             max_message_size: self.max_message.0,
             link_credit: self.link_credit,
@@ -127,6 +130,13 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> AmqpConfig {
             "max_connection_lifetime",
             d.max_connection_lifetime,
             timeout,
+        ),
+        max_connections_per_device: r.take_valid(
+            &mut t,
+            p,
+            "max_connections_per_device",
+            d.max_connections_per_device,
+            positive_count,
         ),
         max_frame: r.take_valid(
             &mut t,

@@ -1,16 +1,15 @@
 //! Connections per device identity: how many authenticated connections each registration id
 //! holds now, so that one device (or whoever stole its credentials) cannot hold many slots.
 //! Only authenticated connections count: counting claims would let anyone lock a device out
-//! by naming it.
+//! by naming it. Each device listener (MQTT, AMQP) keeps one, with its own
+//! `max_connections_per_device`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use dps_types::RegistrationId;
-
 /// The authenticated connections of every device; clones share the table.
 #[derive(Debug, Clone)]
-pub(crate) struct DeviceConnections {
+pub struct DeviceConnections {
     max_per_device: usize,
     /// Keyed by the lower-cased registration id (registration ids are case-insensitive).
     /// At most one entry per open connection, so bounded by the listener's slots.
@@ -19,22 +18,25 @@ pub(crate) struct DeviceConnections {
 
 /// One authenticated connection's place in [`DeviceConnections`]; freed on drop.
 #[derive(Debug)]
-pub(crate) struct DevicePlace {
+pub struct DevicePlace {
     table: DeviceConnections,
     key: String,
 }
 
 impl DeviceConnections {
-    pub(crate) fn new(max_per_device: usize) -> Self {
+    /// A table that lets each device hold at most `max_per_device` connections.
+    pub fn new(max_per_device: usize) -> Self {
         Self {
             max_per_device,
             open: Arc::default(),
         }
     }
 
-    /// A place for one more connection of `id`, or `None` when it holds the maximum.
-    pub(crate) fn enter(&self, id: &RegistrationId) -> Option<DevicePlace> {
-        let key = id.as_str().to_ascii_lowercase();
+    /// A place for one more connection of the attested registration id `id` (compared
+    /// without regard to ASCII case, as DPS compares them), or `None` when it holds the
+    /// maximum.
+    pub fn enter(&self, id: &str) -> Option<DevicePlace> {
+        let key = id.to_ascii_lowercase();
         let mut open = self.lock();
         let count = open.entry(key.clone()).or_default();
         if *count >= self.max_per_device {
@@ -76,14 +78,13 @@ mod tests {
     #[test]
     fn a_device_holds_at_most_its_share_in_any_letter_case() {
         let devices = DeviceConnections::new(2);
-        let id = |s: &str| RegistrationId::parse(s).unwrap();
-        let first = devices.enter(&id("dev-1")).unwrap();
-        let _second = devices.enter(&id("DEV-1")).unwrap();
-        assert!(devices.enter(&id("Dev-1")).is_none());
-        assert!(devices.enter(&id("dev-2")).is_some());
+        let first = devices.enter("dev-1").unwrap();
+        let _second = devices.enter("DEV-1").unwrap();
+        assert!(devices.enter("Dev-1").is_none());
+        assert!(devices.enter("dev-2").is_some());
         drop(first);
-        assert!(devices.enter(&id("dev-1")).is_some());
-        assert!(DeviceConnections::new(0).enter(&id("dev-1")).is_none());
+        assert!(devices.enter("dev-1").is_some());
+        assert!(DeviceConnections::new(0).enter("dev-1").is_none());
         assert!(
             devices.lock().get("dev-2").is_none(),
             "freed entries are removed"
