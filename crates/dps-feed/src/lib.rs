@@ -10,7 +10,8 @@
 //! [`HubQueueType`] configured); publishes events
 //! persistent, on one confirm channel, pipelined ([`Feed::publish`] returns `Ok` only after
 //! the broker's confirmation); and relays what the durable [`Outbox`] still holds on every
-//! (re)connection and now and then while up. [`Feed::stats`] gives per-hub counters.
+//! (re)connection and now and then while up. [`Feed::stats`] gives per-hub counters, and a
+//! [`FeedObserver`] hears each confirmation's latency.
 //!
 //! What it must never do: report an event as confirmed before the broker acknowledged it;
 //! hold unbounded state (events held unconfirmed are bounded by `max_unconfirmed`, outbox
@@ -37,5 +38,5 @@ pub use event::{
     assigned_event, deprovisioned_event, message_id, Assignment, Deprovision, DeprovisionReason,
     DeviceAuthentication, EnrollmentRef, EventType, FeedEvent, Seq, Thumbprint, SCHEMA_VERSION,
 };
-pub use feed::{BoxError, Feed, FeedStats, HubStats, Outbox};
+pub use feed::{BoxError, Feed, FeedObserver, FeedStats, HubStats, Outbox};
 pub use tracker::HubCounters;

@@ -392,3 +392,46 @@ async fn a_hub_queue_of_another_kind_stops_the_start_naming_hub_queue_type() {
     feed.shutdown().await;
     broker.delete(&exchange, &[queue]).await;
 }
+
+/// Counts the confirmations the feed reports and keeps the longest wait.
+#[derive(Debug, Default)]
+struct Timings {
+    count: std::sync::atomic::AtomicUsize,
+    longest: std::sync::Mutex<Duration>,
+}
+
+impl dps_feed::FeedObserver for Timings {
+    fn confirmed(&self, elapsed: Duration) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut longest = self.longest.lock().unwrap();
+        *longest = (*longest).max(elapsed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmation_is_timed_once() {
+    let exchange = unique("exchange");
+    let hub_a = hub("hub-a.example.net");
+    let outbox = MemOutbox::new();
+    let feed = Feed::start(config(&exchange), vec![hub_a.clone()], outbox.clone())
+        .await
+        .unwrap();
+    let timings = Arc::new(Timings::default());
+    assert!(feed.observe(timings.clone()));
+    assert!(!feed.observe(Arc::new(Timings::default())), "set twice");
+    let etag = Etag::generate();
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        let event = event(n, &hub_a, &etag);
+        feed.publish(outbox.append(event.clone()), event)
+            .await
+            .unwrap();
+    }
+    let total = started.elapsed();
+    assert_eq!(timings.count.load(std::sync::atomic::Ordering::Relaxed), 20);
+    let longest = *timings.longest.lock().unwrap();
+    assert!(longest > Duration::ZERO && longest <= total, "{longest:?}");
+    feed.shutdown().await;
+    TestBroker::connect().await.delete(&exchange, &[]).await;
+}

@@ -246,13 +246,9 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let feed = match &config.feed {
         section if !section.enabled => None,
         section => Some(
-            dps_feed::Feed::start(
-                section.config.clone(),
-                hubs.clone(),
-                dps_registrar::StoreOutbox::shared(store.clone()),
-            )
-            .await
-            .map_err(DpsdError::Feed)?,
+            dps_registrar::FeedLink::start(&store, section.config.clone(), hubs.clone())
+                .await
+                .map_err(DpsdError::Feed)?,
         ),
     };
     let registrar = dps_registrar::Registrar::with_feed(store.clone(), registrar_config, feed)
