@@ -510,12 +510,6 @@ impl Feed {
         self.shared.settings.include_device_keys
     }
 
-    /// How long [`Feed::publish`] waits for a confirmation; callers waiting for an event
-    /// with [`Feed::wait_confirmed`] use the same bound.
-    pub fn confirm_timeout(&self) -> Duration {
-        self.shared.settings.confirm_timeout
-    }
-
     /// Whether events can be published now.
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire) && !self.shared.blocked.load(Ordering::Acquire)
