@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::FeedError;
@@ -106,6 +106,125 @@ impl PartialEq for BrokerUrl {
     }
 }
 
+/// The kind of the per-hub queues (`hub_queue_type`). Measured on one RabbitMQ 3.10 node
+/// (`cargo run --release -p dps-feed --example confirm_latency`, `docs/assignment-feed.md`):
+/// a persistent message's publisher confirm waits for the queue's write to disk, and the
+/// classic queue's version-1 index makes that several times slower than version 2 or quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HubQueueType {
+    /// A classic queue declared without arguments (RabbitMQ's default index, version 1 before
+    /// 4.0): what earlier releases declared, so their existing queues match.
+    Classic,
+    /// A classic queue with `x-queue-version: 2` (RabbitMQ >= 3.10; older brokers ignore the
+    /// argument): the same semantics for consumers, confirms several times faster.
+    #[default]
+    ClassicV2,
+    /// A quorum queue (`x-queue-type: quorum`, RabbitMQ >= 3.8): replicated over the cluster
+    /// (Raft), always durable, no exclusive or auto-delete consumers, no priorities.
+    Quorum,
+}
+
+impl HubQueueType {
+    /// The configuration spellings, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["classic", "classic-v2", "quorum"];
+
+    /// Parses `classic`, `classic-v2` or `quorum`.
+    pub fn parse(text: &str) -> Result<Self, FeedError> {
+        match text {
+            "classic" => Ok(Self::Classic),
+            "classic-v2" => Ok(Self::ClassicV2),
+            "quorum" => Ok(Self::Quorum),
+            _ => Err(FeedError::InvalidSetting {
+                what: "hub_queue_type",
+                why: "must be \"classic\", \"classic-v2\" or \"quorum\"",
+            }),
+        }
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => Self::NAMES[0],
+            Self::ClassicV2 => Self::NAMES[1],
+            Self::Quorum => Self::NAMES[2],
+        }
+    }
+
+    /// The `queue.declare` arguments of this kind.
+    pub(crate) fn arguments(self) -> FieldTable {
+        let mut args = FieldTable::default();
+        match self {
+            Self::Classic => {}
+            Self::ClassicV2 => {
+                args.insert("x-queue-version".into(), AMQPValue::LongInt(2));
+            }
+            Self::Quorum => {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+        }
+        args
+    }
+}
+
+impl std::fmt::Display for HubQueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name the configuration gives the broker: [`check_name`] says which rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfiguredName {
+    /// `exchange`: the durable topic exchange.
+    Exchange,
+    /// `queue_prefix`: the start of every hub queue's name.
+    QueuePrefix,
+}
+
+impl ConfiguredName {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Exchange => "exchange",
+            Self::QueuePrefix => "queue_prefix",
+        }
+    }
+}
+
+/// The one check of the exchange name and the queue prefix, used by [`crate::Feed::start`]
+/// and by whoever reads the configuration: 1 to 255 bytes of ASCII letters, digits, `-`,
+/// `_`, `.` or `:` (names RabbitMQ, its management UI and shells take without quoting), and
+/// not starting with `amq.` (reserved by the broker).
+pub fn check_name(kind: ConfiguredName, name: &str) -> Result<(), FeedError> {
+    let fail = |why| FeedError::InvalidName {
+        what: kind.key(),
+        why,
+    };
+    if name.is_empty() {
+        return Err(fail(match kind {
+            ConfiguredName::Exchange => {
+                "must not be empty (the default exchange cannot route by topic)"
+            }
+            ConfiguredName::QueuePrefix => "must not be empty",
+        }));
+    }
+    if name.len() > 255 {
+        return Err(fail("is longer than 255 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(fail("must be letters, digits, '-', '_', '.' or ':'"));
+    }
+    if name.starts_with("amq.") {
+        return Err(fail("must not start with amq. (reserved by the broker)"));
+    }
+    Ok(())
+}
+
 /// How the feed reaches the broker and what it declares there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedConfig {
@@ -117,6 +236,8 @@ pub struct FeedConfig {
     pub hub_queues: bool,
     /// Name prefix of those queues (`dps.hub.` gives `dps.hub.hub-a.example.net`).
     pub queue_prefix: String,
+    /// The kind of those queues.
+    pub hub_queue_type: HubQueueType,
     /// Bound on one connection attempt: TCP, TLS, AMQP handshake and declarations.
     pub connect_timeout: Duration,
     /// How long `publish` waits for the broker's confirmation.
@@ -148,6 +269,7 @@ impl Default for FeedConfig {
             exchange: "dps.assignments".into(),
             hub_queues: false,
             queue_prefix: "dps.hub.".into(),
+            hub_queue_type: HubQueueType::default(),
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
@@ -172,6 +294,7 @@ pub(crate) struct Settings {
     pub(crate) url: BrokerUrl,
     pub(crate) exchange: ShortString,
     pub(crate) queues: Vec<(ShortString, ShortString)>,
+    pub(crate) hub_queue_type: HubQueueType,
     pub(crate) tls: OwnedTLSConfig,
     pub(crate) connect_timeout: Duration,
     pub(crate) confirm_timeout: Duration,
@@ -221,21 +344,11 @@ fn read_ca(path: &PathBuf) -> Result<String, FeedError> {
 
 impl Settings {
     pub(crate) fn new(config: &FeedConfig, hubs: &[dps_types::HubName]) -> Result<Self, FeedError> {
-        if config.exchange.is_empty() {
-            return Err(FeedError::InvalidName {
-                what: "exchange",
-                why: "must not be empty (the default exchange cannot route by topic)",
-            });
-        }
-        if config.exchange.starts_with("amq.") {
-            return Err(FeedError::InvalidName {
-                what: "exchange",
-                why: "must not start with amq. (reserved by the broker)",
-            });
-        }
+        check_name(ConfiguredName::Exchange, &config.exchange)?;
         let exchange = amqp_name("exchange", config.exchange.clone())?;
         let mut queues = Vec::new();
         if config.hub_queues {
+            check_name(ConfiguredName::QueuePrefix, &config.queue_prefix)?;
             for hub in hubs {
                 let queue = amqp_name("queue_prefix", format!("{}{hub}", config.queue_prefix))?;
                 let binding = amqp_name("hub name", format!("{hub}.#"))?;
@@ -267,6 +380,7 @@ impl Settings {
             url: config.url.clone(),
             exchange,
             queues,
+            hub_queue_type: config.hub_queue_type,
             tls,
             connect_timeout: nonzero("connect_timeout", config.connect_timeout)?,
             confirm_timeout: nonzero("confirm_timeout", config.confirm_timeout)?,
@@ -314,6 +428,43 @@ mod tests {
     }
 
     #[test]
+    fn names_follow_one_rule() {
+        use ConfiguredName::{Exchange, QueuePrefix};
+        for good in ["dps.assignments", "a", "x-1_y:z", &"e".repeat(255)] {
+            assert!(check_name(Exchange, good).is_ok(), "{good}");
+            assert!(check_name(QueuePrefix, good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "amq.topic",
+            "with space",
+            "slash/",
+            "é",
+            &"e".repeat(256),
+        ] {
+            let err = check_name(Exchange, bad).unwrap_err().to_string();
+            assert!(err.starts_with("exchange "), "{bad}: {err}");
+            let err = check_name(QueuePrefix, bad).unwrap_err().to_string();
+            assert!(err.starts_with("queue_prefix "), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn hub_queue_types_parse_from_their_names() {
+        for name in HubQueueType::NAMES {
+            assert_eq!(HubQueueType::parse(name).unwrap().as_str(), name);
+        }
+        assert_eq!(HubQueueType::default(), HubQueueType::ClassicV2);
+        let err = HubQueueType::parse("stream").unwrap_err().to_string();
+        assert!(err.starts_with("hub_queue_type must be"), "{err}");
+        assert!(HubQueueType::Classic.arguments().inner().is_empty());
+        assert!(HubQueueType::Quorum
+            .arguments()
+            .inner()
+            .contains_key("x-queue-type"));
+    }
+
+    #[test]
     fn settings_refuse_bad_values() {
         let hub = dps_types::HubName::parse("hub-a.example.net").unwrap();
         let check = |c: FeedConfig| Settings::new(&c, std::slice::from_ref(&hub)).unwrap_err();
@@ -331,6 +482,20 @@ mod tests {
             ..FeedConfig::default()
         });
         assert!(err.to_string().contains("longer than 255"), "{err}");
+        let err = check(FeedConfig {
+            exchange: "amq.topic".into(),
+            ..FeedConfig::default()
+        });
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let err = check(FeedConfig {
+            hub_queues: true,
+            queue_prefix: "dps hub/".into(),
+            ..FeedConfig::default()
+        });
+        assert_eq!(
+            err.to_string(),
+            "queue_prefix must be letters, digits, '-', '_', '.' or ':'"
+        );
         let err = check(FeedConfig {
             reconnect_min: Duration::from_secs(60),
             ..FeedConfig::default()

@@ -95,9 +95,27 @@ pub enum FeedError {
     /// exchange of that name exists with another type.
     #[error("the broker refused to {what}: {source}")]
     Declare {
+        /// The configuration key that decides what was declared.
+        key: &'static str,
         /// What was being declared.
         what: String,
         /// The client's error.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+    /// A hub queue exists with other arguments than `hub_queue_type` declares (the broker
+    /// answered PRECONDITION_FAILED): RabbitMQ cannot change a queue's kind in place.
+    #[error(
+        "queue '{queue}' exists with other arguments than hub_queue_type = \"{queue_type}\" \
+         declares; set hub_queue_type to the kind of the existing queue, or delete the queue \
+         once its consumer drained it ({source})"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The configured kind.
+        queue_type: crate::HubQueueType,
+        /// The client's error, with the broker's text (which argument differs).
         #[source]
         source: Box<lapin::Error>,
     },
@@ -147,6 +165,17 @@ pub enum FeedError {
 }
 
 impl FeedError {
+    /// The configuration key (within the feed's section) to look at to fix this error.
+    pub fn key(&self) -> &'static str {
+        match self {
+            FeedError::InvalidName { what, .. } | FeedError::InvalidSetting { what, .. } => what,
+            FeedError::TlsCa { .. } => "tls_ca_file",
+            FeedError::Declare { key, .. } => key,
+            FeedError::QueueMismatch { .. } => "hub_queue_type",
+            _ => "url",
+        }
+    }
+
     /// A short fixed text for stats and logs with bounded values.
     pub fn short(&self) -> &'static str {
         match self {
@@ -161,6 +190,7 @@ impl FeedError {
             FeedError::VhostNotFound { .. } => "vhost not found",
             FeedError::Connect { .. } => "connect failed",
             FeedError::Declare { .. } => "declaration refused",
+            FeedError::QueueMismatch { .. } => "queue type mismatch",
             FeedError::LinkDown => "link down",
             FeedError::Backlog { .. } => "backlog full",
             FeedError::Nacked => "nack",

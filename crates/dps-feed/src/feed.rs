@@ -2,7 +2,7 @@
 //! and the relay that sends what the outbox still holds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use dps_types::HubName;
@@ -30,6 +30,14 @@ pub trait Outbox: Send + Sync + 'static {
     /// an entry that comes back after a crash is only published again). Called on the async
     /// runtime for every confirmation, so it must not wait on disk.
     fn confirmed(&self, seqs: &[Seq]);
+}
+
+/// Receives the feed's timings (the metrics implement it). Called on the runtime for every
+/// confirmation: implementations must be cheap and never block.
+pub trait FeedObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// The broker acknowledged a publication `elapsed` after it was handed to the client
+    /// (publish to ack: what a registration waits beyond its store write).
+    fn confirmed(&self, elapsed: Duration);
 }
 
 /// Outbox entries read per scan: enough to keep the link busy, small enough to bound memory.
@@ -87,6 +95,7 @@ struct Shared {
     /// Someone waits for an entry that waits for the relay.
     kick: Notify,
     status: Mutex<LinkStatus>,
+    observer: OnceLock<Arc<dyn FeedObserver>>,
 }
 
 /// Locks ignoring poisoning: every critical section leaves the data consistent, and a panic
@@ -194,6 +203,7 @@ async fn send(
         .with_timestamp(u64::try_from(event.time_utc.unix()).unwrap_or(0))
         .with_type(event.event_type.as_str().into())
         .with_app_id("dpsd".into());
+    let started = Instant::now();
     let outcome = async {
         let confirm = channel
             .basic_publish(
@@ -209,7 +219,12 @@ async fn send(
     }
     .await;
     match outcome {
-        Ok(Confirmation::Ack(_)) => shared.confirm(seq),
+        Ok(Confirmation::Ack(_)) => {
+            if let Some(observer) = shared.observer.get() {
+                observer.confirmed(started.elapsed());
+            }
+            shared.confirm(seq);
+        }
         Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => {
             shared.fail(seq, attempt, Failure::Nacked)
         }
@@ -474,6 +489,7 @@ impl Feed {
             broken: Notify::new(),
             kick: Notify::new(),
             status: Mutex::new(LinkStatus::default()),
+            observer: OnceLock::new(),
         });
         install(&shared, &first);
         let (stop, stop_rx) = watch::channel(false);
@@ -492,12 +508,6 @@ impl Feed {
     /// `include_device_keys`, for whoever builds the events).
     pub fn include_device_keys(&self) -> bool {
         self.shared.settings.include_device_keys
-    }
-
-    /// How long [`Feed::publish`] waits for a confirmation; callers waiting for an event
-    /// with [`Feed::wait_confirmed`] use the same bound.
-    pub fn confirm_timeout(&self) -> Duration {
-        self.shared.settings.confirm_timeout
     }
 
     /// Whether events can be published now.
@@ -565,6 +575,12 @@ impl Feed {
             self.shared.wait(seq, deadline, false).await,
             Settled::Confirmed
         )
+    }
+
+    /// Reports every confirmation's latency to `observer` from now on; false if an observer
+    /// was set before (it stays).
+    pub fn observe(&self, observer: Arc<dyn FeedObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
     }
 
     /// Counters per hub and the state of the link.

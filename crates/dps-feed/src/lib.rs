@@ -6,10 +6,12 @@
 //! with a [`message_id`] that is the same for every re-publication of one event); keeps one
 //! link to the broker up ([`Feed::start`] connects once and reports precisely why it could
 //! not, then a background task reconnects with exponential back-off and jitter); declares a
-//! durable topic exchange and, if asked, one durable queue per linked hub; publishes events
+//! durable topic exchange and, if asked, one durable queue per linked hub (of the
+//! [`HubQueueType`] configured); publishes events
 //! persistent, on one confirm channel, pipelined ([`Feed::publish`] returns `Ok` only after
 //! the broker's confirmation); and relays what the durable [`Outbox`] still holds on every
-//! (re)connection and now and then while up. [`Feed::stats`] gives per-hub counters.
+//! (re)connection and now and then while up. [`Feed::stats`] gives per-hub counters, and a
+//! [`FeedObserver`] hears each confirmation's latency.
 //!
 //! What it must never do: report an event as confirmed before the broker acknowledged it;
 //! hold unbounded state (events held unconfirmed are bounded by `max_unconfirmed`, outbox
@@ -28,11 +30,13 @@ mod feed;
 mod link;
 mod tracker;
 
-pub use config::{BrokerUrl, FeedConfig, DEFAULT_BROKER_URL};
+pub use config::{
+    check_name, BrokerUrl, ConfiguredName, FeedConfig, HubQueueType, DEFAULT_BROKER_URL,
+};
 pub use error::FeedError;
 pub use event::{
     assigned_event, deprovisioned_event, message_id, Assignment, Deprovision, DeprovisionReason,
     DeviceAuthentication, EnrollmentRef, EventType, FeedEvent, Seq, Thumbprint, SCHEMA_VERSION,
 };
-pub use feed::{BoxError, Feed, FeedStats, HubStats, Outbox};
+pub use feed::{BoxError, Feed, FeedObserver, FeedStats, HubStats, Outbox};
 pub use tracker::HubCounters;

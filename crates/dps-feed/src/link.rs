@@ -67,8 +67,9 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
     .await
     .map_err(|e| classify(settings, e))?;
     let events = Box::pin(connection.events_listener());
-    let declare = |what: String| {
+    let declare = |key: &'static str, what: String| {
         move |source| FeedError::Declare {
+            key,
             what,
             source: Box::new(source),
         }
@@ -76,7 +77,7 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
     let channel = connection
         .create_channel()
         .await
-        .map_err(declare("open a channel".into()))?;
+        .map_err(declare("url", "open a channel".into()))?;
     channel
         .exchange_declare(
             settings.exchange.clone(),
@@ -88,19 +89,32 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
             FieldTable::default(),
         )
         .await
-        .map_err(declare(format!(
-            "declare the durable topic exchange '{}'",
-            settings.exchange
-        )))?;
+        .map_err(declare(
+            "exchange",
+            format!("declare the durable topic exchange '{}'", settings.exchange),
+        ))?;
     for (queue, binding) in &settings.queues {
         channel
             .queue_declare(
                 queue.clone(),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                settings.hub_queue_type.arguments(),
             )
             .await
-            .map_err(declare(format!("declare the durable queue '{queue}'")))?;
+            .map_err(|source| {
+                if is_precondition_failed(&source) {
+                    FeedError::QueueMismatch {
+                        queue: queue.to_string(),
+                        queue_type: settings.hub_queue_type,
+                        source: Box::new(source),
+                    }
+                } else {
+                    declare(
+                        "queue_prefix",
+                        format!("declare the durable queue '{queue}'"),
+                    )(source)
+                }
+            })?;
         channel
             .queue_bind(
                 queue.clone(),
@@ -110,17 +124,26 @@ async fn connect_unbounded(settings: &Settings) -> Result<Link, FeedError> {
                 FieldTable::default(),
             )
             .await
-            .map_err(declare(format!("bind queue '{queue}' with '{binding}'")))?;
+            .map_err(declare(
+                "queue_prefix",
+                format!("bind queue '{queue}' with '{binding}'"),
+            ))?;
     }
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(declare("enable publisher confirms".into()))?;
+        .map_err(declare("url", "enable publisher confirms".into()))?;
     Ok(Link {
         connection,
         channel,
         events,
     })
+}
+
+/// Whether the broker refused a declaration because the entity exists with other arguments.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// Names the failure the way an operator fixes it.

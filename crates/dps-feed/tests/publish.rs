@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dps_feed::{EventType, Feed, FeedConfig, FeedError};
+use dps_feed::{EventType, Feed, FeedConfig, FeedError, HubQueueType};
 use dps_types::Etag;
 use lapin::options::{BasicGetOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_are_confirmed_persistent_and_complete() {
@@ -306,4 +306,132 @@ async fn events_of_every_type_route_by_hub_and_type() {
         .is_none());
     feed.shutdown().await;
     broker.delete(&exchange, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_hub_queues_take_events() {
+    let exchange = unique("exchange");
+    let prefix = format!("{}.", unique("quorumq"));
+    let hub_a = hub("hub-a.example.net");
+    let outbox = MemOutbox::new();
+    let feed = Feed::start(
+        FeedConfig {
+            hub_queues: true,
+            hub_queue_type: HubQueueType::Quorum,
+            queue_prefix: prefix.clone(),
+            ..config(&exchange)
+        },
+        vec![hub_a.clone()],
+        outbox.clone(),
+    )
+    .await
+    .unwrap();
+    let event = event(1, &hub_a, &Etag::generate());
+    feed.publish(outbox.append(event.clone()), event)
+        .await
+        .unwrap();
+    feed.shutdown().await;
+
+    let broker = TestBroker::connect().await;
+    let queue = format!("{prefix}hub-a.example.net");
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    // Declaring it again as quorum succeeds only if it is a quorum queue.
+    let declared = broker
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            quorum,
+        )
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 1);
+    broker.delete(&exchange, &[queue]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_queue_of_another_kind_stops_the_start_naming_hub_queue_type() {
+    let exchange = unique("exchange");
+    let prefix = format!("{}.", unique("oldq"));
+    let queue = format!("{prefix}hub-a.example.net");
+    let broker = TestBroker::connect().await;
+    broker.declare_exchange(&exchange).await;
+    // A classic queue declared without arguments, as earlier releases did.
+    broker.bind_durable_queue(&queue, &exchange, "#").await;
+    let start = |queue_type| {
+        Feed::start(
+            FeedConfig {
+                hub_queues: true,
+                hub_queue_type: queue_type,
+                queue_prefix: prefix.clone(),
+                ..config(&exchange)
+            },
+            vec![hub("hub-a.example.net")],
+            MemOutbox::new(),
+        )
+    };
+    for queue_type in [HubQueueType::ClassicV2, HubQueueType::Quorum] {
+        let err = start(queue_type).await.unwrap_err();
+        assert!(matches!(err, FeedError::QueueMismatch { .. }), "{err:?}");
+        assert_eq!(err.key(), "hub_queue_type");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "queue '{queue}' exists with other arguments than hub_queue_type = \"{queue_type}\""
+            )),
+            "{text}"
+        );
+        assert!(text.contains("PRECONDITION_FAILED"), "{text}");
+    }
+    // Naming the kind the queue has works.
+    let feed = start(HubQueueType::Classic).await.unwrap();
+    feed.shutdown().await;
+    broker.delete(&exchange, &[queue]).await;
+}
+
+/// Counts the confirmations the feed reports and keeps the longest wait.
+#[derive(Debug, Default)]
+struct Timings {
+    count: std::sync::atomic::AtomicUsize,
+    longest: std::sync::Mutex<Duration>,
+}
+
+impl dps_feed::FeedObserver for Timings {
+    fn confirmed(&self, elapsed: Duration) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut longest = self.longest.lock().unwrap();
+        *longest = (*longest).max(elapsed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmation_is_timed_once() {
+    let exchange = unique("exchange");
+    let hub_a = hub("hub-a.example.net");
+    let outbox = MemOutbox::new();
+    let feed = Feed::start(config(&exchange), vec![hub_a.clone()], outbox.clone())
+        .await
+        .unwrap();
+    let timings = Arc::new(Timings::default());
+    assert!(feed.observe(timings.clone()));
+    assert!(!feed.observe(Arc::new(Timings::default())), "set twice");
+    let etag = Etag::generate();
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        let event = event(n, &hub_a, &etag);
+        feed.publish(outbox.append(event.clone()), event)
+            .await
+            .unwrap();
+    }
+    let total = started.elapsed();
+    assert_eq!(timings.count.load(std::sync::atomic::Ordering::Relaxed), 20);
+    let longest = *timings.longest.lock().unwrap();
+    assert!(longest > Duration::ZERO && longest <= total, "{longest:?}");
+    feed.shutdown().await;
+    TestBroker::connect().await.delete(&exchange, &[]).await;
 }

@@ -122,9 +122,15 @@ impl Metrics {
         })
     }
 
-    /// The assignment feed's link and per-hub event counts, read at every scrape.
+    /// The assignment feed's link and per-hub event counts, read at every scrape, and the
+    /// latency of its publisher confirms (`dps_feed_confirm_duration_seconds`, observed by
+    /// the feed). Call once per feed.
     pub fn watch_feed(&self, feed: &dps_feed::Feed) -> Result<(), MetricsError> {
-        self.register(Box::new(feed::FeedCollector::new(feed.clone())?))
+        self.register(Box::new(feed::FeedCollector::new(feed.clone())?))?;
+        let confirms = feed::ConfirmMetrics::new()?;
+        add(&self.registry, confirms.histogram())?;
+        feed.observe(Arc::new(confirms));
+        Ok(())
     }
 
     /// Adds a collector, scraped with the rest.

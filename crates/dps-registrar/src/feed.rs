@@ -16,14 +16,16 @@ use dps_feed::{
 use dps_store::{Events, RegistrationRecord, Store};
 use dps_types::{
     AssignedDeviceSubstatus, Attestation, AttestationType, EnrollmentGroup, Etag,
-    IndividualEnrollment, RegistrationStatus, SymmetricKey, Timestamp, X509CertificateWithInfo,
+    IndividualEnrollment, RegistrationId, RegistrationStatus, SymmetricKey, Timestamp,
+    X509CertificateWithInfo,
 };
 
 /// The store's outbox, as the feed's relay reads it.
 pub struct StoreOutbox(Store);
 
 impl StoreOutbox {
-    /// The outbox of `store`, ready for `dps_feed::Feed::start`.
+    /// The outbox of `store`, ready for `dps_feed::Feed::start` ([`FeedLink::start`] does
+    /// that).
     pub fn shared(store: Store) -> Arc<dyn Outbox> {
         Arc::new(StoreOutbox(store))
     }
@@ -58,14 +60,56 @@ impl Outbox for StoreOutbox {
     }
 }
 
-/// Registration records written whose device was asked to retry because the broker had not
-/// confirmed the record's event in time: the device's next attempt is answered with that
-/// record (once its event is confirmed) instead of making a second assignment with a second
-/// event. Kept in memory, bounded: beyond [`Untold::MAX`] devices (or after a restart) such a
-/// retry makes a new assignment, and the hub hears of both.
+/// The assignment feed started over a store's outbox, with the devices that outbox shows were
+/// not told of their records; hand it to [`crate::Registrar::with_feed`].
+pub struct FeedLink {
+    pub(crate) feed: dps_feed::Feed,
+    pub(crate) untold: Untold,
+}
+
+impl FeedLink {
+    /// Reads which devices were not told of their records (assignment events still in the
+    /// outbox) and then starts the feed over the outbox: in that order, so that the relay
+    /// cannot confirm an entry before it was read. A failed read is logged and costs only
+    /// that those devices' next registration assigns them again.
+    pub async fn start(
+        store: &Store,
+        config: dps_feed::FeedConfig,
+        hubs: Vec<dps_types::HubName>,
+    ) -> Result<FeedLink, dps_feed::FeedError> {
+        let untold = Untold::from_outbox(store).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the outbox for devices not told of their records");
+            Untold::default()
+        });
+        let feed = dps_feed::Feed::start(config, hubs, StoreOutbox::shared(store.clone())).await?;
+        Ok(FeedLink { feed, untold })
+    }
+
+    /// The feed.
+    pub fn feed(&self) -> &dps_feed::Feed {
+        &self.feed
+    }
+}
+
+/// Outbox entries read per page when rebuilding [`Untold`] at start.
+const SCAN_PAGE: usize = 256;
+
+/// Devices not told of their current registration record: the record is written (with its
+/// event in the outbox) but the device got the retry answer, because the broker had not
+/// confirmed the event, or the process stopped first. The device's next attempt is answered
+/// with that record, once its event is confirmed, instead of making a second assignment with
+/// a second event.
+///
+/// The outbox is the durable truth behind it: a device is told only after the confirmation,
+/// which removes the entry, so every assignment event still in the outbox belongs to a device
+/// not told. [`FeedLink::start`] reads them at start, so this survives a restart; at run
+/// time a registration whose event is not confirmed adds its device. What the outbox cannot
+/// show is a device told to retry whose event was confirmed since: that is kept in memory
+/// only, bounded by [`Untold::MAX`] (beyond it, or after a restart, such a retry makes a new
+/// assignment and the hub hears of both).
 #[derive(Default)]
 pub(crate) struct Untold {
-    records: Mutex<HashMap<String, Etag>>,
+    records: Mutex<HashMap<String, (Etag, Seq)>>,
 }
 
 impl Untold {
@@ -73,29 +117,79 @@ impl Untold {
     /// `max_in_flight` (4096 by default) of them at any time.
     const MAX: usize = 65_536;
 
-    /// The device (registration id key) was not told of its record with this etag.
-    pub(crate) fn remember(&self, key: String, etag: Etag) {
+    /// The devices whose current record's assignment event waits in `store`'s outbox.
+    pub(crate) fn from_outbox(store: &Store) -> Result<Self, dps_store::StoreError> {
+        let untold = Self::default();
+        let mut after = None;
+        loop {
+            let page = store.outbox_scan(after, SCAN_PAGE)?;
+            let last = page.len() < SCAN_PAGE;
+            for (seq, bytes) in page {
+                after = Some(seq);
+                if let Some((key, etag)) = current_assignment(store, &bytes) {
+                    untold.remember(key, etag, seq);
+                }
+            }
+            if last {
+                return Ok(untold);
+            }
+        }
+    }
+
+    /// The device (registration id key) was not told of its record with this etag, whose
+    /// event is the outbox entry `seq`.
+    pub(crate) fn remember(&self, key: String, etag: Etag, seq: Seq) {
         let mut records = self.lock();
         if records.len() < Self::MAX || records.contains_key(&key) {
-            records.insert(key, etag);
+            records.insert(key, (etag, seq));
         }
     }
 
-    /// Whether the device was not told of its record with `etag`; forgets it either way.
-    pub(crate) fn take(&self, key: &str, etag: Option<&Etag>) -> bool {
+    /// The outbox entry of the device's record with `etag` if the device was not told of it;
+    /// forgets the device either way.
+    pub(crate) fn take(&self, key: &str, etag: Option<&Etag>) -> Option<Seq> {
         let mut records = self.lock();
         match records.remove(key) {
-            Some(untold) => etag == Some(&untold),
-            None => false,
+            Some((untold, seq)) if etag == Some(&untold) => Some(seq),
+            _ => None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Etag>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Etag, Seq)>> {
         // Every update is one map call: a panic elsewhere cannot leave the map half-changed.
         self.records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The registration (key and etag) whose current record the encoded outbox entry announces,
+/// if it is an assignment event of the current record.
+fn current_assignment(store: &Store, bytes: &[u8]) -> Option<(String, Etag)> {
+    let event: FeedEvent = serde_json::from_slice(bytes).ok()?;
+    if !matches!(
+        event.event_type,
+        EventType::Assigned | EventType::Reassigned
+    ) {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_str(&event.body).ok()?;
+    let id = RegistrationId::parse(body.get("registrationId")?.as_str()?).ok()?;
+    let etag = store.registration(&id)?.state.etag.clone()?;
+    (dps_feed::message_id(&id, &etag, event.event_type) == event.message_id)
+        .then(|| (id.key(), etag))
+}
+
+/// The outbox entry `seq`, if it is still there (its event not yet confirmed).
+pub(crate) fn outbox_entry(
+    store: &Store,
+    seq: Seq,
+) -> Result<Option<FeedEvent>, dps_store::StoreError> {
+    let page = store.outbox_scan(seq.checked_sub(1), 1)?;
+    Ok(page
+        .into_iter()
+        .find(|(s, _)| *s == seq)
+        .and_then(|(_, bytes)| serde_json::from_slice(&bytes).ok()))
 }
 
 /// The outbox entry of `previous`'s assignment if the broker has not confirmed it yet.

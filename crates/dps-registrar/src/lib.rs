@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 pub use allocation::{weighted_rendezvous, LinkedHub};
 pub use diagnostics::{Diagnostics, FailedAttempt, RegistrarReason, Transport};
-pub use feed::StoreOutbox;
+pub use feed::{FeedLink, StoreOutbox};
 pub use observer::{Outcome, RegistrarObserver, RegistrationReport};
 pub use webhook::WebhookError;
 
@@ -126,7 +126,7 @@ struct Inner {
     diagnostics: Diagnostics,
     /// The assignment feed, when configured: assignments wait for its confirmation.
     feed: Option<dps_feed::Feed>,
-    /// Records written whose device was asked to retry before their event was confirmed.
+    /// Devices not told of their current record (its event unconfirmed when they asked).
     untold: feed::Untold,
 }
 
@@ -147,14 +147,18 @@ impl Registrar {
     }
 
     /// A registrar over `store` that publishes every assignment and deprovisioning through
-    /// `feed` (started over this store's outbox, [`StoreOutbox`]).
+    /// `feed` (started over this store's outbox by [`FeedLink::start`]).
     pub fn with_feed(
         store: Store,
         config: RegistrarConfig,
-        feed: Option<dps_feed::Feed>,
+        feed: Option<FeedLink>,
     ) -> Result<Self, RegistrarError> {
         let http = webhook::client().map_err(RegistrarError::Setup)?;
         let in_flight = Semaphore::new(config.max_in_flight);
+        let (feed, untold) = match feed {
+            Some(link) => (Some(link.feed), link.untold),
+            None => (None, feed::Untold::default()),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -163,8 +167,8 @@ impl Registrar {
                 in_flight,
                 registering: KeyLocks::new(),
                 diagnostics: Diagnostics::default(),
+                untold,
                 feed,
-                untold: feed::Untold::default(),
             }),
         })
     }
@@ -321,23 +325,17 @@ impl Registrar {
             .filter(|p| p.state.status == Some(RegistrationStatus::Assigned))
             .and_then(|p| p.state.assigned_hub.clone());
         if let (Some(feed), Some(previous)) = (feed, &previous) {
-            // The device retries an assignment it was not told of (its event was not yet
-            // confirmed): that assignment stands, and it is told once the event is confirmed.
+            // The device retries an assignment it was not told of (its event was not
+            // confirmed in time): that assignment stands, and it is told once the event is.
             let key = device.registration_id().key();
-            let untold = self.inner.untold.take(&key, previous.state.etag.as_ref());
-            let waiting = feed::unconfirmed(feed, previous);
-            if untold || waiting.is_some() {
-                let confirmed = match waiting {
-                    Some(seq) => feed.wait_confirmed(seq, feed.confirm_timeout()).await,
-                    None => true,
-                };
-                if confirmed {
+            let etag = previous.state.etag.as_ref();
+            let untold = self.inner.untold.take(&key, etag);
+            if let (Some(seq), Some(etag)) = (untold.or(feed::unconfirmed(feed, previous)), etag) {
+                if self.confirm_untold(feed, seq).await {
                     assigned(&mut result, previous);
                     return Ok(result);
                 }
-                if let Some(etag) = &previous.state.etag {
-                    self.inner.untold.remember(key, etag.clone());
-                }
+                self.inner.untold.remember(key, etag.clone(), seq);
                 return Err(self.broker_unavailable(
                     device,
                     transport,
@@ -430,7 +428,7 @@ impl Registrar {
                 if feed.publish(seq, event).await.is_err() {
                     if let Some(etag) = &stored.state.etag {
                         let key = device.registration_id().key();
-                        self.inner.untold.remember(key, etag.clone());
+                        self.inner.untold.remember(key, etag.clone(), seq);
                     }
                     return Err(self.broker_unavailable(
                         device,
@@ -516,6 +514,20 @@ impl Registrar {
         match self.inner.feed {
             Some(_) => feed::keep_and_encode(make(), keep),
             None => Vec::new(),
+        }
+    }
+
+    /// Whether the event in outbox entry `seq` is confirmed: at once if the entry is gone
+    /// (a confirmation removed it), else after publishing it (or joining the publication in
+    /// flight) and the broker's confirmation, within the confirm timeout.
+    async fn confirm_untold(&self, feed: &dps_feed::Feed, seq: dps_store::Seq) -> bool {
+        match feed::outbox_entry(&self.inner.store, seq) {
+            Ok(None) => true,
+            Ok(Some(event)) => feed.publish(seq, event).await.is_ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox; the device retries");
+                false
+            }
         }
     }
 

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use dps_attest::{attest_x509, AttestedDevice, UnixTime};
 use dps_feed::{Feed, FeedConfig};
-use dps_registrar::{
-    LinkedHub, Registrar, RegistrarConfig, RegistrarError, StoreOutbox, Transport,
-};
+use dps_registrar::{FeedLink, LinkedHub, Registrar, RegistrarConfig, RegistrarError, Transport};
 use dps_store::{Precondition, Store};
 use dps_test_util::broker::{self, body, collect_distinct, unique, Cutter, TestBroker};
 use dps_test_util::{DeviceCert, TestPki};
@@ -82,17 +80,18 @@ async fn env_with(tune: impl FnOnce(&mut FeedConfig), via: Option<&Cutter>) -> E
         config.url = dps_feed::BrokerUrl::parse(&cutter.url()).unwrap();
     }
     tune(&mut config);
-    let feed = Feed::start(
+    let link = FeedLink::start(
+        &store,
         config,
         hubs.iter().map(|h| h.host_name.clone()).collect(),
-        StoreOutbox::shared(store.clone()),
     )
     .await
     .unwrap();
+    let feed = link.feed().clone();
     let registrar = Registrar::with_feed(
         store.clone(),
         RegistrarConfig::new(scope.clone(), hubs),
-        Some(feed.clone()),
+        Some(link),
     )
     .unwrap();
     Env {
@@ -560,4 +559,120 @@ async fn while_the_broker_is_away_devices_retry_and_deletes_wait_in_the_outbox()
     );
     assert_eq!(env.store.outbox_len(), 0);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_told_to_retry_gets_its_record_after_a_restart_not_a_second_assignment() {
+    // No reconnection while the first process runs: its unconfirmed event stays unconfirmed.
+    let env = env_with(
+        |c| {
+            c.reconnect_min = Duration::from_secs(120);
+            c.reconnect_max = Duration::from_secs(120);
+        },
+        None,
+    )
+    .await;
+    env.enroll(
+        json!({"registrationId": "restarted", "attestation": {"type": "symmetricKey",
+        "symmetricKey": {"primaryKey": KEY}}}),
+    )
+    .await;
+    // Publishing to an exchange that is gone fails (NOT_FOUND closes the channel) after the
+    // record and its outbox entry were written.
+    env.broker
+        .channel
+        .exchange_delete(env.exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let refused = env
+        .registrar
+        .register(&env.sas("restarted", &key()), Transport::Mqtt, None)
+        .await;
+    assert!(
+        matches!(refused, Err(RegistrarError::BrokerUnavailable { .. })),
+        "{refused:?}"
+    );
+    let written = env.store.registration(&rid("restarted")).unwrap();
+    assert_eq!(env.store.outbox_len(), 1, "the event waits in the outbox");
+
+    // dpsd stops before the broker confirmed the event, and starts again.
+    let Env {
+        _dir: dir,
+        store,
+        registrar,
+        feed,
+        scope,
+        exchange,
+        broker,
+        consumer,
+    } = env;
+    feed.shutdown().await;
+    // Every handle on the store goes (the feed's outbox holds one): sled's lock is released.
+    drop((feed, registrar, consumer, store));
+    broker.declare_exchange(&exchange).await;
+    let queue = broker.bind_queue(&exchange, "#").await;
+    let mut consumer = broker.consume(&queue).await;
+    let store = Store::open(dir.path()).unwrap();
+    let hubs: Vec<LinkedHub> = ["hub-a.example.net", "hub-b.example.net"]
+        .iter()
+        .map(|h| LinkedHub {
+            host_name: hub(h),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        })
+        .collect();
+    let link = FeedLink::start(
+        &store,
+        FeedConfig {
+            exchange: exchange.clone(),
+            connection_name: unique("conn"),
+            sweep_interval: Duration::from_millis(200),
+            ..FeedConfig::default()
+        },
+        hubs.iter().map(|h| h.host_name.clone()).collect(),
+    )
+    .await
+    .unwrap();
+    let feed = link.feed().clone();
+    let registrar = Registrar::with_feed(
+        store.clone(),
+        RegistrarConfig::new(scope.clone(), hubs),
+        Some(link),
+    )
+    .unwrap();
+    // The relay sends what the outbox holds; the broker confirms it before the device is back.
+    let deadline = tokio::time::Instant::now() + broker::PATIENCE;
+    while store.outbox_len() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let device = common::sas_device(&registrar, &scope, "restarted", &key());
+    let told = registrar
+        .register(&device, Transport::Mqtt, None)
+        .await
+        .unwrap();
+    assert_eq!(told.status, RegistrationStatus::Assigned, "{told:?}");
+    assert_eq!(
+        told.etag, written.state.etag,
+        "told of the record written before"
+    );
+    assert_eq!(
+        store.registration(&rid("restarted")).unwrap().state.etag,
+        written.state.etag,
+        "no second assignment"
+    );
+    let (events, duplicates) = collect_distinct(&mut consumer, 1, broker::PATIENCE).await;
+    assert_eq!((events.len(), duplicates), (1, 0));
+    let event = body(events.values().next().unwrap());
+    assert_eq!(event["type"], "device.assigned");
+    assert!(
+        broker::next_delivery(&mut consumer, QUIET).await.is_none(),
+        "a second event"
+    );
+    feed.shutdown().await;
+    broker.delete(&exchange, &[queue]).await;
 }

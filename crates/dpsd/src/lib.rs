@@ -66,8 +66,10 @@ pub enum DpsdError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] dps_store::StoreError),
-    /// The assignment feed's first connection to the broker failed (`[feed]` is on).
-    #[error("feed.url: {0}")]
+    /// The assignment feed's first connection to the broker failed (`[feed]` is on); named
+    /// by the key to look at (`feed.url` for the link, `feed.hub_queue_type` for a queue that
+    /// exists with another kind, ...).
+    #[error("feed.{key}: {0}", key = .0.key())]
     Feed(#[source] dps_feed::FeedError),
     /// A metric could not be registered.
     #[error("metrics: {0}")]
@@ -244,13 +246,9 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let feed = match &config.feed {
         section if !section.enabled => None,
         section => Some(
-            dps_feed::Feed::start(
-                section.config.clone(),
-                hubs.clone(),
-                dps_registrar::StoreOutbox::shared(store.clone()),
-            )
-            .await
-            .map_err(DpsdError::Feed)?,
+            dps_registrar::FeedLink::start(&store, section.config.clone(), hubs.clone())
+                .await
+                .map_err(DpsdError::Feed)?,
         ),
     };
     let registrar = dps_registrar::Registrar::with_feed(store.clone(), registrar_config, feed)

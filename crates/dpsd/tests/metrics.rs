@@ -606,6 +606,18 @@ async fn the_feed_shows_its_broker_link_in_metrics_and_readiness() {
     let (_, text) = get("/metrics").await;
     assert!(text.contains("\ndps_feed_reconnects_total 1\n"), "{text}");
 
+    // Each assignment waits for the broker's confirm, and the wait is timed.
+    register(&running, "feed-group", 5).await;
+    let (_, text) = get("/metrics").await;
+    assert!(
+        text.contains("\ndps_feed_confirm_duration_seconds_count 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ndps_feed_confirm_duration_seconds_bucket{le=\"10\"} 5\n"),
+        "{text}"
+    );
+
     running.shutdown().await.unwrap();
     TestBroker::connect().await.delete(&exchange, &[]).await;
 }

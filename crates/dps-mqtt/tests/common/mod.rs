@@ -94,13 +94,9 @@ impl Server {
         config.max_in_flight = max_in_flight;
         let feed = match feed {
             Some(feed) => Some(
-                dps_feed::Feed::start(
-                    feed,
-                    vec![HubName::parse(HUB).unwrap()],
-                    dps_registrar::StoreOutbox::shared(store.clone()),
-                )
-                .await
-                .unwrap(),
+                dps_registrar::FeedLink::start(&store, feed, vec![HubName::parse(HUB).unwrap()])
+                    .await
+                    .unwrap(),
             ),
             None => None,
         };

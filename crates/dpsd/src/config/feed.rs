@@ -34,20 +34,28 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
         "feed",
         "exchange",
         defaults.exchange.clone(),
-        |e: &String| amqp_name(e),
+        |e: &String| name(dps_feed::ConfiguredName::Exchange, e),
     );
     let queue_prefix = r.take_valid(
         &mut t,
         "feed",
         "queue_prefix",
         defaults.queue_prefix.clone(),
-        |p: &String| amqp_name(p),
+        |p: &String| name(dps_feed::ConfiguredName::QueuePrefix, p),
+    );
+    let hub_queue_type = r.take_valid(
+        &mut t,
+        "feed",
+        "hub_queue_type",
+        defaults.hub_queue_type.as_str().to_owned(),
+        |k: &String| dps_feed::HubQueueType::parse(k).map(|_| ()).map_err(rule),
     );
     let config = dps_feed::FeedConfig {
         url,
         exchange,
         hub_queues: r.take(&mut t, "feed", "hub_queues", defaults.hub_queues),
         queue_prefix,
+        hub_queue_type: dps_feed::HubQueueType::parse(&hub_queue_type).unwrap_or_default(),
         connect_timeout: r.take_valid(
             &mut t,
             "feed",
@@ -103,17 +111,17 @@ pub(super) fn read(r: &mut Reader, root: &mut toml::Table) -> FeedSection {
     FeedSection { enabled, config }
 }
 
-/// An exchange or queue name RabbitMQ accepts (AMQP 0-9-1 short string: 1 to 255 bytes of
-/// letters, digits, `-`, `_`, `.`, `:`).
-fn amqp_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err("must be 1 to 255 letters, digits, '-', '_', '.' or ':'".into())
+/// An exchange name or queue prefix, checked by dps-feed's one rule for them.
+fn name(kind: dps_feed::ConfiguredName, text: &str) -> Result<(), String> {
+    dps_feed::check_name(kind, text).map_err(rule)
+}
+
+/// The rule a refused value breaks, without dps-feed's own key name (the reader names the
+/// key with its section).
+fn rule(e: dps_feed::FeedError) -> String {
+    match e {
+        dps_feed::FeedError::InvalidName { why, .. }
+        | dps_feed::FeedError::InvalidSetting { why, .. } => why.to_owned(),
+        other => other.to_string(),
     }
 }

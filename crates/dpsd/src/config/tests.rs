@@ -284,7 +284,8 @@ fn the_feed_is_off_by_default_and_its_keys_are_checked() {
     assert_eq!(c.feed.config, dps_feed::FeedConfig::default());
 
     let c = parse(
-        "[feed]\nexchange = \"hub.events\"\nhub_queues = true\ninclude_device_keys = false",
+        "[feed]\nexchange = \"hub.events\"\nhub_queues = true\ninclude_device_keys = false\n\
+         hub_queue_type = \"quorum\"",
         &[
             ("DPSD_FEED_ENABLED", "true"),
             (
@@ -298,13 +299,15 @@ fn the_feed_is_off_by_default_and_its_keys_are_checked() {
     assert!(c.feed.enabled);
     assert_eq!(c.feed.config.exchange, "hub.events");
     assert!(c.feed.config.hub_queues && !c.feed.config.include_device_keys);
+    assert_eq!(c.feed.config.hub_queue_type, dps_feed::HubQueueType::Quorum);
     assert!(c.feed.config.url.is_tls());
     assert_eq!(c.feed.config.url.vhost(), "prod");
     assert!(!format!("{c:?}").contains("secret"), "the password shows");
 
     let err = parse(
         "[feed]\nurl = \"http://user:hunter2@broker\"\nexchange = \"has space\"\n\
-         reconnect_min = \"1m\"\nreconnect_max = \"1s\"\nmax_unconfirmed = 0",
+         reconnect_min = \"1m\"\nreconnect_max = \"1s\"\nmax_unconfirmed = 0\n\
+         hub_queue_type = \"stream\"\nqueue_prefix = \"amq.q.\"",
         &[],
         &Flags::default(),
     )
@@ -315,6 +318,8 @@ fn the_feed_is_off_by_default_and_its_keys_are_checked() {
         "feed.exchange",
         "feed.reconnect_min",
         "feed.max_unconfirmed",
+        "feed.hub_queue_type: is \"stream\": must be \"classic\", \"classic-v2\" or \"quorum\"",
+        "feed.queue_prefix: is \"amq.q.\": must not start with amq.",
     ] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
