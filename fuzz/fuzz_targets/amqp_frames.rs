@@ -49,7 +49,7 @@ fn transport(max_frame_size: usize) -> LengthDelimitedCodec {
 /// The part of `stream` the guard lets through, fed a byte at a time (the most it can pass:
 /// a connection's reads only ever stop it earlier).
 fn guarded(stream: &[u8]) -> &[u8] {
-    let mut guard = FrameGuard::new();
+    let mut guard = FrameGuard::new(MAX_FRAME_SIZE);
     let passed = stream
         .iter()
         .position(|b| guard.check(std::slice::from_ref(b)).is_err())

@@ -37,6 +37,7 @@
 
 pub mod address;
 mod connection;
+pub mod encoding;
 mod error;
 pub mod frame;
 pub mod message;

@@ -127,7 +127,7 @@ where
         .channel_max(0u16)
         .idle_time_out(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
         .buffer_size(CHANNEL_BUFFER);
-    let (stream, kill) = PeerStream::new(header.to_vec(), tls);
+    let (stream, kill) = PeerStream::new(header.to_vec(), tls, limits.max_frame_size);
     let (mut connection, claim) = if header == SASL_HEADER {
         let sasl = SaslServer::new(shared.registrar.id_scope().clone());
         let acceptor = acceptor.sasl_acceptor(sasl.clone()).build();
