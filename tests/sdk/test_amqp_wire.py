@@ -279,6 +279,10 @@ def test_a_device_holding_two_connections_is_refused_a_third_with_resource_limit
     rid = uid("amqp-cap")
     key = enroll(client, rid)
     held = [Device(dpsd, rid, key) for _ in range(2)]
+    # The server takes a connection's place once it has sent OPEN: an answered request on
+    # each held connection shows both places are taken before the third connection comes.
+    for device in held:
+        assert device.register_until_assigned()["status"] == "assigned"
     # SASL and OPEN succeed (the device is attested), then the server closes with the reason.
     with pytest.raises(ConnectionClosed) as closed:
         connect(dpsd, rid, key)
