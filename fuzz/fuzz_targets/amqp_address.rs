@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     let forms = if url.len() <= MAX_ADDRESS_LEN {
         vec![plain, url]
     } else {
-        assert!(parse_device_path(&url).is_none(), "{url:?} over the limit accepted");
+        assert!(
+            parse_device_path(&url).is_none(),
+            "{url:?} over the limit accepted"
+        );
         vec![plain]
     };
     for form in forms {
