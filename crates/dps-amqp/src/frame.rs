@@ -7,12 +7,15 @@
 //! frame's performative through a reader that makes room for the size a value claims before
 //! reading it, so the guard holds each frame (at most the largest frame size we announce) until
 //! it is whole and walks its performative's encoding ([`crate::encoding`]): a value that claims
-//! more than the frame holds ends the connection before fe2o3 sees the frame.
+//! more than the frame holds ends the connection before fe2o3 sees the frame. The message bytes
+//! after a TRANSFER are walked too, once the message is whole ([`crate::transfer`]).
 //!
 //! The stream fe2o3 reads is protocol headers and frames: a protocol header first, then SASL
 //! frames, then (after SASL) the AMQP protocol header again, then AMQP frames. A protocol
 //! header starts with `AMQP`; read as a frame size that is over 1 GiB, far beyond any frame
 //! size we announce, so at a frame boundary `AMQP` always starts a protocol header.
+
+use crate::transfer::Transfers;
 
 /// The frame header: size (4), data offset, type, channel (2); the smallest frame there is.
 pub const FRAME_HEADER_LEN: u32 = 8;
@@ -48,6 +51,21 @@ pub enum BadFrame {
     /// A performative whose encoding does not fit its frame.
     #[error("a frame's performative is malformed: {0}")]
     Malformed(#[from] crate::encoding::Malformed),
+    /// A TRANSFER whose handle or flags are not what the specification allows.
+    #[error("a transfer's handle or flags are malformed")]
+    TransferFields,
+    /// Unfinished multi-frame messages would hold more than the largest message announced.
+    #[error("unfinished messages are over the {max} byte maximum")]
+    MessageTooLarge {
+        /// The largest message size announced.
+        max: usize,
+    },
+    /// More multi-frame messages unfinished at once than links a connection may have.
+    #[error("more than {max} messages unfinished at once")]
+    TooManyPartial {
+        /// The most held at once.
+        max: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,23 +81,26 @@ enum State {
 }
 
 /// Follows frame boundaries through a byte stream and refuses a frame shorter than its
-/// header, larger than `max_frame_size`, or whose performative claims more than it holds.
+/// header, larger than `max_frame_size`, whose performative claims more than it holds, or
+/// whose transfer carries a malformed message or more than `max_message_size` bytes.
 /// Sans-IO: feed it every byte in order with [`FrameGuard::check`].
 #[derive(Debug, Clone)]
 pub struct FrameGuard {
     state: State,
     max_frame_size: usize,
+    transfers: Transfers,
 }
 
 impl FrameGuard {
     /// A guard at the start of a stream (a protocol header or a frame comes first).
-    pub fn new(max_frame_size: usize) -> Self {
+    pub fn new(max_frame_size: usize, max_message_size: usize) -> Self {
         Self {
             state: State::Boundary {
                 head: [0; 4],
                 have: 0,
             },
             max_frame_size,
+            transfers: Transfers::new(max_message_size),
         }
     }
 
@@ -105,7 +126,8 @@ impl FrameGuard {
                     rest.extend_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
                     if rest.len() == want {
-                        self.state = match Self::whole(*size, rest) {
+                        let (size, frame) = (*size, std::mem::take(rest));
+                        self.state = match self.whole(size, &frame) {
                             Ok(()) => Self::boundary(),
                             Err(bad) => State::Failed(bad),
                         };
@@ -160,18 +182,25 @@ impl FrameGuard {
         })
     }
 
-    /// Checks a whole frame (`rest`: its bytes after the size field): the data offset, and
-    /// the encoding of the performative, if there is one (a frame of header only is a
-    /// heartbeat). What follows the performative (a transfer's message bytes) is fe2o3's.
-    fn whole(size: u32, rest: &[u8]) -> Result<(), BadFrame> {
-        let doff = rest[0];
+    /// Checks a whole frame (`rest`: its bytes after the size field, at least the 4 of the
+    /// header): the data offset, the encoding of the performative, if there is one (a frame
+    /// of header only is a heartbeat), and for an AMQP frame (type 0) what follows a TRANSFER.
+    fn whole(&mut self, size: u32, rest: &[u8]) -> Result<(), BadFrame> {
+        let [doff, frame_type, channel_hi, channel_lo, ..] = *rest else {
+            return Err(BadFrame::Short { size });
+        };
         let body_start = usize::from(doff) * 4;
         if body_start < FRAME_HEADER_LEN as usize || body_start > size as usize {
             return Err(BadFrame::Offset { doff, size });
         }
         let body = &rest[body_start - 4..];
-        if !body.is_empty() {
-            crate::encoding::check_value(body)?;
+        if body.is_empty() {
+            return Ok(());
+        }
+        let performative_len = crate::encoding::check_value(body)?;
+        if frame_type == 0 {
+            let channel = u16::from_be_bytes([channel_hi, channel_lo]);
+            self.transfers.frame(channel, body, performative_len)?;
         }
         Ok(())
     }
@@ -196,7 +225,7 @@ mod tests {
         stream.extend_from_slice(&[0, 0, 0, 20, 2, 0, 0, 0]);
         stream.extend_from_slice(&[0x41; 12]);
         for chunk in 1..=stream.len() {
-            let mut guard = FrameGuard::new(MAX);
+            let mut guard = FrameGuard::new(MAX, MAX);
             for part in stream.chunks(chunk) {
                 assert_eq!(guard.check(part), Ok(()), "chunks of {chunk}");
             }
@@ -207,7 +236,7 @@ mod tests {
     #[test]
     fn a_frame_shorter_than_its_header_is_refused_then_everything_after_it() {
         for size in 0..FRAME_HEADER_LEN {
-            let mut guard = FrameGuard::new(MAX);
+            let mut guard = FrameGuard::new(MAX, MAX);
             assert_eq!(guard.check(&AMQP_HEADER), Ok(()));
             assert_eq!(guard.check(&EMPTY_FRAME), Ok(()));
             assert_eq!(guard.check(&size.to_be_bytes()[..3]), Ok(()));
@@ -221,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_frame_over_the_maximum_is_refused_not_buffered() {
-        let mut guard = FrameGuard::new(MAX);
+        let mut guard = FrameGuard::new(MAX, MAX);
         assert_eq!(
             guard.check(&u32::MAX.to_be_bytes()),
             Err(BadFrame::TooLarge {
@@ -236,7 +265,7 @@ mod tests {
         // What a fuzzer sent: a descriptor encoded as a sym32 of 0x5312c043 bytes.
         let mut frame = vec![0, 0, 0, 16, 2, 0, 0, 0];
         frame.extend_from_slice(&[0x00, 0xb3, 0x53, 0x12, 0xc0, 0x43, 0x07, 0xa1]);
-        let mut guard = FrameGuard::new(MAX);
+        let mut guard = FrameGuard::new(MAX, MAX);
         assert_eq!(guard.check(&AMQP_HEADER), Ok(()));
         assert_eq!(guard.check(&frame[..15]), Ok(()));
         assert!(matches!(
@@ -245,7 +274,7 @@ mod tests {
         ));
         // A data offset inside the header, or past the frame.
         for doff in [0, 1, 3] {
-            let mut guard = FrameGuard::new(MAX);
+            let mut guard = FrameGuard::new(MAX, MAX);
             let frame = [0, 0, 0, 8, doff, 0, 0, 0];
             assert_eq!(guard.check(&frame), Err(BadFrame::Offset { doff, size: 8 }));
         }

@@ -47,6 +47,7 @@ pub mod sasl;
 mod server;
 mod stats;
 mod stream;
+mod transfer;
 
 pub use connection::CloseReason;
 pub use error::AmqpError;

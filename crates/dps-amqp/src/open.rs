@@ -37,6 +37,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::{unix_now, CloseReason, Shared};
+use crate::frame::FrameGuard;
 use crate::sasl::{Claim, SaslServer};
 use crate::stats::bump;
 use crate::stream::{Kill, PeerStream};
@@ -127,7 +128,11 @@ where
         .channel_max(0u16)
         .idle_time_out(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
         .buffer_size(CHANNEL_BUFFER);
-    let (stream, kill) = PeerStream::new(header.to_vec(), tls, limits.max_frame_size);
+    let (stream, kill) = PeerStream::new(
+        header.to_vec(),
+        tls,
+        FrameGuard::new(limits.max_frame_size, limits.max_message_size),
+    );
     let (mut connection, claim) = if header == SASL_HEADER {
         let sasl = SaslServer::new(shared.registrar.id_scope().clone());
         let acceptor = acceptor.sasl_acceptor(sasl.clone()).build();

@@ -43,13 +43,14 @@ impl<S> std::fmt::Debug for PeerStream<S> {
 }
 
 impl<S> PeerStream<S> {
-    /// `inner` with `prefix` put back in front, and the switch that ends it.
-    pub(crate) fn new(prefix: Vec<u8>, inner: S, max_frame_size: usize) -> (Self, Kill) {
+    /// `inner` with `prefix` put back in front, its bytes checked by `guard`, and the switch
+    /// that ends it.
+    pub(crate) fn new(prefix: Vec<u8>, inner: S, guard: FrameGuard) -> (Self, Kill) {
         let token = CancellationToken::new();
         let stream = Self {
             prefix,
             inner,
-            guard: FrameGuard::new(max_frame_size),
+            guard,
             killed: Box::pin(token.clone().cancelled_owned()),
         };
         (
@@ -128,7 +129,8 @@ mod tests {
     #[tokio::test]
     async fn the_prefix_comes_first_then_the_stream() {
         let (client, server) = tokio::io::duplex(64);
-        let (mut stream, _kill) = PeerStream::new(b"AMQP".to_vec(), server, 8192);
+        let (mut stream, _kill) =
+            PeerStream::new(b"AMQP".to_vec(), server, FrameGuard::new(8192, 8192));
         let mut client = client;
         client.write_all(b"rest").await.unwrap();
         let mut got = [0u8; 8];
@@ -139,7 +141,11 @@ mod tests {
     #[tokio::test]
     async fn a_frame_shorter_than_its_header_ends_the_stream() {
         let (client, server) = tokio::io::duplex(64);
-        let (mut stream, _kill) = PeerStream::new(crate::AMQP_HEADER.to_vec(), server, 8192);
+        let (mut stream, _kill) = PeerStream::new(
+            crate::AMQP_HEADER.to_vec(),
+            server,
+            FrameGuard::new(8192, 8192),
+        );
         let mut client = client;
         client.write_all(&[0, 0, 0, 4]).await.unwrap();
         let mut header = [0u8; 8];
@@ -152,7 +158,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_kill_switch_ends_a_pending_read_and_every_write() {
         let (_client, server) = tokio::io::duplex(64);
-        let (mut stream, kill) = PeerStream::new(Vec::new(), server, 8192);
+        let (mut stream, kill) = PeerStream::new(Vec::new(), server, FrameGuard::new(8192, 8192));
         let reader = tokio::spawn(async move {
             let mut byte = [0u8; 1];
             let read = stream.read(&mut byte).await;
