@@ -2,7 +2,9 @@
 //! fe2o3: through `dps_amqp::frame::FrameGuard`, then fe2o3's length-delimited transport and its
 //! SASL and AMQP frame decoders, with SASL frames fed to `dps_amqp::sasl::Exchange`, link
 //! addresses of ATTACH frames to `dps_amqp::address`, and the payload of TRANSFER frames
-//! decoded into a message and fed to `dps_amqp::message::parse_request` and an operation table.
+//! decoded into a message (from a slice for one frame, through serde_amqp's IO reader for a
+//! message in several frames, as fe2o3's receiver does) and fed to
+//! `dps_amqp::message::parse_request` and an operation table.
 //!
 //! Input: one control byte (bit 0: the stream starts with the SASL protocol header, else with
 //! the AMQP one), then what the device sends after it.
@@ -26,13 +28,15 @@ use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
 use fe2o3_amqp::types::primitives::Value;
 use libfuzzer_sys::fuzz_target;
-use serde_amqp::read::SliceReader;
+use serde_amqp::read::{IoReader, SliceReader};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// Frames before the OPEN (AMQP 1.0 `MIN-MAX-FRAME-SIZE`), as fe2o3's transport starts.
 const MIN_MAX_FRAME_SIZE: usize = 512;
 /// The frame size the frontend announces by default.
 const MAX_FRAME_SIZE: usize = 8 * 1024;
+/// The message size the frontend announces by default.
+const MAX_MESSAGE_SIZE: usize = dps_amqp::DEFAULT_MAX_MESSAGE_SIZE;
 const SCOPE: &str = "0ne00000001";
 
 /// fe2o3's transport decoder (`transport::length_delimited_decoder`): a 4-byte big-endian size
@@ -49,7 +53,7 @@ fn transport(max_frame_size: usize) -> LengthDelimitedCodec {
 /// The part of `stream` the guard lets through, fed a byte at a time (the most it can pass:
 /// a connection's reads only ever stop it earlier).
 fn guarded(stream: &[u8]) -> &[u8] {
-    let mut guard = FrameGuard::new(MAX_FRAME_SIZE);
+    let mut guard = FrameGuard::new(MAX_FRAME_SIZE, MAX_MESSAGE_SIZE);
     let passed = stream
         .iter()
         .position(|b| guard.check(std::slice::from_ref(b)).is_err())
@@ -105,6 +109,8 @@ fn amqp(buf: &mut BytesMut) {
     };
     let mut operations = Operations::new(limits, device);
     let mut codec = transport(MIN_MAX_FRAME_SIZE);
+    // The message bytes of the transfers before the last one of a multi-frame message.
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         let Ok(Some(mut bytes)) = codec.decode(buf) else {
             return;
@@ -126,8 +132,21 @@ fn amqp(buf: &mut BytesMut) {
                     let _ = address::parse_device_path(address);
                 }
             }
-            FrameBody::Transfer { payload, .. } => {
-                let decoded = Body::<Value>::decode_message_from_reader(SliceReader::new(&payload));
+            FrameBody::Transfer {
+                performative,
+                payload,
+            } => {
+                if performative.more {
+                    partial.extend_from_slice(&payload);
+                    continue;
+                }
+                let decoded = if partial.is_empty() {
+                    Body::<Value>::decode_message_from_reader(SliceReader::new(&payload))
+                } else {
+                    partial.extend_from_slice(&payload);
+                    let whole = std::mem::take(&mut partial);
+                    Body::<Value>::decode_message_from_reader(IoReader::new(whole.as_slice()))
+                };
                 let Ok(request) = decoded else {
                     continue;
                 };
