@@ -30,7 +30,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DPSD = os.path.join(ROOT, "target/release/dpsd")
+# DPS_PERF_DPSD runs another dpsd binary (say, a build of an earlier commit) for comparison.
+DPSD = os.environ.get("DPS_PERF_DPSD", os.path.join(ROOT, "target/release/dpsd"))
 LOADTEST = os.path.join(ROOT, "target/release/dps-loadtest")
 HUB = "hub-1.example.net"
 # Limits that let one loopback address hold every simulated device (docs/performance.md).

@@ -24,6 +24,11 @@ use crate::{Action, CloseReason, Credentials, MqttError, RegistrationOutcome, Se
 /// packets are usually under 1 KiB, so 4 KiB serves nearly every packet in one read.
 const READ_CHUNK: usize = 4 * 1024;
 
+// Memory of an idle connection (a device between packets, or held connected with pings): the
+// read and write buffers are freed once empty, so it keeps only its task, rustls' state and
+// rustls' own read buffer. A packet's first byte is read on its own (into the stack), and only
+// then is a buffer allocated for the rest, which rustls already holds decrypted.
+
 /// Time to deliver what we wrote (responses are small; a peer that takes nothing for this
 /// long is stuck or hostile) and to send TLS close_notify when closing.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +45,8 @@ impl Connection {
     pub(crate) fn new(stream: TlsStream<TcpStream>, max_packet_size: usize) -> Self {
         Self {
             stream,
-            read: BytesMut::with_capacity(READ_CHUNK),
-            write: BytesMut::with_capacity(READ_CHUNK),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
             max_packet_size,
         }
     }
@@ -58,13 +63,20 @@ impl Connection {
             if let Some(packet) = codec::decode(&mut self.read, self.max_packet_size)? {
                 return Ok(Some(packet));
             }
+            if self.read.is_empty() {
+                // Between packets: wait holding no buffer.
+                self.read = BytesMut::new();
+                let mut first = [0u8; 1];
+                if self.stream.read(&mut first).await? == 0 {
+                    return Ok(None);
+                }
+                self.read.reserve(READ_CHUNK);
+                self.read.extend_from_slice(&first);
+                continue;
+            }
             self.read.reserve(READ_CHUNK);
             if self.stream.read_buf(&mut self.read).await? == 0 {
-                return if self.read.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(MqttError::ClosedMidPacket)
-                };
+                return Err(MqttError::ClosedMidPacket);
             }
         }
     }
@@ -85,7 +97,7 @@ impl Connection {
         tokio::time::timeout(WRITE_TIMEOUT, write)
             .await
             .map_err(|_elapsed| MqttError::WriteTimeout)??;
-        self.write.clear();
+        self.write = BytesMut::new();
         Ok(())
     }
 
