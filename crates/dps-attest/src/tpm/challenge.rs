@@ -23,7 +23,7 @@ use dps_types::{
 };
 
 use super::activation::seal_key;
-use super::public::{TpmKey, TpmKeyRole};
+use super::public::{decode_base64, TpmKey, TpmKeyRole};
 use super::wrap::sha256;
 use crate::refusal::{parse_claimed_id, quoted};
 use crate::symmetric_key::checked_device_token;
@@ -254,8 +254,11 @@ impl TpmChallenges {
             checked_device_token(password, id_scope, claimed_registration_id, now_unix)?;
         let (enrollment, enrolled_digest) = tpm_enrollment(&registration_id, lookup)?;
         if let Some(text) = endorsement_key {
-            let ek = parse_key(TpmKeyRole::Endorsement, text)?;
-            if sha256(&[ek.tpm2b_public()]) != enrolled_digest {
+            // Compared, not parsed: the pending challenge was sealed to a parsed EK, and this
+            // one only has to be the enrolled one.
+            let ek = decode_base64(TpmKeyRole::Endorsement, text)
+                .map_err(|e| Refusal::new(FailureReason::TpmKeyInvalid, e.to_string()))?;
+            if sha256(&[&ek]) != enrolled_digest {
                 return Err(ek_mismatch(
                     &registration_id,
                     "the endorsement key the device sent",

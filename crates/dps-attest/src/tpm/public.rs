@@ -172,23 +172,7 @@ impl TpmKey {
 
     /// Decodes base64 (as `tpm.endorsementKey` and `tpm.storageRootKey` carry it) and parses.
     pub fn from_base64(role: TpmKeyRole, text: &str) -> Result<Self, AttestError> {
-        // Base64 of the longest accepted key, so a huge string is refused before decoding.
-        let max_text = MAX_TPM_PUBLIC_LEN.div_ceil(3) * 4;
-        let invalid = |why: String| AttestError::TpmKeyInvalid {
-            key: role.noun(),
-            why,
-        };
-        let text = text.trim();
-        if text.len() > max_text {
-            return Err(invalid(format!(
-                "is {} characters of base64; at most {max_text} are accepted",
-                text.len()
-            )));
-        }
-        let bytes = STANDARD
-            .decode(text)
-            .map_err(|_| invalid("is not valid base64".into()))?;
-        Self::parse(role, &bytes)
+        Self::parse(role, &decode_base64(role, text)?)
     }
 
     /// Which key this is.
@@ -231,6 +215,26 @@ impl TpmKey {
         }
         Ok(out)
     }
+}
+
+/// The bytes of a base64 key, refused unread beyond the base64 length of
+/// [`MAX_TPM_PUBLIC_LEN`] bytes.
+pub(crate) fn decode_base64(role: TpmKeyRole, text: &str) -> Result<Vec<u8>, AttestError> {
+    let max_text = MAX_TPM_PUBLIC_LEN.div_ceil(3) * 4;
+    let invalid = |why: String| AttestError::TpmKeyInvalid {
+        key: role.noun(),
+        why,
+    };
+    let text = text.trim();
+    if text.len() > max_text {
+        return Err(invalid(format!(
+            "is {} characters of base64; at most {max_text} are accepted",
+            text.len()
+        )));
+    }
+    STANDARD
+        .decode(text)
+        .map_err(|_| invalid("is not valid base64".into()))
 }
 
 impl std::fmt::Debug for TpmKey {

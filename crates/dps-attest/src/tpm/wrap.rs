@@ -37,7 +37,10 @@ pub(crate) fn kdfa(key: &[u8], label: &[u8], context_u: &[u8], context_v: &[u8],
         ctx.update(context_v);
         ctx.update(&bits);
         let block = ctx.sign();
-        chunk.copy_from_slice(block.as_ref().get(..chunk.len()).unwrap_or_default());
+        // The last chunk may be shorter than a block: its leading bytes are used.
+        for (byte, value) in chunk.iter_mut().zip(block.as_ref()) {
+            *byte = *value;
+        }
     }
 }
 

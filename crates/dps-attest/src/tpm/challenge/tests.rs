@@ -257,7 +257,7 @@ fn answers_are_checked_like_every_device_token() {
         FailureReason::TpmEndorsementKeyMismatch,
     );
     refused(
-        table.attest(&good, &scope(), "tpm-device", Some("AA=="), &lookup, NOW),
+        table.attest(&good, &scope(), "tpm-device", Some("%%%"), &lookup, NOW),
         FailureReason::TpmKeyInvalid,
     );
     // None of these used the challenge up.
