@@ -35,9 +35,10 @@ const CHALLENGE_KEY_LEN: usize = 32;
 /// Bounds of the pending challenges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TpmChallengeLimits {
-    /// Most challenges pending at once; beyond, the oldest is forgotten. Default 65,536 (a
-    /// pending challenge holds its registration id twice and 80 bytes, so at most about
-    /// 25 MiB with 128-character ids).
+    /// Most challenges pending at once; beyond, the oldest is forgotten. Default 65,536: a
+    /// pending challenge takes 288 bytes with a 22-character registration id (the `tpm`
+    /// bench) and twice each further character, so at most about 32 MiB with 128-character
+    /// ids.
     pub max_pending: usize,
     /// Seconds a challenge may be answered after it was issued. Default 300: a real TPM takes
     /// seconds for ActivateCredential and Import, and the device may retry slowly.
