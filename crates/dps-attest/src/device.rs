@@ -74,8 +74,8 @@ impl AttestedDevice {
     }
 
     /// The registration id as the device spelled it: the claimed id for a SAS token (group
-    /// device keys are derived from that spelling), the leaf's CN for X.509 (which equals
-    /// the claimed id up to letter case).
+    /// device keys are derived from that spelling) or a TPM, the leaf's CN for X.509 (which
+    /// equals the claimed id up to letter case).
     pub fn registration_id(&self) -> &RegistrationId {
         &self.registration_id
     }
@@ -85,7 +85,7 @@ impl AttestedDevice {
         &self.enrollment
     }
 
-    /// How the device proved itself: `X509` or `SymmetricKey`.
+    /// How the device proved itself: `X509`, `SymmetricKey` or `Tpm`.
     pub fn method(&self) -> AttestationType {
         self.method
     }

@@ -9,8 +9,9 @@ use x509_parser::error::X509Error;
 /// Why a credential or an enrollment's attestation was refused.
 ///
 /// `Sas*` variants: a `SharedAccessSignature` is malformed, wrong or expired (the peer is at
-/// fault; answer 401). `Certificate*`, `Pem*` and `Der*` variants: certificate text that does
-/// not parse. The rest: an enrollment whose attestation or settings (hubs, custom allocation)
+/// fault; answer 401). `Tpm*` variants: a TPM key the device sent that cannot be used, or an
+/// activation blob that could not be built. `Certificate*`, `Pem*` and `Der*` variants:
+/// certificate text that does not parse. The rest: an enrollment whose attestation or settings (hubs, custom allocation)
 /// cannot be stored (answer 400).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,6 +88,26 @@ pub enum AttestError {
         /// The verifier's clock.
         now: i64,
     },
+
+    /// A TPM endorsement or storage root key (`TPM2B_PUBLIC`) does not parse or is not the
+    /// one kind supported: an RSA 2048 restricted decryption key with SHA-256 names and
+    /// AES-128-CFB protection.
+    #[error("the TPM {key} {why}")]
+    TpmKeyInvalid {
+        /// `endorsement key` or `storage root key`.
+        key: &'static str,
+        /// What is wrong (never key bytes).
+        why: String,
+    },
+    /// A TPM structure being built would not fit its 16-bit size field.
+    #[error("a TPM structure of {len} bytes does not fit its 16-bit size field")]
+    TpmStructureTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A cryptographic primitive failed while building the activation blob.
+    #[error("{0}")]
+    TpmCrypto(&'static str),
 
     /// Certificate text or DER over [`crate::cert::MAX_CERTIFICATE_TEXT`] or
     /// [`crate::cert::MAX_CERTIFICATE_DER`].

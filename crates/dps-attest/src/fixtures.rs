@@ -90,3 +90,10 @@ pub fn disabled_individual(mut enrollment: IndividualEnrollment) -> IndividualEn
     enrollment.provisioning_status = Some(ProvisioningStatus::Disabled);
     enrollment
 }
+
+/// An individual TPM enrollment with this endorsement key (the `TPM2B_PUBLIC` bytes).
+pub fn tpm_individual(id: &str, endorsement_key: &[u8]) -> IndividualEnrollment {
+    use base64::Engine;
+    let ek = base64::engine::general_purpose::STANDARD.encode(endorsement_key);
+    individual(id, json!({"type": "tpm", "tpm": {"endorsementKey": ek}}))
+}

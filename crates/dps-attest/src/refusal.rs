@@ -42,6 +42,14 @@ pub enum FailureReason {
     /// The SAS token was signed with an enrollment group key itself instead of the device key
     /// derived from it.
     DerivedKeyExpected,
+    /// The TPM endorsement key or storage root key the device sent does not parse, or is not
+    /// an RSA 2048 storage key (the only kind supported).
+    TpmKeyInvalid,
+    /// No TPM challenge is pending for this registration id: none was issued, it expired, it
+    /// was evicted by newer ones, or it was used already (a replay).
+    TpmChallengeUnknown,
+    /// The SAS token was not signed with the key the TPM challenge sealed to the device.
+    TpmSignatureInvalid,
 
     // Enrollments that do not fit.
     /// No individual enrollment has this registration id and no enrollment group could
@@ -50,6 +58,9 @@ pub enum FailureReason {
     /// The individual enrollment of this registration id uses another attestation type than
     /// the device used (e.g. a SAS token for an X.509 enrollment).
     WrongAttestationType,
+    /// The TPM endorsement key the device presented (or the one its pending challenge was
+    /// sealed to) is not the one of its individual TPM enrollment.
+    TpmEndorsementKeyMismatch,
     /// The individual X.509 enrollment of this registration id has neither the presented
     /// leaf as its primary nor as its secondary certificate.
     ThumbprintMismatch,
@@ -68,7 +79,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [FailureReason; 18] = [
+    pub const ALL: [FailureReason; 22] = [
         FailureReason::NoClientCertificate,
         FailureReason::CertificateInvalid,
         FailureReason::CertificateExpired,
@@ -81,8 +92,12 @@ impl FailureReason {
         FailureReason::SasWrongResource,
         FailureReason::SasSignatureMismatch,
         FailureReason::DerivedKeyExpected,
+        FailureReason::TpmKeyInvalid,
+        FailureReason::TpmChallengeUnknown,
+        FailureReason::TpmSignatureInvalid,
         FailureReason::NoEnrollment,
         FailureReason::WrongAttestationType,
+        FailureReason::TpmEndorsementKeyMismatch,
         FailureReason::ThumbprintMismatch,
         FailureReason::UnknownCa,
         FailureReason::ChainIncomplete,
@@ -104,6 +119,10 @@ impl FailureReason {
             FailureReason::SasWrongResource => "sas_wrong_resource",
             FailureReason::SasSignatureMismatch => "sas_signature_mismatch",
             FailureReason::DerivedKeyExpected => "derived_key_expected",
+            FailureReason::TpmKeyInvalid => "tpm_key_invalid",
+            FailureReason::TpmChallengeUnknown => "tpm_challenge_unknown",
+            FailureReason::TpmSignatureInvalid => "tpm_signature_invalid",
+            FailureReason::TpmEndorsementKeyMismatch => "tpm_endorsement_key_mismatch",
             FailureReason::NoEnrollment => "no_enrollment",
             FailureReason::WrongAttestationType => "wrong_attestation_type",
             FailureReason::ThumbprintMismatch => "thumbprint_mismatch",
@@ -120,6 +139,7 @@ impl FailureReason {
             self,
             FailureReason::NoEnrollment
                 | FailureReason::WrongAttestationType
+                | FailureReason::TpmEndorsementKeyMismatch
                 | FailureReason::ThumbprintMismatch
                 | FailureReason::UnknownCa
                 | FailureReason::ChainIncomplete
@@ -163,9 +183,22 @@ impl std::fmt::Display for FailureReason {
                 "the SAS token was signed with an enrollment group key; devices of a group \
                  sign with the device key derived from it"
             }
+            FailureReason::TpmKeyInvalid => {
+                "the TPM key the device sent is invalid or not an RSA 2048 storage key"
+            }
+            FailureReason::TpmChallengeUnknown => {
+                "no TPM challenge is pending for this device (never issued, expired, or \
+                 already used)"
+            }
+            FailureReason::TpmSignatureInvalid => {
+                "the SAS token was not signed with the key of the device's TPM challenge"
+            }
             FailureReason::NoEnrollment => "no enrollment covers this registration id",
             FailureReason::WrongAttestationType => {
                 "the device's enrollment uses another attestation type"
+            }
+            FailureReason::TpmEndorsementKeyMismatch => {
+                "the TPM endorsement key is not the one of the device's enrollment"
             }
             FailureReason::ThumbprintMismatch => {
                 "the device certificate is neither the primary nor the secondary certificate \

@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use dps_types::{
-    Attestation, AttestationType, EnrollmentLookup, IdScope, SymmetricKey, SymmetricKeyAttestation,
+    Attestation, AttestationType, EnrollmentLookup, IdScope, RegistrationId, SymmetricKey,
+    SymmetricKeyAttestation,
 };
 
 use crate::refusal::{parse_claimed_id, quoted};
@@ -40,23 +41,9 @@ pub fn attest_sas(
     lookup: &dyn EnrollmentLookup,
     now_unix: i64,
 ) -> Result<AttestedDevice, Refusal> {
-    let token = SasToken::parse(password)
-        .map_err(|e| Refusal::new(FailureReason::SasMalformed, e.to_string()))?;
-    let registration_id = parse_claimed_id(claimed_registration_id)?;
-    token
-        .check_expiry(now_unix)
-        .map_err(|e| Refusal::new(FailureReason::SasExpired, e.to_string()))?;
+    let (token, registration_id) =
+        checked_device_token(password, id_scope, claimed_registration_id, now_unix)?;
     let claimed = registration_id.as_str();
-    if !is_device_resource(token.resource_decoded(), id_scope, claimed) {
-        return Err(Refusal::new(
-            FailureReason::SasWrongResource,
-            format!(
-                "the token's sr is {}; this device must sign {}",
-                quoted(token.resource_decoded()),
-                quoted(&format!("{}{REGISTRATIONS}{claimed}", id_scope.as_str()))
-            ),
-        ));
-    }
 
     if let Some(enrollment) = lookup.enrollment(claimed) {
         let Attestation::SymmetricKey(keys) = &enrollment.attestation else {
@@ -150,6 +137,36 @@ pub fn attest_sas(
             quoted(claimed),
         ),
     ))
+}
+
+/// The checks every device token passes before a key is tried, for symmetric keys and TPM
+/// alike: the token parses; the claimed registration id is valid; the token has not expired
+/// at `now_unix` (beyond [`crate::sas::CLOCK_SKEW_SECS`]); its decoded `sr` is
+/// `{id_scope}/registrations/{claimed id}` (any letter case).
+pub(crate) fn checked_device_token(
+    password: &str,
+    id_scope: &IdScope,
+    claimed_registration_id: &str,
+    now_unix: i64,
+) -> Result<(SasToken, RegistrationId), Refusal> {
+    let token = SasToken::parse(password)
+        .map_err(|e| Refusal::new(FailureReason::SasMalformed, e.to_string()))?;
+    let registration_id = parse_claimed_id(claimed_registration_id)?;
+    token
+        .check_expiry(now_unix)
+        .map_err(|e| Refusal::new(FailureReason::SasExpired, e.to_string()))?;
+    let claimed = registration_id.as_str();
+    if !is_device_resource(token.resource_decoded(), id_scope, claimed) {
+        return Err(Refusal::new(
+            FailureReason::SasWrongResource,
+            format!(
+                "the token's sr is {}; this device must sign {}",
+                quoted(token.resource_decoded()),
+                quoted(&format!("{}{REGISTRATIONS}{claimed}", id_scope.as_str()))
+            ),
+        ));
+    }
+    Ok((token, registration_id))
 }
 
 /// Whether `resource` is `{scope}/registrations/{registration_id}`, ignoring ASCII case.
