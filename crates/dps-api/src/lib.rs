@@ -44,8 +44,9 @@ use tower::Layer;
 
 pub use auth::{Rights, SharedAccessPolicy};
 pub use dps_listener::{ListenerCounters, ListenerStats};
-pub use error::ApiError;
-pub use server::{serve, serve_with_counters, HttpLimits};
+pub use error::{error_response, ApiError};
+pub use extract::{decode, json_response, read_json};
+pub use server::{serve, serve_with_counters, HttpLimits, PeerCertificates};
 
 /// Default largest request body: DPS messages are at most 96 KB, and an enrollment with two
 /// PEM certificates is under 10 KB; 256 KiB leaves room without letting a client make the
@@ -180,13 +181,16 @@ pub fn router(state: ApiState) -> Router {
     Router::new().fallback_service(normalized)
 }
 
-async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+/// The 404 of a path no operation matches (a handler for any router's fallback).
+pub async fn route_not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
         path: error::truncated(uri.path()),
     }
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
+/// The 405 of a known path with another method (a handler for any router's
+/// `method_not_allowed_fallback`).
+pub async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }

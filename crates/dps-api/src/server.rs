@@ -1,7 +1,9 @@
 //! The HTTPS listener: TLS handshake and HTTP/1.1 with timeouts at every phase, on the
 //! project's one accept loop (`dps-listener`: connection slots, per-address limits, accept
 //! back-off, drain). Each connection is one task that owns its socket, and a malformed or
-//! slow client only ever ends its own connection.
+//! slow client only ever ends its own connection. Every request carries the peer's address
+//! (`ConnectInfo`) and, when the client presented one in the handshake, its certificate chain
+//! ([`PeerCertificates`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +19,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -76,6 +79,20 @@ impl Default for HttpLimits {
             max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
             drain_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// The certificate chain the client presented in the TLS handshake, leaf first, in every
+/// request's extensions when there was one (the server configuration decides whether client
+/// certificates are asked for; the device listeners' `PossessionVerifier` has checked that the
+/// client holds the leaf's key). Shared by all requests of the connection.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(Arc<[CertificateDer<'static>]>);
+
+impl PeerCertificates {
+    /// The chain as DER, leaf first.
+    pub fn chain(&self) -> Vec<&[u8]> {
+        self.0.iter().map(AsRef::as_ref).collect()
     }
 }
 
@@ -195,10 +212,20 @@ impl Connection {
             },
             () = draining.wait() => return,
         };
+        let certificates = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect()));
         let app = self.app;
         let limits = self.limits;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             slot.authenticated();
+            let peer = Peer {
+                address: peer,
+                certificates: certificates.clone(),
+            };
             handle(app.clone(), limits, peer, request)
         });
         let connection = self.http.serve_connection(TokioIo::new(tls), service);
@@ -221,12 +248,19 @@ impl Connection {
     }
 }
 
+/// Who sent a request: the connection's address and client certificates.
+struct Peer {
+    address: SocketAddr,
+    certificates: Option<PeerCertificates>,
+}
+
 /// One request: the body bounded in size and in pace, the whole exchange in time.
-/// The peer's address goes into the request's extensions as axum's `ConnectInfo`.
+/// The peer's address goes into the request's extensions as axum's `ConnectInfo`, its
+/// certificate chain (if any) as [`PeerCertificates`].
 async fn handle(
     app: Router,
     limits: HttpLimits,
-    peer: SocketAddr,
+    peer: Peer,
     request: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let mut request = request.map(|body| {
@@ -235,7 +269,10 @@ async fn handle(
             limits.max_body_bytes,
         ))
     });
-    request.extensions_mut().insert(ConnectInfo(peer));
+    request.extensions_mut().insert(ConnectInfo(peer.address));
+    if let Some(certificates) = peer.certificates {
+        request.extensions_mut().insert(certificates);
+    }
     Ok(
         match tokio::time::timeout(limits.request_timeout, app.oneshot(request)).await {
             Ok(Ok(response)) => response,

@@ -160,9 +160,7 @@ impl Registrar {
         transport: Transport,
     ) -> OperationStatus {
         let key = device.registration_id().key();
-        let (status, restart) = self
-            .operations()
-            .poll(operation_id, &key, Instant::now());
+        let (status, restart) = self.operations().poll(operation_id, &key, Instant::now());
         if let Some(Restart { payload }) = restart {
             let id = OperationId(operation_id.to_owned());
             self.run_operation(id, Arc::clone(device), transport, payload);
@@ -344,11 +342,7 @@ impl Table {
     /// the poll ends a deferral.
     fn poll(&mut self, id: &str, device: &str, now: Instant) -> (OperationStatus, Option<Restart>) {
         self.expire(now);
-        let Some(op) = self
-            .operations
-            .get_mut(id)
-            .filter(|op| op.device == device)
-        else {
+        let Some(op) = self.operations.get_mut(id).filter(|op| op.device == device) else {
             return (OperationStatus::NotFound, None);
         };
         match &mut op.state {
@@ -510,7 +504,10 @@ mod tests {
         let now = Instant::now();
         let id = table.start("dev".into(), None, now).unwrap();
         table.finish(&id, Outcome::Failed);
-        assert_eq!(table.poll(id.as_str(), "dev", now).0, OperationStatus::Failed);
+        assert_eq!(
+            table.poll(id.as_str(), "dev", now).0,
+            OperationStatus::Failed
+        );
         assert_eq!(
             table.poll(id.as_str(), "dev", now).0,
             OperationStatus::NotFound
@@ -575,7 +572,9 @@ mod tests {
         let per_payload = serialized_len(&big);
         let fit = MAX_HELD_PAYLOAD_BYTES / per_payload;
         for n in 0..fit {
-            table.start(format!("dev-{n}"), Some(big.clone()), now).unwrap();
+            table
+                .start(format!("dev-{n}"), Some(big.clone()), now)
+                .unwrap();
         }
         assert_eq!(
             table.start("one-more".into(), Some(big.clone()), now),
