@@ -12,7 +12,11 @@
 //! `dps_attest::prepare_*` with the service's [`EnrollmentRules`]).
 //! [`serve`] runs any such router on the `dps-listener` accept loop: connection limits (in
 //! total, per source address, unauthenticated per source address), a TLS handshake
-//! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`].
+//! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`];
+//! every request carries the client's TLS certificate chain, if it sent one
+//! ([`PeerCertificates`], for the device API that shares the listener). [`read_json`],
+//! [`decode`], [`json_response`], [`error_response`], [`route_not_found`] and
+//! [`method_not_allowed`] let other routers on the listener answer as DPS does.
 //!
 //! What it must never do: create or change a registration (devices register through the
 //! registrar; this API only reads and deletes registration records); log a token, a

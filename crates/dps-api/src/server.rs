@@ -5,10 +5,11 @@
 //! (`ConnectInfo`) and, when the client presented one in the handshake, its certificate chain
 //! ([`PeerCertificates`]).
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -85,14 +86,42 @@ impl Default for HttpLimits {
 /// The certificate chain the client presented in the TLS handshake, leaf first, in every
 /// request's extensions when there was one (the server configuration decides whether client
 /// certificates are asked for; the device listeners' `PossessionVerifier` has checked that the
-/// client holds the leaf's key). Shared by all requests of the connection.
+/// client holds the leaf's key). Shared by all requests of the connection, with one value a
+/// router derived from the chain and keeps for the connection's later requests
+/// ([`PeerCertificates::remember`]).
 #[derive(Debug, Clone)]
-pub struct PeerCertificates(Arc<[CertificateDer<'static>]>);
+pub struct PeerCertificates {
+    chain: Arc<[CertificateDer<'static>]>,
+    memo: Arc<Mutex<Option<Memo>>>,
+}
+
+/// What [`PeerCertificates::remember`] keeps.
+type Memo = Arc<dyn Any + Send + Sync>;
 
 impl PeerCertificates {
+    fn new(chain: &[CertificateDer<'_>]) -> Self {
+        Self {
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            memo: Arc::default(),
+        }
+    }
+
     /// The chain as DER, leaf first.
     pub fn chain(&self) -> Vec<&[u8]> {
-        self.0.iter().map(AsRef::as_ref).collect()
+        self.chain.iter().map(AsRef::as_ref).collect()
+    }
+
+    /// Keeps `value` for the later requests of this connection (replacing what was kept): what
+    /// a router learnt from the chain (the device API: the device it attested), so it need not
+    /// learn it again. It lives as long as the connection.
+    pub fn remember<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        *self.memo.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+    }
+
+    /// What [`PeerCertificates::remember`] kept, if it is a `T`.
+    pub fn recall<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.clone().and_then(|m| m.downcast::<T>().ok())
     }
 }
 
@@ -217,7 +246,7 @@ impl Connection {
             .1
             .peer_certificates()
             .filter(|chain| !chain.is_empty())
-            .map(|chain| PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect()));
+            .map(PeerCertificates::new);
         let app = self.app;
         let limits = self.limits;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -280,4 +309,24 @@ async fn handle(
             Err(_) => ApiError::RequestTimeout.into_response(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_remembers_one_value_of_the_type_asked_for() {
+        let certificates = PeerCertificates::new(&[CertificateDer::from(vec![0x30, 0x00])]);
+        assert_eq!(certificates.chain(), [&[0x30, 0x00][..]]);
+        assert!(certificates.recall::<String>().is_none());
+        // Clones are the same connection's.
+        let later = certificates.clone();
+        certificates.remember(Arc::new("device-1".to_owned()));
+        assert_eq!(later.recall::<String>().as_deref().map(String::as_str), Some("device-1"));
+        assert!(later.recall::<u32>().is_none(), "another type is not there");
+        later.remember(Arc::new(7u32));
+        assert!(certificates.recall::<String>().is_none(), "replaced");
+        assert_eq!(certificates.recall::<u32>().as_deref(), Some(&7));
+    }
 }

@@ -59,7 +59,7 @@ pub(crate) async fn operation_status(
         None,
     )?;
     let registrar = &api.registrar;
-    let device = proof.attest(registrar, &registration_id)?;
+    let device = proof.attest_poll(registrar, &registration_id)?;
     match registrar.poll_operation(&device, &operation_id, Transport::Https) {
         OperationStatus::Assigning => accepted(
             operation_id,

@@ -5,6 +5,11 @@
 //! TPM device after its challenge); without one, a register body with `tpm` starts TPM
 //! attestation; otherwise the TLS client certificate chain is the credential (X.509), and no
 //! chain is refused as `no_client_certificate`.
+//!
+//! A register always attests afresh. A poll on the connection that registered an X.509
+//! device, for that device, reuses that attestation ([`Proof::attest_poll`]): the chain of a
+//! TLS connection cannot change, a poll only reads the operation's result, and verifying the
+//! chain again would double the CPU an X.509 device costs over HTTPS.
 
 use std::sync::Arc;
 
@@ -53,8 +58,39 @@ impl<'a> Proof<'a> {
     }
 
     /// Attests the device that claims `registration_id` (as the path spells it). A refusal
-    /// is recorded with its precise reason (transport `https`) and answered `401`.
+    /// is recorded with its precise reason (transport `https`) and answered `401`. An X.509
+    /// device's attestation is kept for its connection's polls.
     pub(crate) fn attest(
+        &self,
+        registrar: &Registrar,
+        registration_id: &str,
+    ) -> Result<Arc<AttestedDevice>, DeviceError> {
+        let device = self.attest_now(registrar, registration_id)?;
+        if let Proof::X509(Some(certificates)) = self {
+            certificates.remember(Arc::clone(&device));
+        }
+        Ok(device)
+    }
+
+    /// [`Proof::attest`] for a poll: the X.509 device this connection attested, if the poll
+    /// is for it, else attests now.
+    pub(crate) fn attest_poll(
+        &self,
+        registrar: &Registrar,
+        registration_id: &str,
+    ) -> Result<Arc<AttestedDevice>, DeviceError> {
+        if let Proof::X509(Some(certificates)) = self {
+            let attested = certificates
+                .recall::<AttestedDevice>()
+                .filter(|d| d.registration_id().as_str().eq_ignore_ascii_case(registration_id));
+            if let Some(device) = attested {
+                return Ok(device);
+            }
+        }
+        self.attest_now(registrar, registration_id)
+    }
+
+    fn attest_now(
         &self,
         registrar: &Registrar,
         registration_id: &str,

@@ -129,6 +129,42 @@ async fn x509_group_device_registers_through_an_intermediate() {
 }
 
 #[tokio::test]
+async fn polls_on_the_registering_connection_reuse_its_attestation_others_attest_again() {
+    let server = Server::start().await;
+    let group = common::unique("x509-gone");
+    server
+        .enroll_group(json!({"enrollmentGroupId": group,
+            "attestation": {"type": "x509",
+                "x509": {"signingCertificates": {"primary": {"certificate": server.pki.root_pem()}}}}}))
+        .await;
+    let id = common::unique("x509-poller");
+    let cert = server.pki.device(&id);
+    let device = server.device(&id, Credential::Certificate(&cert));
+    let (operation, done) = device.register_until_done().await;
+    assert_assigned(&done, &id, &id);
+
+    // The group goes away: the connection that registered still reads its result, a new
+    // connection with the same certificate is no longer trusted.
+    server
+        .registrar
+        .delete_group(
+            &dps_types::EnrollmentGroupId::parse(&group).unwrap(),
+            &dps_store::Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let again = device.poll(&operation).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body, done);
+    let fresh = server
+        .device(&id, Credential::Certificate(&cert))
+        .poll(&operation)
+        .await;
+    assert_eq!(fresh.status, 401, "{fresh:?}");
+    assert_eq!(server.attempts(&id), [("https".to_owned(), "unknown_ca")]);
+}
+
+#[tokio::test]
 async fn a_wrong_key_is_401_and_its_reason_is_recorded() {
     let server = Server::start().await;
     let id = common::unique("wrong-key");
