@@ -323,7 +323,10 @@ mod tests {
         // Clones are the same connection's.
         let later = certificates.clone();
         certificates.remember(Arc::new("device-1".to_owned()));
-        assert_eq!(later.recall::<String>().as_deref().map(String::as_str), Some("device-1"));
+        assert_eq!(
+            later.recall::<String>().as_deref().map(String::as_str),
+            Some("device-1")
+        );
         assert!(later.recall::<u32>().is_none(), "another type is not there");
         later.remember(Arc::new(7u32));
         assert!(certificates.recall::<String>().is_none(), "replaced");

@@ -80,9 +80,11 @@ impl<'a> Proof<'a> {
         registration_id: &str,
     ) -> Result<Arc<AttestedDevice>, DeviceError> {
         if let Proof::X509(Some(certificates)) = self {
-            let attested = certificates
-                .recall::<AttestedDevice>()
-                .filter(|d| d.registration_id().as_str().eq_ignore_ascii_case(registration_id));
+            let attested = certificates.recall::<AttestedDevice>().filter(|d| {
+                d.registration_id()
+                    .as_str()
+                    .eq_ignore_ascii_case(registration_id)
+            });
             if let Some(device) = attested {
                 return Ok(device);
             }

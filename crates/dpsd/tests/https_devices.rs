@@ -83,7 +83,9 @@ async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_htt
     for _ in 0..100 {
         let answer = service
             .http
-            .get(format!("{device}/operations/{operation}?api-version=2019-03-31"))
+            .get(format!(
+                "{device}/operations/{operation}?api-version=2019-03-31"
+            ))
             .header("authorization", device_token(&scope, id, &key))
             .send()
             .await
@@ -110,7 +112,10 @@ async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_htt
         .await
         .unwrap();
     assert_eq!(record["status"], "assigned");
-    assert_eq!(record["assignedHub"], done["registrationState"]["assignedHub"]);
+    assert_eq!(
+        record["assignedHub"],
+        done["registrationState"]["assignedHub"]
+    );
     let refused = service
         .http
         .put(format!("{device}/register?api-version=2019-03-31"))
@@ -124,7 +129,10 @@ async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_htt
         .unwrap();
     assert_eq!(refused.status(), 401);
     let attempts: Value = service
-        .request(reqwest::Method::GET, &format!("/registrations/{id}/attempts"))
+        .request(
+            reqwest::Method::GET,
+            &format!("/registrations/{id}/attempts"),
+        )
         .send()
         .await
         .unwrap()
@@ -157,7 +165,10 @@ async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_htt
     ];
     assert_eq!(sample("dps_registrations_total", &assigned), Some(1.0));
     assert_eq!(
-        sample("dps_registration_duration_seconds_count", &["transport=\"https\""]),
+        sample(
+            "dps_registration_duration_seconds_count",
+            &["transport=\"https\""]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -197,7 +208,10 @@ async fn with_the_device_api_off_the_listener_serves_the_service_api_only() {
     assert_eq!(answer.status(), 404);
     let body: Value = answer.json().await.unwrap();
     assert!(
-        body["message"].as_str().unwrap().contains("no operation matches"),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no operation matches"),
         "{body}"
     );
     running.shutdown().await.unwrap();

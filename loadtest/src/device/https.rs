@@ -41,8 +41,7 @@ pub(super) fn open(stream: Stream, device: &Identity<'_>, port: u16) -> Client {
         path: format!("/{}", device.resource),
         host: format!("{}:{port}", super::SERVER_NAME),
         authorization: device.sas_token(),
-        register_body: serde_json::json!({ "registrationId": device.registration_id })
-            .to_string(),
+        register_body: serde_json::json!({ "registrationId": device.registration_id }).to_string(),
     }
 }
 

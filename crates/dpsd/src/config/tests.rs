@@ -76,7 +76,12 @@ fn an_id_scope_the_service_api_uses_is_refused_while_devices_use_https() {
         let c = parse(&text, &[], &Flags::default()).unwrap();
         assert!(!c.api.device_api);
     }
-    let c = parse("[service]\nid_scope = \"0ne00000A1B\"", &[], &Flags::default()).unwrap();
+    let c = parse(
+        "[service]\nid_scope = \"0ne00000A1B\"",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
     assert_eq!(c.service.id_scope.unwrap().as_str(), "0ne00000A1B");
 }
 
