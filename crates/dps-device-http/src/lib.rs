@@ -20,7 +20,7 @@
 //! precise reason goes to the registrar's diagnostics (transport `https`). Errors are DPS
 //! error bodies with `x-ms-error-code`; a busy registrar is `429` with `Retry-After`. Bodies
 //! are bounded by [`MAX_BODY_BYTES`]. A register without `Authorization` whose body carries
-//! `tpm` is the first step of TPM attestation ([`proof`]), which this service does not offer
+//! `tpm` is the first step of TPM attestation (`proof.rs`), which this service does not offer
 //! yet (`400`).
 //!
 //! [`mount`] puts the device API in front of another router (the service API): a request goes

@@ -8,13 +8,16 @@
 //! allocation and write happen under its registration id's lock, and the write is conditional
 //! on the record read, so concurrent registrations of one device run as if one after another. Failed attempts, including attestation refusals
 //! that frontends report with [`Registrar::record_refusal`], are kept with their precise
-//! reasons in [`Diagnostics`].
+//! reasons in [`Diagnostics`]. [`Registrar::start_operation`] and
+//! [`Registrar::poll_operation`] run registrations as operations of a bounded, expiring table
+//! that any connection of the device that started one can poll (the HTTPS device API).
 //!
 //! What it must never do: parse protocol bytes (frontends do), or read enrollments anywhere
 //! but the store's cache.
 //!
 //! Main types: [`Registrar`], [`RegistrarConfig`], [`LinkedHub`], [`Diagnostics`],
-//! [`RegistrarObserver`] (what the metrics learn of each registration), [`RegistrarError`].
+//! [`RegistrarObserver`] (what the metrics learn of each registration), [`OperationId`] and
+//! [`OperationStatus`], [`RegistrarError`].
 
 mod allocation;
 mod diagnostics;
