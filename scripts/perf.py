@@ -5,6 +5,7 @@ being compared (so drift of this shared machine hits both alike), and prints the
 
     scripts/perf.py feed        # X.509 registrations/s, assignment feed on vs off (>= 0.9x)
     scripts/perf.py amqp        # AMQP vs MQTT registrations/s, SAS and X.509 (>= 0.8x)
+    scripts/perf.py https       # HTTPS device API vs MQTT registrations/s, SAS and X.509 (>= 0.8x)
     scripts/perf.py scrape      # X.509 registrations/s scraped every second vs not (>= 0.98x)
     scripts/perf.py baselines   # X.509 vs bare mutual TLS, SAS vs bare TLS, vs Mosquitto
     scripts/perf.py hold        # memory per connected device, 10,000 held (<= 10 KiB)
@@ -186,15 +187,24 @@ def feed(args):
             [("feed off", run("")), ("feed on", run(on))], args.rounds, ">= 0.9x")
 
 
-def amqp(args):
+def versus_mqtt(args, transport):
+    """`transport`'s registrations/s against MQTT's on one dpsd, SAS then X.509."""
     with Dpsd() as d:
         for attestation in ["sas", "x509"]:
-            compare(f"{attestation} registrations, AMQP vs MQTT", [
+            compare(f"{attestation} registrations, {transport.upper()} vs MQTT", [
                 (f"mqtt-{attestation}", lambda a=attestation: d.loadtest(
                     *x509_args(args), "--transport", "mqtt", "--attestation", a)),
-                (f"amqp-{attestation}", lambda a=attestation: d.loadtest(
-                    *x509_args(args), "--transport", "amqp", "--attestation", a)),
+                (f"{transport}-{attestation}", lambda a=attestation: d.loadtest(
+                    *x509_args(args), "--transport", transport, "--attestation", a)),
             ], args.rounds, ">= 0.8x")
+
+
+def amqp(args):
+    versus_mqtt(args, "amqp")
+
+
+def https(args):
+    versus_mqtt(args, "https")
 
 
 def scrape(args):
@@ -242,8 +252,8 @@ def open_loop(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("target", choices=["feed", "amqp", "scrape", "baselines", "hold",
-                                           "open-loop"])
+    parser.add_argument("target", choices=["feed", "amqp", "https", "scrape", "baselines",
+                                           "hold", "open-loop"])
     parser.add_argument("--devices", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
@@ -251,8 +261,8 @@ def main():
     for binary in (DPSD, LOADTEST):
         if not os.access(binary, os.X_OK):
             raise SystemExit(f"{binary} missing: cargo build --release -p dpsd -p dps-loadtest")
-    {"feed": feed, "amqp": amqp, "scrape": scrape, "baselines": baselines, "hold": hold,
-     "open-loop": open_loop}[args.target](args)
+    {"feed": feed, "amqp": amqp, "https": https, "scrape": scrape, "baselines": baselines,
+     "hold": hold, "open-loop": open_loop}[args.target](args)
 
 
 if __name__ == "__main__":

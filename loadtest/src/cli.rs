@@ -13,8 +13,9 @@ use crate::{ApiEndpoint, CaSource, Config, Kind, LoadError, Loopback, Mix, Rate}
 const DEFAULT_LIMIT: Duration = Duration::from_secs(120);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(60);
 
-/// Drives simulated devices through DPS registration (MQTT or AMQP, symmetric key or X.509)
-/// against a dpsd on this machine, then reports throughput and latency.
+/// Drives simulated devices through DPS registration (MQTT, AMQP or the HTTPS device API,
+/// symmetric key or X.509) against a dpsd on this machine, then reports throughput and
+/// latency.
 ///
 /// Closed loop (default): --concurrency devices at once. Open loop (--rate): devices arrive
 /// at a target rate and latency counts from each one's scheduled start. Either ends after
@@ -35,7 +36,8 @@ pub struct Args {
     /// dpsd's data directory (service-connection-string, id-scope, pki/ca.pem).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// The service API (enrollment group setup and cleanup).
+    /// The service API (enrollment group setup and cleanup), and the device API of HTTPS
+    /// devices.
     #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:8443")]
     pub api: String,
     /// The MQTT device listener.
@@ -45,7 +47,7 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5671")]
     pub amqp: String,
     /// How every device talks to dpsd (see --mix for several).
-    #[arg(long, value_name = "PROTOCOL", value_parser = ["mqtt", "amqp"], default_value = "mqtt", conflicts_with = "mix")]
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["mqtt", "amqp", "https"], default_value = "mqtt", conflicts_with = "mix")]
     pub transport: String,
     /// How every device attests: `sas` (a key derived from a symmetric-key group),
     /// `sas-individual` (its own individual enrollment, created in bulk before the run) or
@@ -53,7 +55,8 @@ pub struct Args {
     #[arg(long, value_name = "KIND", value_parser = ["sas", "sas-individual", "x509"], default_value = "sas", conflicts_with = "mix")]
     pub attestation: String,
     /// Device kinds with weights, e.g. `mqtt-x509:3,amqp-sas:1` (kinds: mqtt-sas,
-    /// mqtt-sas-individual, mqtt-x509 and the same with amqp); device n's kind follows from n.
+    /// mqtt-sas-individual, mqtt-x509 and the same with amqp and https); device n's kind
+    /// follows from n.
     #[arg(long, value_name = "KIND:WEIGHT,...")]
     pub mix: Option<String>,
     /// PEM certificates of the CA that signs the X.509 devices' leaves: the issuer first, the

@@ -1,13 +1,14 @@
 //! One simulated device of any [`Kind`]: TCP connect, TLS (with its own client certificate
-//! for X.509), the transport's open (MQTT CONNECT + SUBSCRIBE, or AMQP open + two links),
-//! register, poll until the answer is final, close; every step under a timeout.
+//! for X.509), the transport's open (MQTT CONNECT + SUBSCRIBE, or AMQP open + two links; none
+//! over HTTPS), register, poll until the answer is final, close; every step under a timeout.
 //!
-//! The transports live in [`mqtt`] and [`amqp`]; what they share is here: the context, the
+//! The transports live in [`mqtt`], [`amqp`] and [`https`]; what they share is here: the context, the
 //! failures, and the register-and-poll loop over one [`Exchange`]. The decisions (what to do
 //! with an answer) are plain functions ([`decide`]) tested without sockets; the rest only
 //! moves bytes and keeps time.
 
 mod amqp;
+mod https;
 mod mqtt;
 
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct DeviceContext {
     pub mqtt: Loopback,
     /// The AMQP listener.
     pub amqp: Loopback,
+    /// The HTTPS listener (the service API's, which serves the device API too).
+    pub https: Loopback,
     /// TLS trusting only dpsd's CA.
     pub tls: TlsClients,
     /// The ID scope.
@@ -367,6 +370,7 @@ async fn run_kind(
     let target = match kind.transport {
         Transport::Mqtt => ctx.mqtt,
         Transport::Amqp => ctx.amqp,
+        Transport::Https => ctx.https,
     };
     let limit = ctx.step_timeout;
     let tcp = tokio::time::timeout(limit, TcpStream::connect(target.addr()))
@@ -402,14 +406,18 @@ async fn run_kind(
             let mut conn = amqp::open(stream, &device, limit).await?;
             register(ctx, &mut conn, start, tls).await
         }
+        Transport::Https => {
+            let mut client = https::open(stream, &device, target.addr().port());
+            register(ctx, &mut client, start, tls).await
+        }
     }
 }
 
 /// Who a device says it is.
 struct Identity<'a> {
     registration_id: &'a str,
-    /// `{idScope}/registrations/{registrationId}`: the SAS resource, MQTT username stem and
-    /// AMQP link address.
+    /// `{idScope}/registrations/{registrationId}`: the SAS resource, MQTT username stem, AMQP
+    /// link address and HTTPS path.
     resource: String,
     /// The key a SAS device signs with; `None` for X.509.
     key: Option<SymmetricKey>,

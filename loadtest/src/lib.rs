@@ -447,6 +447,7 @@ pub async fn run_observed(
     let context = Arc::new(device::DeviceContext {
         mqtt: config.mqtt,
         amqp: config.amqp,
+        https: config.api.addr(),
         tls,
         id_scope: credentials.id_scope.clone(),
         id_prefix: config.id_prefix(),

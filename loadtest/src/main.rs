@@ -86,6 +86,9 @@ async fn run(
         if config.mix.uses_transport(Transport::Amqp) {
             targets.push(format!("amqps://{}", config.amqp));
         }
+        if config.mix.uses_transport(Transport::Https) {
+            targets.push(format!("{} (device API)", config.api.base()));
+        }
         let mut line = format!(
             "dps-loadtest: {end} ({}), {schedule}{ramp}, against {} and {} (limit {:?})",
             config.mix,

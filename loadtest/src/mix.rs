@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-/// Largest weight of one kind in a mix: proportions, not counts (the total, at most six
+/// Largest weight of one kind in a mix: proportions, not counts (the total, at most nine
 /// times this, indexes devices as a `u32`).
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -18,6 +18,8 @@ pub enum Transport {
     Mqtt,
     /// AMQP 1.0 over TLS (a sender and a receiver link on the device's address).
     Amqp,
+    /// The DPS device REST API over HTTPS (one TLS connection kept alive).
+    Https,
 }
 
 /// How a device proves who it is.
@@ -43,13 +45,16 @@ pub struct Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::new(Transport::Mqtt, Attestation::Sas),
         Kind::new(Transport::Mqtt, Attestation::SasIndividual),
         Kind::new(Transport::Mqtt, Attestation::X509),
         Kind::new(Transport::Amqp, Attestation::Sas),
         Kind::new(Transport::Amqp, Attestation::SasIndividual),
         Kind::new(Transport::Amqp, Attestation::X509),
+        Kind::new(Transport::Https, Attestation::Sas),
+        Kind::new(Transport::Https, Attestation::SasIndividual),
+        Kind::new(Transport::Https, Attestation::X509),
     ];
 
     /// The kind for `transport` and `attestation`.
@@ -60,8 +65,8 @@ impl Kind {
         }
     }
 
-    /// `mqtt-sas`, `mqtt-sas-individual`, `mqtt-x509`, `amqp-sas`, `amqp-sas-individual` or
-    /// `amqp-x509`: bounded, fit for a report key.
+    /// `mqtt-sas`, `mqtt-sas-individual`, `mqtt-x509`, the same with `amqp` and `https`:
+    /// bounded, fit for a report key.
     pub fn label(self) -> &'static str {
         match (self.transport, self.attestation) {
             (Transport::Mqtt, Attestation::Sas) => "mqtt-sas",
@@ -70,6 +75,9 @@ impl Kind {
             (Transport::Amqp, Attestation::Sas) => "amqp-sas",
             (Transport::Amqp, Attestation::SasIndividual) => "amqp-sas-individual",
             (Transport::Amqp, Attestation::X509) => "amqp-x509",
+            (Transport::Https, Attestation::Sas) => "https-sas",
+            (Transport::Https, Attestation::SasIndividual) => "https-sas-individual",
+            (Transport::Https, Attestation::X509) => "https-x509",
         }
     }
 
@@ -89,7 +97,8 @@ impl fmt::Display for Kind {
 }
 
 const KINDS_HELP: &str = "kinds are mqtt-sas, mqtt-sas-individual, mqtt-x509, amqp-sas, \
-                          amqp-sas-individual and amqp-x509";
+                          amqp-sas-individual, amqp-x509, https-sas, https-sas-individual and \
+                          https-x509";
 
 /// Why a `--mix` was refused; the text says what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,7 +159,7 @@ impl Mix {
     /// devices hold each kind exactly its weight times.
     pub fn kind(&self, n: usize) -> Kind {
         let total = self.entries.last().map_or(1, |(_, end)| *end);
-        // `total` is at most 6 * MAX_WEIGHT, so the remainder fits a u32.
+        // `total` is at most 9 * MAX_WEIGHT, so the remainder fits a u32.
         let slot = (n % total as usize) as u32;
         self.entries
             .iter()
@@ -236,6 +245,7 @@ mod tests {
             ("", "empty entry"),
             ("mqtt-sas:1,", "empty entry"),
             ("http-sas:1", "kinds are mqtt-sas"),
+            ("https-tpm:1", "https-x509"),
             ("mqtt-x509:0", "from 1 to 1000"),
             ("mqtt-x509:1001", "from 1 to 1000"),
             ("mqtt-x509:-1", "from 1 to 1000"),

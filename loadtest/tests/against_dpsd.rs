@@ -1,5 +1,5 @@
 //! The load tool against an in-process dpsd on loopback port 0 with one linked hub: every
-//! kind of device (MQTT and AMQP, symmetric key and X.509) and a mix of them.
+//! kind of device (MQTT, AMQP and HTTPS, symmetric key and X.509) and a mix of them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -204,6 +204,19 @@ async fn symmetric_key_devices_over_amqp_are_assigned() {
     let mut config = config_for(&running);
     config.mix = Mix::parse("amqp-sas").unwrap();
     config.devices = 40;
+    config.concurrency = 8;
+    assert_all_assigned_and_cleaned(&running, &config).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_over_the_https_device_api_are_assigned_with_keys_and_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_dpsd(dir.path()).await;
+    let mut config = config_for(&running);
+    config.mix = Mix::parse("https-sas:1,https-x509:1,https-sas-individual:1").unwrap();
+    config.x509_ca = CaSource::Generated { intermediate: true };
+    config.devices = 60;
     config.concurrency = 8;
     assert_all_assigned_and_cleaned(&running, &config).await;
     running.shutdown().await.unwrap();

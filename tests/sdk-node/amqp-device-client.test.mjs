@@ -9,6 +9,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  assertAssigned,
+  assertRecorded,
   amqpSymmetricKeyDevice,
   amqpX509Device,
   attempts,
@@ -17,7 +19,6 @@ import {
   deriveDeviceKey,
   describeError,
   deviceCertViaIntermediate,
-  dps,
   enroll,
   register,
   REFUSAL_TIMEOUT_MS,
@@ -29,36 +30,12 @@ import {
 
 const client = serviceClient();
 
-/** register() succeeded as the SDK reports it; returns the registration state. */
-function assertAssigned(outcome, { registrationId, deviceId }) {
-  assert.equal(outcome.error, null, `register() failed after ${outcome.ms} ms: ${describeError(outcome.error)}`);
-  const state = outcome.state;
-  assert.ok(state, 'register() resolved without a registration state');
-  assert.equal(state.status, 'assigned', JSON.stringify(state));
-  assert.equal(state.registrationId, registrationId, JSON.stringify(state));
-  assert.equal(state.deviceId, deviceId, JSON.stringify(state));
-  assert.ok(dps.linkedHubs.includes(state.assignedHub), `assigned to ${state.assignedHub}, not a linked hub`);
-  return state;
-}
-
 /** The SDK reported dpsd's refusal: the AMQP transport passes rhea's error through, whose
  * condition is the one dpsd closed the connection with. */
 function assertUnauthorized(outcome) {
   assert.ok(outcome.error, `register() should have failed but returned ${JSON.stringify(outcome.state)}`);
   assert.equal(outcome.error.condition, 'amqp:unauthorized-access', describeError(outcome.error));
   assert.ok(outcome.ms < REFUSAL_TIMEOUT_MS, `refused only after ${outcome.ms} ms`);
-}
-
-/** dpsd's registration record agrees with what the device was told, and says AMQP. */
-async function assertRecorded(registrationId, state) {
-  const { responseBody: record } = await call(
-    client.getDeviceRegistrationState(registrationId),
-    'getDeviceRegistrationState',
-  );
-  assert.equal(record.registrationId, registrationId);
-  assert.equal(record.status, 'assigned');
-  assert.equal(record.assignedHub, state.assignedHub);
-  assert.equal(record.deviceId, state.deviceId);
 }
 
 test('AMQP, symmetric key, individual enrollment: assigned to a linked hub with its device id', async () => {
@@ -68,7 +45,7 @@ test('AMQP, symmetric key, individual enrollment: assigned to a linked hub with 
   await enroll(client, symmetricKeyEnrollment(registrationId, key, b64Key(), { deviceId }));
 
   const state = assertAssigned(await register(amqpSymmetricKeyDevice(registrationId, key)), { registrationId, deviceId });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('AMQP, symmetric key, enrollment group: a device with the derived key is assigned', async () => {
@@ -87,7 +64,7 @@ test('AMQP, symmetric key, enrollment group: a device with the derived key is as
     registrationId,
     deviceId: registrationId,
   });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('AMQP, X.509, individual enrollment: a self-signed device certificate is assigned', async () => {
@@ -102,7 +79,7 @@ test('AMQP, X.509, individual enrollment: a self-signed device certificate is as
     registrationId,
     deviceId: registrationId,
   });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('AMQP, X.509, enrollment group: a device whose chain runs through an intermediate is assigned', async () => {
@@ -120,7 +97,7 @@ test('AMQP, X.509, enrollment group: a device whose chain runs through an interm
     registrationId,
     deviceId: registrationId,
   });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('AMQP, a wrong key is refused as unauthorized, the reason is in the attempts, and the right key still works', async () => {

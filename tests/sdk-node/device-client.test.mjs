@@ -9,11 +9,12 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  assertAssigned,
+  assertRecorded,
   b64Key,
   call,
   deriveDeviceKey,
   describeError,
-  dps,
   enroll,
   register,
   REFUSAL_TIMEOUT_MS,
@@ -27,30 +28,6 @@ import {
 
 const client = serviceClient();
 
-/** register() succeeded as the SDK reports it; returns the registration state. */
-function assertAssigned(outcome, { registrationId, deviceId }) {
-  assert.equal(outcome.error, null, `register() failed after ${outcome.ms} ms: ${describeError(outcome.error)}`);
-  const state = outcome.state;
-  assert.ok(state, 'register() resolved without a registration state');
-  assert.equal(state.status, 'assigned', JSON.stringify(state));
-  assert.equal(state.registrationId, registrationId, JSON.stringify(state));
-  assert.equal(state.deviceId, deviceId, JSON.stringify(state));
-  assert.ok(dps.linkedHubs.includes(state.assignedHub), `assigned to ${state.assignedHub}, not a linked hub`);
-  return state;
-}
-
-/** The registration record dpsd keeps agrees with what the device was told. */
-async function assertRecorded(registrationId, state) {
-  const { responseBody: record } = await call(
-    client.getDeviceRegistrationState(registrationId),
-    'getDeviceRegistrationState',
-  );
-  assert.equal(record.registrationId, registrationId);
-  assert.equal(record.status, 'assigned');
-  assert.equal(record.assignedHub, state.assignedHub);
-  assert.equal(record.deviceId, state.deviceId);
-}
-
 test('symmetric key, individual enrollment: assigned to a linked hub with its device id', async () => {
   const registrationId = uid('node-dev-sym');
   const deviceId = `${registrationId}-device`;
@@ -58,7 +35,7 @@ test('symmetric key, individual enrollment: assigned to a linked hub with its de
   await enroll(client, symmetricKeyEnrollment(registrationId, key, b64Key(), { deviceId }));
 
   const state = assertAssigned(await register(symmetricKeyDevice(registrationId, key)), { registrationId, deviceId });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('symmetric key, individual enrollment: the secondary key works too', async () => {
@@ -89,7 +66,7 @@ test('symmetric key, enrollment group: a device with the derived key is assigned
     registrationId,
     deviceId: registrationId,
   });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('X.509, individual enrollment: a self-signed device certificate is assigned', async () => {
@@ -104,7 +81,7 @@ test('X.509, individual enrollment: a self-signed device certificate is assigned
     registrationId,
     deviceId: registrationId,
   });
-  await assertRecorded(registrationId, state);
+  await assertRecorded(client, registrationId, state);
 });
 
 test('a wrong key is refused promptly, and dpsd then still serves the right one', async () => {

@@ -126,8 +126,10 @@ start_dpsd() {
   dpsd_pid=$!
 
   local deadline=$((SECONDS + startup_timeout_s))
-  # The banner prints the service API line, then the MQTT, AMQP and ID scope lines.
+  # The banner prints the service API and device HTTPS lines, then the MQTT, AMQP and ID
+  # scope lines.
   until grep -q '^  service API     https://' "$tmp/dpsd.stdout" &&
+    grep -q '^  device HTTPS    https://' "$tmp/dpsd.stdout" &&
     grep -q '^  device MQTT     mqtts://' "$tmp/dpsd.stdout" &&
     grep -q '^  device AMQP     amqps://' "$tmp/dpsd.stdout" &&
     grep -q '^  ID scope        ' "$tmp/dpsd.stdout"; do
@@ -181,6 +183,7 @@ export DPS_TEST_CONNECTION_STRING="$(tr -d '\r\n' <"$data_dir/service-connection
 export DPS_TEST_ID_SCOPE="$id_scope"
 export DPS_TEST_MQTT_HOST="localhost:$mqtt_port"
 export DPS_TEST_AMQP_HOST="localhost:$amqp_port"
+export DPS_TEST_HTTPS_HOST="$host_name"
 export DPS_TEST_LINKED_HUBS="$linked_hubs"
 export DPS_TEST_DATA_DIR="$data_dir"
 export NODE_EXTRA_CA_CERTS="$ca_file"

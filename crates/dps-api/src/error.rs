@@ -301,19 +301,27 @@ impl IntoResponse for ApiError {
                 "request refused"
             );
         }
-        let body = match serde_json::to_vec(&details) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "error details do not serialize");
-                Vec::new()
-            }
-        };
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
-        headers.insert("x-ms-error-code", HeaderValue::from_static(code.name()));
-        response
+        error_response(code, &details)
     }
+}
+
+/// A DPS error response, as every DPS endpoint answers errors: `code`'s HTTP status, the
+/// `ProvisioningServiceErrorDetails` body, `Content-Type: application/json; charset=utf-8`
+/// and `x-ms-error-code` with the code's name.
+pub fn error_response(code: ErrorCode, details: &ErrorDetails) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match serde_json::to_vec(details) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, "error details do not serialize");
+            Vec::new()
+        }
+    };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    headers.insert("x-ms-error-code", HeaderValue::from_static(code.name()));
+    response
 }
 
 /// Displays an error and its `source()` chain on one line, for logs.

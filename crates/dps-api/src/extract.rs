@@ -175,39 +175,51 @@ fn header_text<'h>(
     Ok((!text.is_empty()).then_some(text))
 }
 
-/// The request body parsed as JSON, or `None` when it is empty (or only whitespace).
-///
-/// Checks, in order: `Content-Type` (missing or `application/json*` or `*+json`, else 415),
-/// `Content-Length` against the limit (413 before reading anything), the bytes read against
-/// the limit (413), then JSON syntax (400).
+/// The request body parsed as JSON with the API's body limit ([`read_json`]), or `None` when
+/// it is empty.
 pub(crate) struct JsonBody(pub Option<serde_json::Value>);
 
 impl FromRequest<ApiState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
-        check_content_type(request.headers())?;
-        let limit = state.max_body_bytes();
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit)) {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        let bytes = Limited::new(request.into_body(), limit)
-            .collect()
+        let (parts, body) = request.into_parts();
+        read_json(&parts.headers, body, state.max_body_bytes())
             .await
-            .map_err(|e| body_error(e, limit))?
-            .to_bytes();
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(None));
-        }
-        serde_json::from_slice(&bytes)
-            .map(|value| JsonBody(Some(value)))
-            .map_err(|e| ApiError::InvalidBody(format!("the request body is not valid JSON: {e}")))
+            .map(JsonBody)
     }
+}
+
+/// A request's body (with its `headers`) parsed as JSON, or `None` when it is empty (or only
+/// whitespace), read with at most `limit` bytes.
+///
+/// Checks, in order: `Content-Type` (missing or `application/json*` or `*+json`, else 415),
+/// `Content-Length` against the limit (413 before reading anything), the bytes read against
+/// the limit (413), the pace the server's body timeout allows (408), then JSON syntax (400).
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    check_content_type(headers)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit)) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| body_error(e, limit))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::InvalidBody(format!("the request body is not valid JSON: {e}")))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -251,7 +263,7 @@ fn body_error(error: axum::BoxError, limit: usize) -> ApiError {
 
 /// Deserializes a JSON value into a model type; the error names the offending member
 /// (`invalid value of 'attestation.type': ...`).
-pub(crate) fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -265,9 +277,14 @@ pub(crate) fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T,
 
 /// `200 OK` with `value` as JSON.
 pub(crate) fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    json_response(StatusCode::OK, value)
+}
+
+/// `status` with `value` as JSON (`Content-Type: application/json; charset=utf-8`, as DPS).
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, ApiError> {
     let body = serde_json::to_vec(value).map_err(ApiError::Encode)?;
     Ok((
-        StatusCode::OK,
+        status,
         [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8))],
         body,
     )

@@ -12,7 +12,11 @@
 //! `dps_attest::prepare_*` with the service's [`EnrollmentRules`]).
 //! [`serve`] runs any such router on the `dps-listener` accept loop: connection limits (in
 //! total, per source address, unauthenticated per source address), a TLS handshake
-//! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`].
+//! timeout, header, body and request timeouts, and a graceful drain, all in [`HttpLimits`];
+//! every request carries the client's TLS certificate chain, if it sent one
+//! ([`PeerCertificates`], for the device API that shares the listener). [`read_json`],
+//! [`decode`], [`json_response`], [`error_response`], [`route_not_found`] and
+//! [`method_not_allowed`] let other routers on the listener answer as DPS does.
 //!
 //! What it must never do: create or change a registration (devices register through the
 //! registrar; this API only reads and deletes registration records); log a token, a
@@ -44,8 +48,9 @@ use tower::Layer;
 
 pub use auth::{Rights, SharedAccessPolicy};
 pub use dps_listener::{ListenerCounters, ListenerStats};
-pub use error::ApiError;
-pub use server::{serve, serve_with_counters, HttpLimits};
+pub use error::{error_response, ApiError};
+pub use extract::{decode, json_response, read_json};
+pub use server::{serve, serve_with_counters, HttpLimits, PeerCertificates};
 
 /// Default largest request body: DPS messages are at most 96 KB, and an enrollment with two
 /// PEM certificates is under 10 KB; 256 KiB leaves room without letting a client make the
@@ -180,13 +185,16 @@ pub fn router(state: ApiState) -> Router {
     Router::new().fallback_service(normalized)
 }
 
-async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+/// The 404 of a path no operation matches (a handler for any router's fallback).
+pub async fn route_not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         method: method.to_string(),
         path: error::truncated(uri.path()),
     }
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
+/// The 405 of a known path with another method (a handler for any router's
+/// `method_not_allowed_fallback`).
+pub async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }

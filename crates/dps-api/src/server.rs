@@ -1,12 +1,15 @@
 //! The HTTPS listener: TLS handshake and HTTP/1.1 with timeouts at every phase, on the
 //! project's one accept loop (`dps-listener`: connection slots, per-address limits, accept
 //! back-off, drain). Each connection is one task that owns its socket, and a malformed or
-//! slow client only ever ends its own connection.
+//! slow client only ever ends its own connection. Every request carries the peer's address
+//! (`ConnectInfo`) and, when the client presented one in the handshake, its certificate chain
+//! ([`PeerCertificates`]).
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -17,6 +20,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -76,6 +80,48 @@ impl Default for HttpLimits {
             max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
             drain_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// The certificate chain the client presented in the TLS handshake, leaf first, in every
+/// request's extensions when there was one (the server configuration decides whether client
+/// certificates are asked for; the device listeners' `PossessionVerifier` has checked that the
+/// client holds the leaf's key). Shared by all requests of the connection, with one value a
+/// router derived from the chain and keeps for the connection's later requests
+/// ([`PeerCertificates::remember`]).
+#[derive(Debug, Clone)]
+pub struct PeerCertificates {
+    chain: Arc<[CertificateDer<'static>]>,
+    memo: Arc<Mutex<Option<Memo>>>,
+}
+
+/// What [`PeerCertificates::remember`] keeps.
+type Memo = Arc<dyn Any + Send + Sync>;
+
+impl PeerCertificates {
+    fn new(chain: &[CertificateDer<'_>]) -> Self {
+        Self {
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            memo: Arc::default(),
+        }
+    }
+
+    /// The chain as DER, leaf first.
+    pub fn chain(&self) -> Vec<&[u8]> {
+        self.chain.iter().map(AsRef::as_ref).collect()
+    }
+
+    /// Keeps `value` for the later requests of this connection (replacing what was kept): what
+    /// a router learnt from the chain (the device API: the device it attested), so it need not
+    /// learn it again. It lives as long as the connection.
+    pub fn remember<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        *self.memo.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+    }
+
+    /// What [`PeerCertificates::remember`] kept, if it is a `T`.
+    pub fn recall<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.clone().and_then(|m| m.downcast::<T>().ok())
     }
 }
 
@@ -195,10 +241,20 @@ impl Connection {
             },
             () = draining.wait() => return,
         };
+        let certificates = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(PeerCertificates::new);
         let app = self.app;
         let limits = self.limits;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             slot.authenticated();
+            let peer = Peer {
+                address: peer,
+                certificates: certificates.clone(),
+            };
             handle(app.clone(), limits, peer, request)
         });
         let connection = self.http.serve_connection(TokioIo::new(tls), service);
@@ -221,12 +277,19 @@ impl Connection {
     }
 }
 
+/// Who sent a request: the connection's address and client certificates.
+struct Peer {
+    address: SocketAddr,
+    certificates: Option<PeerCertificates>,
+}
+
 /// One request: the body bounded in size and in pace, the whole exchange in time.
-/// The peer's address goes into the request's extensions as axum's `ConnectInfo`.
+/// The peer's address goes into the request's extensions as axum's `ConnectInfo`, its
+/// certificate chain (if any) as [`PeerCertificates`].
 async fn handle(
     app: Router,
     limits: HttpLimits,
-    peer: SocketAddr,
+    peer: Peer,
     request: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let mut request = request.map(|body| {
@@ -235,7 +298,10 @@ async fn handle(
             limits.max_body_bytes,
         ))
     });
-    request.extensions_mut().insert(ConnectInfo(peer));
+    request.extensions_mut().insert(ConnectInfo(peer.address));
+    if let Some(certificates) = peer.certificates {
+        request.extensions_mut().insert(certificates);
+    }
     Ok(
         match tokio::time::timeout(limits.request_timeout, app.oneshot(request)).await {
             Ok(Ok(response)) => response,
@@ -243,4 +309,27 @@ async fn handle(
             Err(_) => ApiError::RequestTimeout.into_response(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_remembers_one_value_of_the_type_asked_for() {
+        let certificates = PeerCertificates::new(&[CertificateDer::from(vec![0x30, 0x00])]);
+        assert_eq!(certificates.chain(), [&[0x30, 0x00][..]]);
+        assert!(certificates.recall::<String>().is_none());
+        // Clones are the same connection's.
+        let later = certificates.clone();
+        certificates.remember(Arc::new("device-1".to_owned()));
+        assert_eq!(
+            later.recall::<String>().as_deref().map(String::as_str),
+            Some("device-1")
+        );
+        assert!(later.recall::<u32>().is_none(), "another type is not there");
+        later.remember(Arc::new(7u32));
+        assert!(certificates.recall::<String>().is_none(), "replaced");
+        assert_eq!(certificates.recall::<u32>().as_deref(), Some(&7));
+    }
 }

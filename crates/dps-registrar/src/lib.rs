@@ -8,18 +8,22 @@
 //! allocation and write happen under its registration id's lock, and the write is conditional
 //! on the record read, so concurrent registrations of one device run as if one after another. Failed attempts, including attestation refusals
 //! that frontends report with [`Registrar::record_refusal`], are kept with their precise
-//! reasons in [`Diagnostics`].
+//! reasons in [`Diagnostics`]. [`Registrar::start_operation`] and
+//! [`Registrar::poll_operation`] run registrations as operations of a bounded, expiring table
+//! that any connection of the device that started one can poll (the HTTPS device API).
 //!
 //! What it must never do: parse protocol bytes (frontends do), or read enrollments anywhere
 //! but the store's cache.
 //!
 //! Main types: [`Registrar`], [`RegistrarConfig`], [`LinkedHub`], [`Diagnostics`],
-//! [`RegistrarObserver`] (what the metrics learn of each registration), [`RegistrarError`].
+//! [`RegistrarObserver`] (what the metrics learn of each registration), [`OperationId`] and
+//! [`OperationStatus`], [`RegistrarError`].
 
 mod allocation;
 mod diagnostics;
 mod feed;
 mod observer;
+mod operations;
 mod webhook;
 
 use std::sync::Arc;
@@ -39,6 +43,7 @@ pub use allocation::{weighted_rendezvous, LinkedHub};
 pub use diagnostics::{Diagnostics, FailedAttempt, RegistrarReason, Transport};
 pub use feed::{FeedLink, StoreOutbox};
 pub use observer::{Outcome, RegistrarObserver, RegistrationReport};
+pub use operations::{OperationId, OperationLimits, OperationStatus, MAX_HELD_PAYLOAD_BYTES};
 pub use webhook::WebhookError;
 
 use allocation::{AllocationInput, NoHub};
@@ -66,6 +71,8 @@ pub struct RegistrarConfig {
     pub webhook_policy: WebhookPolicy,
     /// Registrations in progress at once; beyond this devices get 429 with retry-after.
     pub max_in_flight: usize,
+    /// The bounds of the operation table ([`Registrar::start_operation`]).
+    pub operations: OperationLimits,
     /// Told of every registration and webhook call (the metrics); none by default.
     pub observer: Option<Arc<dyn RegistrarObserver>>,
 }
@@ -80,6 +87,7 @@ impl RegistrarConfig {
             webhook_timeout: Duration::from_secs(10),
             webhook_policy: WebhookPolicy::default(),
             max_in_flight: 4096,
+            operations: OperationLimits::default(),
             observer: None,
         }
     }
@@ -128,6 +136,8 @@ struct Inner {
     feed: Option<dps_feed::Feed>,
     /// Devices not told of their current record (its event unconfirmed when they asked).
     untold: feed::Untold,
+    /// Registrations pollable from any connection (the HTTPS device API).
+    operations: std::sync::Mutex<operations::Table>,
 }
 
 /// The enrollment fields registration reads, whichever kind matched.
@@ -155,6 +165,7 @@ impl Registrar {
     ) -> Result<Self, RegistrarError> {
         let http = webhook::client().map_err(RegistrarError::Setup)?;
         let in_flight = Semaphore::new(config.max_in_flight);
+        let operations = std::sync::Mutex::new(operations::Table::new(config.operations));
         let (feed, untold) = match feed {
             Some(link) => (Some(link.feed), link.untold),
             None => (None, feed::Untold::default()),
@@ -169,6 +180,7 @@ impl Registrar {
                 diagnostics: Diagnostics::default(),
                 untold,
                 feed,
+                operations,
             }),
         })
     }
@@ -440,6 +452,30 @@ impl Registrar {
         }
         assigned(&mut result, &stored);
         Ok(result)
+    }
+
+    /// The device's current registration record as the `registrationState` it would be told
+    /// (the HTTPS status lookup); `None` when it has none. With the feed on, a record whose
+    /// assignment event the broker has not confirmed is not told yet:
+    /// [`RegistrarError::BrokerUnavailable`], as a registration would answer.
+    pub fn registration_state(
+        &self,
+        device: &AttestedDevice,
+    ) -> Result<Option<DeviceRegistrationResult>, RegistrarError> {
+        let Some(record) = self.inner.store.registration(device.registration_id()) else {
+            return Ok(None);
+        };
+        if let Some(feed) = &self.inner.feed {
+            if feed::unconfirmed(feed, &record).is_some() {
+                return Err(RegistrarError::BrokerUnavailable {
+                    retry_after_secs: BROKER_RETRY_AFTER_SECS,
+                });
+            }
+        }
+        // Records are written only for assignments.
+        let mut result = base_result(device, &matched(device));
+        assigned(&mut result, &record);
+        Ok(Some(result))
     }
 
     /// Deletes a registration record; with the feed on, its `device.deprovisioned` event is

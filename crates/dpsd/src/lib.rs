@@ -4,7 +4,8 @@
 //! What it does: loads [`Config`], creates on first start what a new user needs (the
 //! development PKI in `<data>/pki/`, the ID scope in `<data>/id-scope`, the owner policy and
 //! `<data>/service-connection-string`), all owner-only, opens the store, and serves the HTTPS
-//! API, MQTT, AMQP and the metrics and health probes (`[metrics]`), with the assignment feed
+//! API (the service API, the portal and the device API on one listener), MQTT, AMQP and the
+//! metrics and health probes (`[metrics]`), with the assignment feed
 //! when `[feed]` is on, until told to stop - or until a listener ends on its own, which
 //! [`Running::wait`] reports so the process can exit instead of half-living.
 //!
@@ -116,6 +117,8 @@ impl DpsdError {
 pub struct Running {
     /// Where the HTTPS API listens (the real port when configured with port 0).
     pub api_addr: SocketAddr,
+    /// Whether that listener also serves the DPS device API (`api.device_api`).
+    pub device_api: bool,
     /// Where the MQTT device listener listens.
     pub mqtt_addr: SocketAddr,
     /// Where the AMQP device listener listens (`None` when `amqp.enabled` is false).
@@ -206,15 +209,13 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         .clone()
         .unwrap_or_else(|| pki.server_key.clone());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let api_tls = tls_config(&cert, &key, None, &provider)?;
-    let mqtt_tls = tls_config(
-        &cert,
-        &key,
-        Some(Arc::new(dps_attest::PossessionVerifier::new(
-            provider.clone(),
-        ))),
-        &provider,
-    )?;
+    let devices: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+        Arc::new(dps_attest::PossessionVerifier::new(provider.clone()));
+    // The API listener asks for client certificates only when it serves devices (X.509
+    // attestation over HTTPS); the service API's own authentication is the SAS token.
+    let api_verifier = config.api.device_api.then(|| Arc::clone(&devices));
+    let api_tls = tls_config(&cert, &key, api_verifier, Alpn::Http, &provider)?;
+    let mqtt_tls = tls_config(&cert, &key, Some(devices), Alpn::None, &provider)?;
 
     let mut registrar_config = dps_registrar::RegistrarConfig::new(
         id_scope.clone(),
@@ -232,6 +233,11 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     registrar_config.webhook_timeout = config.registration.webhook_timeout;
     registrar_config.webhook_policy = config.registration.webhook_policy.clone();
     registrar_config.max_in_flight = config.registration.max_in_flight;
+    registrar_config.operations = dps_registrar::OperationLimits {
+        max_operations: config.registration.max_operations,
+        ttl: config.registration.operation_ttl,
+        ..dps_registrar::OperationLimits::default()
+    };
     let hubs: Vec<_> = config
         .linked_hubs
         .iter()
@@ -286,10 +292,14 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_body_bytes: config.api.max_body.0,
         ..dps_api::HttpLimits::default()
     };
+    let mut app = dps_api::router(state);
+    if config.api.device_api {
+        app = dps_device_http::mount(dps_device_http::DeviceApi::new(registrar.clone()), app);
+    }
     let api = dps_api::serve_with_counters(
         api_listener,
         api_tls,
-        with_portal(dps_api::router(state), portal),
+        with_portal(app, portal),
         limits,
         metrics.listener("api").map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
@@ -327,6 +337,7 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
 
     Ok(Running {
         api_addr,
+        device_api: config.api.device_api,
         mqtt_addr,
         amqp_addr,
         metrics_addr,
@@ -377,7 +388,7 @@ async fn start_amqp(
 }
 
 /// The operator portal under `/portal` (`/portal` itself redirects to `/portal/`); every
-/// other path goes to the service API.
+/// other path goes to `api` (the service API, with the device API in front).
 fn with_portal(api: axum::Router, portal: dps_portal::PortalState) -> axum::Router {
     dps_portal::mount(portal).fallback_service(api)
 }
@@ -397,12 +408,23 @@ fn local_addr(
         .map_err(|source| DpsdError::Bind { addr, source })
 }
 
+/// The ALPN protocols a listener announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `http/1.1` (the HTTPS listener).
+    Http,
+    /// None: MQTT and AMQP clients (paho, the C SDK) send none.
+    None,
+}
+
 /// A rustls server configuration from PEM files (chain and key), asking for client
-/// certificates when a verifier is given (the device listeners).
+/// certificates when a verifier is given (the device listeners, and the HTTPS listener when it
+/// serves devices).
 pub fn tls_config(
     cert: &Path,
     key: &Path,
     client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    alpn: Alpn,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, DpsdError> {
     let cert_pem = std::fs::read(cert).map_err(|e| DpsdError::io(cert, e))?;
@@ -422,8 +444,6 @@ pub fn tls_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| DpsdError::Tls(e.to_string()))?;
-    // ALPN only for HTTP; MQTT clients (paho, the C SDK) send none.
-    let http = client_verifier.is_none();
     let builder = match client_verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -431,7 +451,7 @@ pub fn tls_config(
     let mut config = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| DpsdError::Tls(e.to_string()))?;
-    if http {
+    if alpn == Alpn::Http {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
     Ok(Arc::new(config))

@@ -153,6 +153,14 @@ fn print_banner(running: &Running) {
     } else {
         format!("in {file}")
     };
+    let https = if running.device_api {
+        format!(
+            "  device HTTPS    https://{}/{}/registrations/...\n",
+            running.api_addr, running.id_scope
+        )
+    } else {
+        String::new()
+    };
     let amqp = running
         .amqp_addr
         .map(|addr| format!("  device AMQP     amqps://{addr}\n"))
@@ -167,7 +175,7 @@ fn print_banner(running: &Running) {
         |addr| format!("http://{addr}/metrics (/healthz, /readyz)"),
     );
     let banner = format!(
-        "dpsd is serving\n  service API     https://{}\n  device MQTT     mqtts://{}\n{amqp}  metrics         {metrics}\n{feed}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
+        "dpsd is serving\n  service API     https://{}\n{https}  device MQTT     mqtts://{}\n{amqp}  metrics         {metrics}\n{feed}  ID scope        {} (also in {data}/id-scope)\n  trust this CA   {}\n  connection      {connection}\n",
         running.api_addr,
         running.mqtt_addr,
         running.id_scope,

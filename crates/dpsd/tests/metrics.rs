@@ -61,6 +61,7 @@ async fn impostors(running: &dpsd::Running, prefix: &str, count: usize) {
     let context = Arc::new(DeviceContext {
         mqtt: Loopback::new(running.mqtt_addr).unwrap(),
         amqp: Loopback::new(running.amqp_addr.unwrap()).unwrap(),
+        https: Loopback::new(running.api_addr).unwrap(),
         tls: device::TlsClients::new(&ca).unwrap(),
         id_scope: running.id_scope.to_string(),
         id_prefix: prefix.to_owned(),

@@ -4,6 +4,7 @@
 //
 // The SDK packages are the official ones, unchanged (versions pinned in package.json).
 
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { join } from 'node:path';
 import iotCommon from 'azure-iot-common';
 import provisioningDevice from 'azure-iot-provisioning-device';
 import provisioningDeviceAmqp from 'azure-iot-provisioning-device-amqp';
+import provisioningDeviceHttp from 'azure-iot-provisioning-device-http';
 import provisioningDeviceMqtt from 'azure-iot-provisioning-device-mqtt';
 import provisioningService from 'azure-iot-provisioning-service';
 import securitySymmetricKey from 'azure-iot-security-symmetric-key';
@@ -23,6 +25,7 @@ import securityX509 from 'azure-iot-security-x509';
 const { ProvisioningDeviceClient } = provisioningDevice;
 const { Mqtt } = provisioningDeviceMqtt;
 const { Amqp } = provisioningDeviceAmqp;
+const { Http } = provisioningDeviceHttp;
 const { ConnectionString, SharedAccessSignature } = iotCommon;
 const { ProvisioningServiceClient } = provisioningService;
 const { SymmetricKeySecurityClient } = securitySymmetricKey;
@@ -49,6 +52,9 @@ export const dps = Object.freeze({
   mqttHost: required('DPS_TEST_MQTT_HOST'),
   /** The same for the AMQP transport: `localhost:<amqp port>`. */
   amqpHost: required('DPS_TEST_AMQP_HOST'),
+  /** The same for the HTTP transport: the service API's `localhost:<port>` (one listener
+   * serves both, as DPS's port 443 does). */
+  httpsHost: required('DPS_TEST_HTTPS_HOST'),
   /** The IoT hubs linked in dpsd's config file (devices must be assigned to one of them). */
   linkedHubs: required('DPS_TEST_LINKED_HUBS').split(','),
 });
@@ -196,6 +202,22 @@ export function amqpX509Device(registrationId, credential) {
   return amqpDeviceClient(new X509Security(registrationId, credential));
 }
 
+/** A device client on the HTTP transport, built as a user builds one. The transport hands
+ * `localhost:<port>` to `https.request` as `host`, like the service SDK, so the same agent (see
+ * HostWithPortAgent) splits it when the port is not 443; the client certificate of an X.509
+ * device goes into the request options (`cert`, `key`), which that agent passes on untouched. */
+export function httpsDeviceClient(security) {
+  return ProvisioningDeviceClient.create(dps.httpsHost, dps.idScope, new Http(), security);
+}
+
+export function httpsSymmetricKeyDevice(registrationId, key) {
+  return httpsDeviceClient(new SymmetricKeySecurityClient(registrationId, key));
+}
+
+export function httpsX509Device(registrationId, credential) {
+  return httpsDeviceClient(new X509Security(registrationId, credential));
+}
+
 /** The failed attempts dpsd recorded for `registrationId` (`GET /registrations/{id}/attempts`,
  * dpsd's diagnostics; not part of DPS, so not in the service SDK), signed with the owner
  * policy's key as the service SDK signs its requests. */
@@ -245,6 +267,32 @@ export async function register(device, ms = REGISTER_TIMEOUT_MS) {
     }
     return { state: null, error, ms: Date.now() - started };
   }
+}
+
+/** register() succeeded as the SDK reports it: assigned to a linked hub as `deviceId`;
+ * returns the registration state. */
+export function assertAssigned(outcome, { registrationId, deviceId }) {
+  assert.equal(outcome.error, null, `register() failed after ${outcome.ms} ms: ${describeError(outcome.error)}`);
+  const state = outcome.state;
+  assert.ok(state, 'register() resolved without a registration state');
+  assert.equal(state.status, 'assigned', JSON.stringify(state));
+  assert.equal(state.registrationId, registrationId, JSON.stringify(state));
+  assert.equal(state.deviceId, deviceId, JSON.stringify(state));
+  assert.ok(dps.linkedHubs.includes(state.assignedHub), `assigned to ${state.assignedHub}, not a linked hub`);
+  return state;
+}
+
+/** The registration record dpsd keeps (read with the service SDK's `client`) agrees with what
+ * the device was told. */
+export async function assertRecorded(client, registrationId, state) {
+  const { responseBody: record } = await call(
+    client.getDeviceRegistrationState(registrationId),
+    'getDeviceRegistrationState',
+  );
+  assert.equal(record.registrationId, registrationId);
+  assert.equal(record.status, 'assigned');
+  assert.equal(record.assignedHub, state.assignedHub);
+  assert.equal(record.deviceId, state.deviceId);
 }
 
 export function describeError(error) {

@@ -89,6 +89,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Largest request body.
     pub max_body: ByteSize,
+    /// Whether this listener also serves the DPS device API (and asks for client
+    /// certificates, optional, for X.509 devices).
+    pub device_api: bool,
 }
 
 /// `[mqtt]`.
@@ -133,6 +136,10 @@ pub struct RegistrationConfig {
     pub webhook_policy: dps_types::WebhookPolicy,
     /// Registrations in progress at once; beyond this devices are asked to retry (429).
     pub max_in_flight: usize,
+    /// Operations of the HTTPS device API kept at once (the oldest is forgotten).
+    pub max_operations: usize,
+    /// How long an HTTPS device API operation can be polled after it started.
+    pub operation_ttl: Duration,
 }
 
 /// One `[[policies]]` entry.
@@ -201,6 +208,16 @@ pub enum ConfigError {
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
+
+/// The first path segments of the service API and the portal, which the HTTPS listener must
+/// not take for an ID scope.
+const SERVICE_API_ROOTS: [&str; 5] = [
+    "enrollments",
+    "enrollmentGroups",
+    "registrations",
+    "diagnostics",
+    "portal",
+];
 
 /// Allocation weights DPS allows (`how-to-manage-linked-iot-hubs.md`).
 const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
@@ -347,12 +364,21 @@ impl Config {
                 ByteSize(http.max_body_bytes),
                 body_size,
             ),
+            device_api: r.take(&mut t, "api", "device_api", true),
         };
         if api.tls_cert.is_some() != api.tls_key.is_some() {
             r.error(
                 "api.tls_cert",
                 "tls_cert and tls_key must be given together",
             );
+        }
+        if let Some(scope) = id_scope.as_ref().filter(|_| api.device_api) {
+            if let Some(root) = SERVICE_API_ROOTS.iter().find(|r| scope.matches(r)) {
+                r.error(
+                    "service.id_scope",
+                    format!("'{root}' is a path of the service API; the device API (api.device_api) routes requests by their ID scope"),
+                );
+            }
         }
         r.finish_table(t, "api");
 
@@ -472,6 +498,20 @@ impl Config {
                 "max_in_flight",
                 registrar.max_in_flight,
                 positive_count,
+            ),
+            max_operations: r.take_valid(
+                &mut t,
+                "registration",
+                "max_operations",
+                registrar.operations.max_operations,
+                positive_count,
+            ),
+            operation_ttl: r.take_valid(
+                &mut t,
+                "registration",
+                "operation_ttl",
+                registrar.operations.ttl,
+                timeout,
             ),
             webhook_policy: dps_types::WebhookPolicy {
                 allow_http: r.take(

@@ -58,6 +58,31 @@ fn defaults_are_the_libraries() {
     );
     assert_eq!(c.registration.webhook_timeout, reg.webhook_timeout);
     assert_eq!(c.registration.max_in_flight, reg.max_in_flight);
+    assert_eq!(c.registration.max_operations, reg.operations.max_operations);
+    assert_eq!(c.registration.operation_ttl, reg.operations.ttl);
+    assert!(c.api.device_api);
+}
+
+#[test]
+fn an_id_scope_the_service_api_uses_is_refused_while_devices_use_https() {
+    for scope in ["registrations", "EnrollmentGroups", "portal"] {
+        let text = format!("[service]\nid_scope = \"{scope}\"");
+        let err = parse(&text, &[], &Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("service.id_scope"), "{err}");
+        assert!(err.contains("api.device_api"), "{err}");
+        let text = format!("{text}\n[api]\ndevice_api = false");
+        let c = parse(&text, &[], &Flags::default()).unwrap();
+        assert!(!c.api.device_api);
+    }
+    let c = parse(
+        "[service]\nid_scope = \"0ne00000A1B\"",
+        &[],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.service.id_scope.unwrap().as_str(), "0ne00000A1B");
 }
 
 #[test]
@@ -84,6 +109,8 @@ fn values_out_of_range_name_their_keys_at_once() {
         [registration]
         webhook_timeout = "0s"
         max_in_flight = 0
+        max_operations = 0
+        operation_ttl = "0s"
     "#;
     let err = parse(text, &[], &Flags::default()).unwrap_err().to_string();
     for key in [
@@ -104,10 +131,12 @@ fn values_out_of_range_name_their_keys_at_once() {
         "amqp.link_credit",
         "registration.webhook_timeout",
         "registration.max_in_flight",
+        "registration.max_operations",
+        "registration.operation_ttl",
     ] {
         assert!(err.contains(key), "missing {key} in:\n{err}");
     }
-    assert_eq!(err.lines().count(), 18, "one line per key:\n{err}");
+    assert_eq!(err.lines().count(), 20, "one line per key:\n{err}");
 }
 
 #[test]
