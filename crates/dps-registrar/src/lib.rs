@@ -73,6 +73,8 @@ pub struct RegistrarConfig {
     pub max_in_flight: usize,
     /// The bounds of the operation table ([`Registrar::start_operation`]).
     pub operations: OperationLimits,
+    /// The bounds of the pending TPM challenges ([`Registrar::tpm_challenges`]).
+    pub tpm_challenges: dps_attest::TpmChallengeLimits,
     /// Told of every registration and webhook call (the metrics); none by default.
     pub observer: Option<Arc<dyn RegistrarObserver>>,
 }
@@ -88,6 +90,7 @@ impl RegistrarConfig {
             webhook_policy: WebhookPolicy::default(),
             max_in_flight: 4096,
             operations: OperationLimits::default(),
+            tpm_challenges: dps_attest::TpmChallengeLimits::default(),
             observer: None,
         }
     }
@@ -138,6 +141,9 @@ struct Inner {
     untold: feed::Untold,
     /// Registrations pollable from any connection (the HTTPS device API).
     operations: std::sync::Mutex<operations::Table>,
+    /// The TPM challenges issued and not yet answered, shared by every frontend (a device
+    /// may get its challenge over one connection and answer it over another).
+    tpm_challenges: dps_attest::TpmChallenges,
 }
 
 /// The enrollment fields registration reads, whichever kind matched.
@@ -166,6 +172,7 @@ impl Registrar {
         let http = webhook::client().map_err(RegistrarError::Setup)?;
         let in_flight = Semaphore::new(config.max_in_flight);
         let operations = std::sync::Mutex::new(operations::Table::new(config.operations));
+        let tpm_challenges = dps_attest::TpmChallenges::new(config.tpm_challenges);
         let (feed, untold) = match feed {
             Some(link) => (Some(link.feed), link.untold),
             None => (None, feed::Untold::default()),
@@ -181,6 +188,7 @@ impl Registrar {
                 untold,
                 feed,
                 operations,
+                tpm_challenges,
             }),
         })
     }
@@ -193,6 +201,12 @@ impl Registrar {
     /// Enrollment lookups for attestation (the store's cache).
     pub fn lookup(&self) -> &dyn EnrollmentLookup {
         self.inner.store.cache()
+    }
+
+    /// The pending TPM challenges: a frontend issues a device's challenge and attests its
+    /// answer here, with [`Registrar::lookup`].
+    pub fn tpm_challenges(&self) -> &dps_attest::TpmChallenges {
+        &self.inner.tpm_challenges
     }
 
     /// The store (for the registration-state API).
