@@ -1,4 +1,5 @@
-//! One device connection (mini-redis shape): TLS under its timeout, [`crate::open`] under
+//! One device connection (mini-redis shape): TLS under its timeout (or a stream another
+//! listener ran TLS for: AMQP over WebSocket), [`crate::open`] under
 //! `open_timeout`, then the [`Handler`] loop that takes requests from the device's sender
 //! link, feeds them to [`Operations`], settles them, answers on the device's receiver link
 //! and runs registrations, until the device leaves, the lifetime ends or the listener drains.
@@ -13,6 +14,8 @@ use fe2o3_amqp::link::{LinkStateError, RecvError};
 use fe2o3_amqp::types::definitions::{AmqpError as Condition, ConnectionError, ErrorCondition};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -26,7 +29,6 @@ use crate::{AmqpError, AmqpLimits};
 
 /// What every connection task reads.
 pub(crate) struct Shared {
-    pub(crate) acceptor: TlsAcceptor,
     pub(crate) registrar: Registrar,
     /// Where the authenticated connections of each device are counted.
     pub(crate) devices: DeviceConnections,
@@ -71,11 +73,34 @@ impl CloseReason {
 }
 
 /// One connection, from the TCP stream to the end.
-pub(crate) async fn serve_connection(admitted: Admitted<TcpStream>, shared: Arc<Shared>) {
+pub(crate) async fn serve_connection(
+    admitted: Admitted<TcpStream>,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
     let peer = admitted.peer;
-    let end = run_connection(admitted, &shared).await;
-    count_end(&shared.counters, &end);
-    match &end {
+    let end = run_connection(admitted, &acceptor, &shared).await;
+    finish(&shared, peer, &end);
+}
+
+/// One connection over a stream whose TLS another listener ran (AMQP over WebSocket), to
+/// the end.
+pub(crate) async fn serve_stream<S>(
+    admitted: Admitted<S>,
+    chain: Vec<CertificateDer<'static>>,
+    shared: &Shared,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = admitted.peer;
+    let end = run_session(admitted, chain, shared).await;
+    finish(shared, peer, &end);
+}
+
+/// Counts and logs how a connection ended.
+fn finish(shared: &Shared, peer: std::net::SocketAddr, end: &Result<CloseReason, AmqpError>) {
+    count_end(&shared.counters, end);
+    match end {
         Ok(reason) => tracing::debug!(%peer, reason = reason.label(), "AMQP connection closed"),
         Err(e) => {
             tracing::debug!(%peer, error = %e, source = ?std::error::Error::source(e), "AMQP connection failed")
@@ -85,13 +110,14 @@ pub(crate) async fn serve_connection(admitted: Admitted<TcpStream>, shared: Arc<
 
 async fn run_connection(
     admitted: Admitted<TcpStream>,
+    acceptor: &TlsAcceptor,
     shared: &Shared,
 ) -> Result<CloseReason, AmqpError> {
     let Admitted {
         stream: tcp,
+        peer,
         slot,
         mut draining,
-        ..
     } = admitted;
     // Answers are small and latency-bound; don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
@@ -100,21 +126,49 @@ async fn run_connection(
     let handshake = shared
         .counters
         .listener()
-        .timed_handshake(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+        .timed_handshake(limits.tls_handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
         tls = handshake => tls
             .map_err(|_elapsed| AmqpError::TlsHandshakeTimeout)?
             .map_err(AmqpError::TlsHandshake)?,
         () = draining.wait() => return Ok(CloseReason::ServerShutdown),
     };
-    let expires = Instant::now() + limits.max_connection_lifetime;
     let chain = tls
         .get_ref()
         .1
         .peer_certificates()
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let opening = tokio::time::timeout(limits.open_timeout, open::open(tls, chain, shared, &slot));
+    let admitted = Admitted {
+        stream: tls,
+        peer,
+        slot,
+        draining,
+    };
+    run_session(admitted, chain, shared).await
+}
+
+/// Open, then the request loop, over an established byte stream.
+async fn run_session<S>(
+    admitted: Admitted<S>,
+    chain: Vec<CertificateDer<'static>>,
+    shared: &Shared,
+) -> Result<CloseReason, AmqpError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Admitted {
+        stream,
+        slot,
+        mut draining,
+        ..
+    } = admitted;
+    let limits = &shared.limits;
+    let expires = Instant::now() + limits.max_connection_lifetime;
+    let opening = tokio::time::timeout(
+        limits.open_timeout,
+        open::open(stream, chain, shared, &slot),
+    );
     let ready = tokio::select! {
         opened = opening => match opened.map_err(|_elapsed| AmqpError::OpenTimeout)?? {
             Opened::Ready(ready) => ready,

@@ -30,7 +30,8 @@
 //! link address without attestation, let one device's links name another, panic or grow
 //! without bound on anything a peer sends, or log a SAS token.
 //!
-//! Main types: [`serve`] and [`AmqpLimits`], [`sasl::Exchange`], [`operations::Operations`],
+//! Main types: [`serve`], [`AmqpFrontend`] (one per process, shared by the AMQPS listener and
+//! AMQP over WebSocket on the HTTPS listener) and [`AmqpLimits`], [`sasl::Exchange`], [`operations::Operations`],
 //! [`frame::FrameGuard`],
 //! [`AmqpCounters`] / [`AmqpStats`], [`CloseReason`], and [`AmqpError`], the crate's error
 //! enum.
@@ -52,5 +53,5 @@ mod transfer;
 pub use connection::CloseReason;
 pub use error::AmqpError;
 pub use open::{AMQP_HEADER, MAX_REFUSED_LINKS, SASL_HEADER};
-pub use server::{serve, serve_with_counters, AmqpLimits, DEFAULT_MAX_MESSAGE_SIZE};
+pub use server::{serve, serve_with_counters, AmqpFrontend, AmqpLimits, DEFAULT_MAX_MESSAGE_SIZE};
 pub use stats::{AmqpCounters, AmqpStats};

@@ -1,17 +1,21 @@
 //! [`serve`]: the project's one accept loop (`dps-listener`) with one task per connection,
 //! until `shutdown` resolves; then it stops accepting and gives the open connections
-//! [`AmqpLimits::drain_timeout`] to finish before aborting them.
+//! [`AmqpLimits::drain_timeout`] to finish before aborting them. [`AmqpFrontend`] is the
+//! state every connection shares, also for those another listener hands over
+//! ([`AmqpFrontend::serve_stream`]: AMQP over WebSocket).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_listener::{DeviceConnections, ListenerLimits};
+use dps_listener::{Admitted, DeviceConnections, ListenerLimits};
 use dps_registrar::Registrar;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::connection::{serve_connection, Shared};
+use crate::connection::{self, serve_connection, Shared};
 use crate::stats::AmqpCounters;
 
 /// DPS's largest message (`iot-dps-limits.md`: "Maximum size of message 96 KB").
@@ -134,25 +138,72 @@ pub async fn serve_with_counters(
     counters: AmqpCounters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener_limits = ListenerLimits {
-        max_connections: limits.max_connections,
-        max_connections_per_ip: limits.max_connections_per_ip,
-        max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
-        drain_timeout: limits.drain_timeout,
-    };
-    let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls),
-        registrar,
-        devices: DeviceConnections::new(limits.max_connections_per_device),
-        limits,
-        counters: counters.clone(),
-    });
-    dps_listener::serve(
-        listener,
-        listener_limits,
-        counters.listener().clone(),
-        shutdown,
-        |admitted| serve_connection(admitted, Arc::clone(&shared)),
-    )
-    .await
+    AmqpFrontend::new(registrar, limits, counters)
+        .serve(listener, tls, shutdown)
+        .await
+}
+
+/// The AMQP frontend: what its connections share (the registrar, the limits, the counters, the
+/// connections each device holds), whichever listener they came from. Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpFrontend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AmqpFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpFrontend")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpFrontend {
+    /// A frontend registering through `registrar` under `limits`, counting into `counters`.
+    pub fn new(registrar: Registrar, limits: AmqpLimits, counters: AmqpCounters) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                registrar,
+                devices: DeviceConnections::new(limits.max_connections_per_device),
+                limits,
+                counters,
+            }),
+        }
+    }
+
+    /// Serves AMQP over TLS on `listener` as [`serve`] does.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let limits = &self.shared.limits;
+        let listener_limits = ListenerLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
+            drain_timeout: limits.drain_timeout,
+        };
+        let acceptor = TlsAcceptor::from(tls);
+        dps_listener::serve(
+            listener,
+            listener_limits,
+            self.shared.counters.listener().clone(),
+            shutdown,
+            |admitted| serve_connection(admitted, acceptor.clone(), Arc::clone(&self.shared)),
+        )
+        .await
+    }
+
+    /// Serves one connection whose TLS another listener ran (AMQP over WebSocket on the HTTPS
+    /// listener): `admitted` carries that listener's slot (marked authenticated once the
+    /// device is attested) and drain signal, `chain` the client's certificate chain, leaf
+    /// first. Everything after TLS is as on the AMQPS listener.
+    pub async fn serve_stream<S>(&self, admitted: Admitted<S>, chain: Vec<CertificateDer<'static>>)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        connection::serve_stream(admitted, chain, &self.shared).await;
+    }
 }

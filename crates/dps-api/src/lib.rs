@@ -17,6 +17,8 @@
 //! ([`PeerCertificates`], for the device API that shares the listener). [`read_json`],
 //! [`decode`], [`json_response`], [`error_response`], [`route_not_found`] and
 //! [`method_not_allowed`] let other routers on the listener answer as DPS does.
+//! [`serve_with_websockets`] also hands WebSocket upgrades (`/$iothub/websocket`, by
+//! subprotocol, [`websocket`]) to the device frontends as byte streams ([`WebSocketBytes`]).
 //!
 //! What it must never do: create or change a registration (devices register through the
 //! registrar; this API only reads and deletes registration records); log a token, a
@@ -35,6 +37,7 @@ mod normalize;
 mod registrations;
 mod resource;
 mod server;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -50,7 +53,8 @@ pub use auth::{Rights, SharedAccessPolicy};
 pub use dps_listener::{ListenerCounters, ListenerStats};
 pub use error::{error_response, ApiError};
 pub use extract::{decode, json_response, read_json};
-pub use server::{serve, serve_with_counters, HttpLimits, PeerCertificates};
+pub use server::{serve, serve_with_counters, serve_with_websockets, HttpLimits, PeerCertificates};
+pub use websocket::{StreamService, WebSocketBytes, WebSockets};
 
 /// Default largest request body: DPS messages are at most 96 KB, and an enrollment with two
 /// PEM certificates is under 10 KB; 256 KiB leaves room without letting a client make the

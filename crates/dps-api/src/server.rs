@@ -3,7 +3,10 @@
 //! back-off, drain). Each connection is one task that owns its socket, and a malformed or
 //! slow client only ever ends its own connection. Every request carries the peer's address
 //! (`ConnectInfo`) and, when the client presented one in the handshake, its certificate chain
-//! ([`PeerCertificates`]).
+//! ([`PeerCertificates`]). A WebSocket upgrade for a protocol of [`WebSockets`] is answered
+//! 101 and the connection's task then serves that protocol over the WebSocket stream; such a
+//! connection stays unauthenticated for its listener slot until the protocol attests the
+//! device.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -26,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
+use crate::websocket::{StreamService, Upgrade, WebSockets};
 use crate::ApiError;
 
 /// The bounds of every connection and request. `Default` gives the documented values.
@@ -163,6 +167,30 @@ pub async fn serve_with_counters(
     counters: ListenerCounters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_websockets(
+        listener,
+        tls,
+        app,
+        WebSockets::new(),
+        limits,
+        counters,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_counters`], and the protocols of `websockets` over WebSocket upgrades (see
+/// [`WebSockets::check`]); the TLS configuration should ask for optional client certificates
+/// for their X.509 devices.
+pub async fn serve_with_websockets(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    websockets: WebSockets,
+    limits: HttpLimits,
+    counters: ListenerCounters,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -181,6 +209,7 @@ pub async fn serve_with_counters(
             acceptor: acceptor.clone(),
             http: http.clone(),
             app: app.clone(),
+            websockets: websockets.clone(),
             limits,
             counters: handshakes.clone(),
         }
@@ -194,6 +223,7 @@ struct Connection {
     acceptor: TlsAcceptor,
     http: http1::Builder,
     app: Router,
+    websockets: WebSockets,
     limits: HttpLimits,
     /// Where the handshake's outcome is counted.
     counters: ListenerCounters,
@@ -241,23 +271,59 @@ impl Connection {
             },
             () = draining.wait() => return,
         };
-        let certificates = tls
+        let chain: Vec<CertificateDer<'static>> = tls
             .get_ref()
             .1
             .peer_certificates()
-            .filter(|chain| !chain.is_empty())
-            .map(PeerCertificates::new);
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let certificates = (!chain.is_empty()).then(|| PeerCertificates::new(&chain));
         let app = self.app;
         let limits = self.limits;
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            slot.authenticated();
-            let peer = Peer {
-                address: peer,
-                certificates: certificates.clone(),
-            };
-            handle(app.clone(), limits, peer, request)
-        });
-        let connection = self.http.serve_connection(TokioIo::new(tls), service);
+        let websockets = self.websockets;
+        // The upgrade accepted on this connection, taken up once hyper hands the socket over.
+        let upgrade: Arc<Mutex<Option<Pending>>> = Arc::default();
+        let service = {
+            let slot = slot.clone();
+            let websockets = websockets.clone();
+            let upgrade = Arc::clone(&upgrade);
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                let peer = Peer {
+                    address: peer,
+                    certificates: certificates.clone(),
+                };
+                let response = match websockets.check(&request) {
+                    Upgrade::No => {
+                        slot.authenticated();
+                        None
+                    }
+                    Upgrade::Refused(response) => {
+                        slot.authenticated();
+                        Some(response)
+                    }
+                    // Unauthenticated until the protocol attests the device.
+                    Upgrade::Accepted(response, service) => {
+                        let on_upgrade = hyper::upgrade::on(&mut request);
+                        *upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(Pending {
+                            on_upgrade,
+                            service,
+                        });
+                        Some(response)
+                    }
+                };
+                let app = app.clone();
+                async move {
+                    match response {
+                        Some(response) => Ok(response),
+                        None => handle(app, limits, peer, request).await,
+                    }
+                }
+            })
+        };
+        let connection = self
+            .http
+            .serve_connection(TokioIo::new(tls), service)
+            .with_upgrades();
         tokio::pin!(connection);
         let finished = tokio::select! {
             result = connection.as_mut() => Some(result),
@@ -273,8 +339,38 @@ impl Connection {
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
+            return;
+        }
+        let pending = upgrade
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(Pending {
+            on_upgrade,
+            service,
+        }) = pending
+        {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let stream = websockets.stream(upgraded).await;
+                    let admitted = Admitted {
+                        stream,
+                        peer,
+                        slot,
+                        draining,
+                    };
+                    service(admitted, chain).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            }
         }
     }
+}
+
+/// A WebSocket upgrade answered 101, waiting for hyper to hand over the connection.
+struct Pending {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    service: StreamService,
 }
 
 /// Who sent a request: the connection's address and client certificates.

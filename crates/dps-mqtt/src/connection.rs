@@ -10,11 +10,10 @@ use bytes::BytesMut;
 use dps_attest::{AttestedDevice, Refusal};
 use dps_listener::{DeviceConnections, DevicePlace, Draining, Slot};
 use dps_registrar::{Registrar, RegistrarError, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 use crate::codec::{self, Inbound};
 use crate::stats::{bump, MqttCounters};
@@ -33,18 +32,25 @@ const READ_CHUNK: usize = 4 * 1024;
 /// long is stuck or hostile) and to send TLS close_notify when closing.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Buffered framing over one TLS stream.
-pub(crate) struct Connection {
-    stream: TlsStream<TcpStream>,
+/// Buffered framing over one byte stream (TLS, or a WebSocket inside TLS).
+pub(crate) struct Connection<S> {
+    stream: S,
+    /// The client's TLS certificate chain, leaf first, until attestation takes it.
+    chain: Vec<CertificateDer<'static>>,
     read: BytesMut,
     write: BytesMut,
     max_packet_size: usize,
 }
 
-impl Connection {
-    pub(crate) fn new(stream: TlsStream<TcpStream>, max_packet_size: usize) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub(crate) fn new(
+        stream: S,
+        chain: Vec<CertificateDer<'static>>,
+        max_packet_size: usize,
+    ) -> Self {
         Self {
             stream,
+            chain,
             read: BytesMut::new(),
             write: BytesMut::new(),
             max_packet_size,
@@ -106,20 +112,16 @@ impl Connection {
         let _ = tokio::time::timeout(WRITE_TIMEOUT, self.stream.shutdown()).await;
     }
 
-    /// The chain the client presented in the handshake, leaf first (empty if none).
-    fn peer_chain(&self) -> Vec<&[u8]> {
-        self.stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|chain| chain.iter().map(|c| c.as_ref()).collect())
-            .unwrap_or_default()
+    /// The chain the client presented in the handshake, leaf first (empty if none); no
+    /// longer held afterwards (a connection attests once).
+    fn take_chain(&mut self) -> Vec<CertificateDer<'static>> {
+        std::mem::take(&mut self.chain)
     }
 }
 
 /// The loop of one connection.
-pub(crate) struct Handler {
-    pub(crate) connection: Connection,
+pub(crate) struct Handler<S> {
+    pub(crate) connection: Connection<S>,
     pub(crate) session: Session,
     pub(crate) registrar: Registrar,
     pub(crate) counters: MqttCounters,
@@ -139,7 +141,7 @@ pub(crate) struct Handler {
     pub(crate) draining: Draining,
 }
 
-impl Handler {
+impl<S: AsyncRead + AsyncWrite + Unpin> Handler<S> {
     /// Runs until the session closes or the connection fails. Registrations still running
     /// when it returns are aborted with the `JoinSet`.
     pub(crate) async fn run(&mut self) -> Result<CloseReason, MqttError> {
@@ -206,7 +208,12 @@ impl Handler {
             ),
             // An empty chain is refused as `NoClientCertificate`.
             None => dps_attest::attest_x509(
-                &self.connection.peer_chain(),
+                &self
+                    .connection
+                    .take_chain()
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .collect::<Vec<_>>(),
                 claimed,
                 lookup,
                 dps_attest::UnixTime::now(),

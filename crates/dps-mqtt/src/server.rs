@@ -10,13 +10,20 @@
 //! among the device's `max_connections_per_device` (the slot stops counting as
 //! unauthenticated with the CONNACK 0); then the [`Handler`] loop until the session closes,
 //! at the latest at `max_connection_lifetime`.
+//!
+//! [`MqttFrontend::serve_stream`] runs the same connection over a stream another listener
+//! accepted and ran TLS for (MQTT over WebSocket on the HTTPS listener): that listener's slot,
+//! limits and drain apply, the rest is the same, the device's connection cap included.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dps_listener::{Admitted, DeviceConnections, ListenerLimits};
 use dps_registrar::Registrar;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -145,44 +152,97 @@ pub async fn serve_with_counters(
     counters: MqttCounters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener_limits = ListenerLimits {
-        max_connections: limits.max_connections,
-        max_connections_per_ip: limits.max_connections_per_ip,
-        max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
-        drain_timeout: limits.drain_timeout,
-    };
-    let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls),
-        registrar,
-        devices: DeviceConnections::new(limits.max_connections_per_device),
-        limits,
-        counters: counters.clone(),
-    });
-    dps_listener::serve(
-        listener,
-        listener_limits,
-        counters.listener().clone(),
-        shutdown,
-        |admitted| serve_connection(admitted, Arc::clone(&shared)),
-    )
-    .await
+    MqttFrontend::new(registrar, limits, counters)
+        .serve(listener, tls, shutdown)
+        .await
+}
+
+/// The MQTT frontend: what its connections share (the registrar, the limits, the counters, the
+/// connections each device holds), whichever listener they came from. Cheap to clone.
+#[derive(Clone)]
+pub struct MqttFrontend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MqttFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttFrontend")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttFrontend {
+    /// A frontend registering through `registrar` under `limits`, counting into `counters`.
+    pub fn new(registrar: Registrar, limits: MqttLimits, counters: MqttCounters) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                registrar,
+                devices: DeviceConnections::new(limits.max_connections_per_device),
+                limits,
+                counters,
+            }),
+        }
+    }
+
+    /// Serves MQTT over TLS on `listener` as [`serve`] does.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let limits = &self.shared.limits;
+        let listener_limits = ListenerLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_unauthenticated_per_ip: limits.max_unauthenticated_per_ip,
+            drain_timeout: limits.drain_timeout,
+        };
+        let acceptor = TlsAcceptor::from(tls);
+        dps_listener::serve(
+            listener,
+            listener_limits,
+            self.shared.counters.listener().clone(),
+            shutdown,
+            |admitted| {
+                let shared = Arc::clone(&self.shared);
+                let acceptor = acceptor.clone();
+                async move {
+                    let peer = admitted.peer;
+                    let end = over_tls(admitted, acceptor, &shared).await;
+                    finish(&shared, peer, &end);
+                }
+            },
+        )
+        .await
+    }
+
+    /// Serves one connection whose TLS another listener ran (MQTT over WebSocket on the
+    /// HTTPS listener): `admitted` carries that listener's slot (marked authenticated with the
+    /// CONNACK 0) and drain signal, `chain` the client's certificate chain, leaf first.
+    pub async fn serve_stream<S>(&self, admitted: Admitted<S>, chain: Vec<CertificateDer<'static>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let peer = admitted.peer;
+        let end = run_session(admitted, chain, &self.shared).await;
+        finish(&self.shared, peer, &end);
+    }
 }
 
 /// What every connection task reads.
 struct Shared {
-    acceptor: TlsAcceptor,
     registrar: Registrar,
     devices: DeviceConnections,
     limits: MqttLimits,
     counters: MqttCounters,
 }
 
-/// One connection, from the TCP stream to the end.
-async fn serve_connection(admitted: Admitted<TcpStream>, shared: Arc<Shared>) {
-    let peer = admitted.peer;
-    let end = run_connection(admitted, &shared).await;
-    count_end(&shared.counters, &end);
-    match &end {
+/// Counts and logs how a connection ended.
+fn finish(shared: &Shared, peer: SocketAddr, end: &Result<CloseReason, MqttError>) {
+    count_end(&shared.counters, end);
+    match end {
         Ok(reason) => tracing::debug!(%peer, reason = reason.label(), "MQTT connection closed"),
         Err(MqttError::Encode(e)) => {
             tracing::error!(%peer, error = %e, "bug: MQTT connection closed")
@@ -193,15 +253,17 @@ async fn serve_connection(admitted: Admitted<TcpStream>, shared: Arc<Shared>) {
     }
 }
 
-async fn run_connection(
+/// The TLS handshake, then the session.
+async fn over_tls(
     admitted: Admitted<TcpStream>,
+    acceptor: TlsAcceptor,
     shared: &Shared,
 ) -> Result<CloseReason, MqttError> {
     let Admitted {
         stream: tcp,
+        peer,
         slot,
         mut draining,
-        ..
     } = admitted;
     // Responses are small and latency-bound; don't let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
@@ -209,13 +271,41 @@ async fn run_connection(
     let handshake = shared
         .counters
         .listener()
-        .timed_handshake(limits.tls_handshake_timeout, shared.acceptor.accept(tcp));
+        .timed_handshake(limits.tls_handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
         tls = handshake => tls
             .map_err(|_elapsed| MqttError::TlsHandshakeTimeout)?
             .map_err(MqttError::TlsHandshake)?,
         () = draining.wait() => return Ok(CloseReason::ServerShutdown),
     };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let admitted = Admitted {
+        stream: tls,
+        peer,
+        slot,
+        draining,
+    };
+    run_session(admitted, chain, shared).await
+}
+
+/// The session over an established byte stream, until it closes.
+async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+    admitted: Admitted<S>,
+    chain: Vec<CertificateDer<'static>>,
+    shared: &Shared,
+) -> Result<CloseReason, MqttError> {
+    let Admitted {
+        stream,
+        slot,
+        draining,
+        ..
+    } = admitted;
+    let limits = &shared.limits;
     let session = Session::new(
         SessionConfig {
             id_scope: shared.registrar.id_scope().clone(),
@@ -228,7 +318,7 @@ async fn run_connection(
         tokio::time::Instant::now().into_std(),
     );
     let mut handler = Handler {
-        connection: Connection::new(tls, limits.max_packet_size),
+        connection: Connection::new(stream, chain, limits.max_packet_size),
         session,
         registrar: shared.registrar.clone(),
         counters: shared.counters.clone(),

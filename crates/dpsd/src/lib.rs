@@ -212,8 +212,10 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     let devices: Arc<dyn rustls::server::danger::ClientCertVerifier> =
         Arc::new(dps_attest::PossessionVerifier::new(provider.clone()));
     // The API listener asks for client certificates only when it serves devices (X.509
-    // attestation over HTTPS); the service API's own authentication is the SAS token.
-    let api_verifier = config.api.device_api.then(|| Arc::clone(&devices));
+    // attestation over HTTPS or WebSocket); the service API's own authentication is the SAS
+    // token.
+    let api_verifier =
+        (config.api.device_api || config.api.websocket).then(|| Arc::clone(&devices));
     let api_tls = tls_config(&cert, &key, api_verifier, Alpn::Http, &provider)?;
     let mqtt_tls = tls_config(&cert, &key, Some(devices), Alpn::None, &provider)?;
 
@@ -296,16 +298,6 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     if config.api.device_api {
         app = dps_device_http::mount(dps_device_http::DeviceApi::new(registrar.clone()), app);
     }
-    let api = dps_api::serve_with_counters(
-        api_listener,
-        api_tls,
-        with_portal(app, portal),
-        limits,
-        metrics.listener("api").map_err(DpsdError::Metrics)?,
-        listeners.until_stopped(),
-    );
-    listeners.spawn(API_LISTENER, api);
-
     let mqtt_listener = bind(config.mqtt.listen).await?;
     let mqtt_addr = local_addr(&mqtt_listener, config.mqtt.listen)?;
     let m = &config.mqtt;
@@ -323,16 +315,43 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
         max_operations_per_connection: m.max_operations_per_connection,
         ..dps_mqtt::MqttLimits::default()
     };
-    let mqtt = dps_mqtt::serve_with_counters(
-        mqtt_listener,
-        Arc::clone(&mqtt_tls),
+    let mqtt = dps_mqtt::MqttFrontend::new(
         registrar.clone(),
         mqtt_limits,
         metrics.mqtt().map_err(DpsdError::Metrics)?,
+    );
+    let amqp = config
+        .amqp
+        .enabled
+        .then(|| {
+            metrics.amqp().map(|counters| {
+                dps_amqp::AmqpFrontend::new(registrar.clone(), config.amqp.limits(), counters)
+            })
+        })
+        .transpose()
+        .map_err(DpsdError::Metrics)?;
+    let websockets = if config.api.websocket {
+        websockets(&mqtt, amqp.as_ref())
+    } else {
+        dps_api::WebSockets::new()
+    };
+    let api = dps_api::serve_with_websockets(
+        api_listener,
+        api_tls,
+        with_portal(app, portal),
+        websockets,
+        limits,
+        metrics.listener("api").map_err(DpsdError::Metrics)?,
         listeners.until_stopped(),
     );
-    listeners.spawn(MQTT_LISTENER, mqtt);
-    let amqp_addr = start_amqp(&config, &mqtt_tls, &registrar, metrics, &mut listeners).await?;
+    listeners.spawn(API_LISTENER, api);
+
+    let shutdown = listeners.until_stopped();
+    let tls = Arc::clone(&mqtt_tls);
+    listeners.spawn(MQTT_LISTENER, async move {
+        mqtt.serve(mqtt_listener, tls, shutdown).await
+    });
+    let amqp_addr = start_amqp(&config, amqp, &mqtt_tls, &mut listeners).await?;
     let metrics_addr = observability.start(&config.metrics, &mut listeners).await?;
 
     Ok(Running {
@@ -360,31 +379,53 @@ pub async fn start(config: Config) -> Result<Running, DpsdError> {
     })
 }
 
-/// Starts the AMQP device listener when enabled, with the MQTT listener's TLS (client
-/// certificates optional, checked for possession); returns where it listens.
+/// Starts the AMQP device listener when enabled (`amqp` is its frontend then), with the MQTT
+/// listener's TLS (client certificates optional, checked for possession); returns where it
+/// listens.
 async fn start_amqp(
     config: &Config,
+    amqp: Option<dps_amqp::AmqpFrontend>,
     tls: &Arc<rustls::ServerConfig>,
-    registrar: &dps_registrar::Registrar,
-    metrics: &Metrics,
     listeners: &mut Listeners,
 ) -> Result<Option<SocketAddr>, DpsdError> {
-    let amqp = &config.amqp;
-    if !amqp.enabled {
+    let Some(amqp) = amqp else {
         return Ok(None);
-    }
-    let listener = bind(amqp.listen).await?;
-    let addr = local_addr(&listener, amqp.listen)?;
-    let serve = dps_amqp::serve_with_counters(
-        listener,
-        Arc::clone(tls),
-        registrar.clone(),
-        amqp.limits(),
-        metrics.amqp().map_err(DpsdError::Metrics)?,
-        listeners.until_stopped(),
-    );
-    listeners.spawn(AMQP_LISTENER, serve);
+    };
+    let listener = bind(config.amqp.listen).await?;
+    let addr = local_addr(&listener, config.amqp.listen)?;
+    let shutdown = listeners.until_stopped();
+    let tls = Arc::clone(tls);
+    listeners.spawn(AMQP_LISTENER, async move {
+        amqp.serve(listener, tls, shutdown).await
+    });
     Ok(Some(addr))
+}
+
+/// MQTT (subprotocol `mqtt`) and, with its frontend, AMQP (`AMQPWSB10`) over WebSocket on
+/// the HTTPS listener: the same frontends as their own listeners, so a device's connection
+/// cap counts both ways in.
+fn websockets(
+    mqtt: &dps_mqtt::MqttFrontend,
+    amqp: Option<&dps_amqp::AmqpFrontend>,
+) -> dps_api::WebSockets {
+    let mqtt = mqtt.clone();
+    let mut websockets = dps_api::WebSockets::new().protocol(
+        "mqtt",
+        Arc::new(move |admitted, chain| {
+            let mqtt = mqtt.clone();
+            Box::pin(async move { mqtt.serve_stream(admitted, chain).await })
+        }),
+    );
+    if let Some(amqp) = amqp.cloned() {
+        websockets = websockets.protocol(
+            "AMQPWSB10",
+            Arc::new(move |admitted, chain| {
+                let amqp = amqp.clone();
+                Box::pin(async move { amqp.serve_stream(admitted, chain).await })
+            }),
+        );
+    }
+    websockets
 }
 
 /// The operator portal under `/portal` (`/portal` itself redirects to `/portal/`); every

@@ -92,6 +92,10 @@ pub struct ApiConfig {
     /// Whether this listener also serves the DPS device API (and asks for client
     /// certificates, optional, for X.509 devices).
     pub device_api: bool,
+    /// Whether this listener also serves MQTT and AMQP over WebSocket (`/$iothub/websocket`,
+    /// subprotocols `mqtt` and `AMQPWSB10`; AMQP only while `[amqp]` is enabled), asking for
+    /// client certificates (optional) too.
+    pub websocket: bool,
 }
 
 /// `[mqtt]`.
@@ -365,6 +369,7 @@ impl Config {
                 body_size,
             ),
             device_api: r.take(&mut t, "api", "device_api", true),
+            websocket: r.take(&mut t, "api", "websocket", true),
         };
         if api.tls_cert.is_some() != api.tls_key.is_some() {
             r.error(

@@ -61,6 +61,9 @@ fn defaults_are_the_libraries() {
     assert_eq!(c.registration.max_operations, reg.operations.max_operations);
     assert_eq!(c.registration.operation_ttl, reg.operations.ttl);
     assert!(c.api.device_api);
+    assert!(c.api.websocket);
+    let c = parse("[api]\nwebsocket = false", &[], &Flags::default()).unwrap();
+    assert!(!c.api.websocket);
 }
 
 #[test]
