@@ -203,15 +203,10 @@ impl WebSockets {
             .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        WebSocketBytes {
-            inner: WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await,
-            read: Bytes::new(),
-        }
+        WebSocketBytes::new(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        )
     }
 }
 
@@ -238,14 +233,25 @@ fn refusal(status: StatusCode, message: &str) -> Response<Body> {
 /// A byte stream over binary WebSocket messages: reads yield the messages' bytes in order
 /// (pings are answered by the framing layer, a close or the end of the socket is the end of
 /// the stream, a text message or a message over the limit is an `InvalidData` error); each
-/// write is sent as one binary message.
-pub struct WebSocketBytes {
-    inner: WebSocketStream<TokioIo<Upgraded>>,
+/// write is sent as one binary message. Over the server's upgraded connection by default; the
+/// tests' clients use it over their own.
+pub struct WebSocketBytes<S = TokioIo<Upgraded>> {
+    inner: WebSocketStream<S>,
     /// What is left of the last message read.
     read: Bytes,
 }
 
-impl fmt::Debug for WebSocketBytes {
+impl<S> WebSocketBytes<S> {
+    /// The bytes of `inner`'s binary messages.
+    pub fn new(inner: WebSocketStream<S>) -> Self {
+        Self {
+            inner,
+            read: Bytes::new(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for WebSocketBytes<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebSocketBytes")
             .field("buffered", &self.read.len())
@@ -265,7 +271,7 @@ fn io_error(e: WsError) -> io::Error {
     }
 }
 
-impl AsyncRead for WebSocketBytes {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketBytes<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -295,7 +301,7 @@ impl AsyncRead for WebSocketBytes {
     }
 }
 
-impl AsyncWrite for WebSocketBytes {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketBytes<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -40,11 +40,12 @@ pub async fn tls(
         .unwrap()
 }
 
-/// An AMQP connection over `tls`: SASL `profile` if given (else none).
-pub async fn connect(
-    tls: TlsStream<TcpStream>,
-    profile: Option<SaslProfile>,
-) -> ConnectionHandle<()> {
+/// An AMQP connection over `tls` (or any byte stream: AMQP over WebSocket): SASL `profile`
+/// if given (else none).
+pub async fn connect<S>(tls: S, profile: Option<SaslProfile>) -> ConnectionHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
     let builder = Connection::builder()
         .container_id("dps-amqp-test")
         .hostname("localhost");
