@@ -374,6 +374,19 @@ async fn bad_upgrades_get_http_errors_and_an_oversized_message_ends_its_connecti
     })
     .await;
     assert!(ended.is_ok(), "the oversized message's connection is closed");
+    // By the WebSocket layer: the bytes never reached the MQTT codec (which would have found
+    // them malformed).
+    let closed = |reason: &str| {
+        let text = String::from_utf8(running.metrics.encode().unwrap()).unwrap();
+        let line = format!(
+            "dps_mqtt_connections_closed_total{{reason=\"{reason}\",transport=\"mqtt\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map(|n| n.trim().to_owned())
+    };
+    assert_eq!(closed("io_error").as_deref(), Some("1"));
+    assert_eq!(closed("malformed_packet").as_deref(), Some("0"));
 
     let done = survivor.register(id).await;
     assert_eq!(done["status"], "assigned", "{done}");
