@@ -14,6 +14,8 @@
 # DPSD_BIN overrides the binary (default: target/debug/dpsd under the repository root).
 # DPS_TEST_API_PORT=443 runs the service API on 443 with the host name `localhost` (no port),
 # where the service SDK needs no help at all (see lib/dpsd.mjs); it needs the right to bind 443.
+# The WebSocket transports' tests (websocket-device-client.test.mjs) need it: without it, the
+# default file list leaves them out.
 # DPS_TEST_KEEP_DATA=1 keeps dpsd's data directory, config and logs (always kept on a failure).
 set -euo pipefail
 
@@ -188,7 +190,16 @@ export DPS_TEST_LINKED_HUBS="$linked_hubs"
 export DPS_TEST_DATA_DIR="$data_dir"
 export NODE_EXTRA_CA_CERTS="$ca_file"
 
-if [ "$#" -gt 0 ]; then files=("$@"); else files=(*.test.mjs); fi
+if [ "$#" -gt 0 ]; then
+  files=("$@")
+elif [ "$api_port" = 443 ]; then
+  files=(*.test.mjs)
+else
+  # The WebSocket transports dial port 443 whatever the host says: their file runs only with
+  # the service API there (scripts/test.sh runs it so: DPS_TEST_API_PORT=443 run.sh websocket-device-client.test.mjs).
+  files=()
+  for f in *.test.mjs; do [ "$f" = websocket-device-client.test.mjs ] || files+=("$f"); done
+fi
 node_status=0
 # In the background and waited for, so that a signal to this script runs its traps at once.
 timeout --kill-after=10 "$node_timeout_s" \

@@ -23,8 +23,8 @@ import securitySymmetricKey from 'azure-iot-security-symmetric-key';
 import securityX509 from 'azure-iot-security-x509';
 
 const { ProvisioningDeviceClient } = provisioningDevice;
-const { Mqtt } = provisioningDeviceMqtt;
-const { Amqp } = provisioningDeviceAmqp;
+const { Mqtt, MqttWs } = provisioningDeviceMqtt;
+const { Amqp, AmqpWs } = provisioningDeviceAmqp;
 const { Http } = provisioningDeviceHttp;
 const { ConnectionString, SharedAccessSignature } = iotCommon;
 const { ProvisioningServiceClient } = provisioningService;
@@ -216,6 +216,24 @@ export function httpsSymmetricKeyDevice(registrationId, key) {
 
 export function httpsX509Device(registrationId, credential) {
   return httpsDeviceClient(new X509Security(registrationId, credential));
+}
+
+/** A device client on MQTT (`'mqtt'`) or AMQP (`'amqp'`) over WebSocket, built as a user builds
+ * one. These transports dial `wss://{host}:443/$iothub/websocket` whatever the host says, so the
+ * host is the service API's `localhost` and run.sh must put that listener on 443
+ * (DPS_TEST_API_PORT=443). */
+export function wsDeviceClient(protocol, security) {
+  assert.equal(dps.httpsHost, 'localhost', 'the WebSocket transports dial port 443: run with DPS_TEST_API_PORT=443');
+  const transport = protocol === 'mqtt' ? new MqttWs() : new AmqpWs();
+  return ProvisioningDeviceClient.create(dps.httpsHost, dps.idScope, transport, security);
+}
+
+export function wsSymmetricKeyDevice(protocol, registrationId, key) {
+  return wsDeviceClient(protocol, new SymmetricKeySecurityClient(registrationId, key));
+}
+
+export function wsX509Device(protocol, registrationId, credential) {
+  return wsDeviceClient(protocol, new X509Security(registrationId, credential));
 }
 
 /** The failed attempts dpsd recorded for `registrationId` (`GET /registrations/{id}/attempts`,
