@@ -11,6 +11,11 @@ listener on its default address, 0.0.0.0:8883: the Python device SDK always dial
 so no `--mqtt-listen` is passed, and the session fails at once if 8883 is already taken. A
 config file (`--config`) links the hubs of `LINKED_HUBS`, which devices are assigned to.
 
+The WebSocket tests (tests/sdk/test_websocket_sdk.py) get a dpsd of their own (`dpsd_443`): the
+device SDK's `websockets=True` always dials port 443, so that one's HTTPS listener is on
+127.0.0.1:443 (which needs the right to bind it: root, as in CI) and its other listeners on
+free ports, so it runs beside the session's dpsd.
+
 DPSD_BIN overrides the binary (default: target/debug/dpsd under the repository root).
 """
 
@@ -42,6 +47,8 @@ MQTT_READY_LINE = re.compile(r"^  device MQTT     mqtts://(?P<addr>\S+)$")
 SCOPE_READY_LINE = re.compile(r"^  ID scope        (?P<scope>\S+)(?: \(also in .*\))?$")
 # The only port azure-iot-device's MQTT transport dials (mqtt_transport.py: port=8883).
 MQTT_PORT = 8883
+# The only port it dials with `websockets=True` (path /$iothub/websocket).
+WEBSOCKET_PORT = 443
 # The IoT hubs linked to the session's dpsd: (host name, allocation weight).
 LINKED_HUBS = (("hub-one.example.net", 1), ("hub-two.example.net", 3))
 # The session's dpsd publishes every assignment to this exchange of the RabbitMQ on
@@ -113,8 +120,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _check_mqtt_port_free() -> None:
-    """Fails the session with a clear message when something already listens on 8883.
+def _check_port_free(port: int, who: str) -> None:
+    """Fails the session with a clear message when something already listens on `port`.
 
     SO_REUSEADDR as in dpsd's own bind (tokio sets it): connections of an earlier run in
     TIME_WAIT do not count, a listener on any local address does.
@@ -123,24 +130,27 @@ def _check_mqtt_port_free() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("0.0.0.0", MQTT_PORT))
+            s.bind(("0.0.0.0", port))
         except OSError as e:
             error = e
     if error is not None:
         pytest.fail(
-            f"TCP port {MQTT_PORT} is already in use ({error}). The azure-iot-device SDK only "
-            f"dials port {MQTT_PORT}, so the test dpsd must listen there: stop what holds it "
-            f"(see `ss -ltnp 'sport = :{MQTT_PORT}'`; another test session, or a dpsd left "
-            "running) and run the tests again.",
+            f"TCP port {port} is already in use ({error}). {who} only dials port {port}, so the "
+            f"test dpsd must listen there: stop what holds it (see `ss -ltnp 'sport = :{port}'`; "
+            "another test session, or a dpsd left running) and run the tests again.",
             pytrace=False,
         )
 
 
-def _write_config(path: Path) -> None:
-    """The session's dpsd config file: the assignment feed and the linked hubs (everything
-    else by flags). Reconnections to the broker are retried at least every 2 s, so the outage
-    test does not wait out the default back-off."""
-    lines = ["[feed]", "enabled = true", f'exchange = "{FEED_EXCHANGE}"', 'reconnect_max = "2s"', ""]
+def _write_config(path: Path, session: bool) -> None:
+    """A dpsd config file: the linked hubs (everything else by flags) and, for the session's
+    dpsd, the assignment feed (reconnections to the broker retried at least every 2 s, so the
+    outage test does not wait out the default back-off); another dpsd has no feed and no
+    metrics listener, so it takes nothing the session's holds."""
+    if session:
+        lines = ["[feed]", "enabled = true", f'exchange = "{FEED_EXCHANGE}"', 'reconnect_max = "2s"', ""]
+    else:
+        lines = ["[metrics]", "enabled = false", ""]
     for host_name, weight in LINKED_HUBS:
         lines += ["[[linked_hubs]]", f'host_name = "{host_name}"', f"allocation_weight = {weight}", ""]
     path.write_text("\n".join(lines))
@@ -172,12 +182,16 @@ def _stop(process: subprocess.Popen) -> Optional[int]:
         return None
 
 
-def _start(binary: Path, data_dir: Path) -> Dpsd:
-    port = _free_port()
-    host_name = f"localhost:{port}"
+def _start(binary: Path, data_dir: Path, api_port: Optional[int] = None) -> Dpsd:
+    """The session's dpsd (MQTT on 8883, AMQP on its default port, the feed), or with
+    `api_port` one whose every other listener is on a free loopback port."""
+    session = api_port is None
+    port = api_port or _free_port()
+    host_name = "localhost" if port == 443 else f"localhost:{port}"
     stderr_file = data_dir.parent / f"{data_dir.name}.stderr.log"
     config_file = data_dir.parent / f"{data_dir.name}.toml"
-    _write_config(config_file)
+    _write_config(config_file, session)
+    own_ports = [] if session else ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0"]
     stderr = open(stderr_file, "w")
     try:
         process = subprocess.Popen(
@@ -194,6 +208,7 @@ def _start(binary: Path, data_dir: Path) -> Dpsd:
                 host_name,
                 "--log",
                 "warn",
+                *own_ports,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -244,7 +259,7 @@ def _start(binary: Path, data_dir: Path) -> Dpsd:
         _stop(process)
         raise RuntimeError(f"dpsd serves on {addr}, not on the requested 127.0.0.1:{port}")
 
-    if not mqtt_addr.endswith(f":{MQTT_PORT}"):
+    if session and not mqtt_addr.endswith(f":{MQTT_PORT}"):
         _stop(process)
         raise RuntimeError(f"dpsd's MQTT listener is on {mqtt_addr}, not on port {MQTT_PORT}")
 
@@ -277,14 +292,28 @@ def _start(binary: Path, data_dir: Path) -> Dpsd:
 @pytest.fixture(scope="session")
 def dpsd(tmp_path_factory) -> Dpsd:
     """One dpsd for the whole session, stopped (SIGTERM, then kill after 10 s) at the end."""
+    _check_port_free(MQTT_PORT, "The azure-iot-device SDK")
+    yield from _serve(tmp_path_factory, None)
+    _delete_exchange(FEED_EXCHANGE)
+
+
+@pytest.fixture(scope="module")
+def dpsd_443(tmp_path_factory) -> Dpsd:
+    """A dpsd of its own with its HTTPS listener on 127.0.0.1:443, for the device SDK over
+    WebSocket, stopped at the end of the module."""
+    _check_port_free(WEBSOCKET_PORT, "The azure-iot-device SDK with websockets=True")
+    yield from _serve(tmp_path_factory, WEBSOCKET_PORT)
+
+
+def _serve(tmp_path_factory, api_port: Optional[int]):
+    """Starts dpsd (see `_start`), yields it, stops it."""
     binary = _dpsd_binary()
-    _check_mqtt_port_free()
     failures = []
     server = None
     for attempt in range(BIND_ATTEMPTS):
         data_dir = tmp_path_factory.mktemp("dpsd-data")
         try:
-            server = _start(binary, data_dir)
+            server = _start(binary, data_dir, api_port)
             break
         except RuntimeError as e:
             failures.append(str(e))
@@ -300,7 +329,6 @@ def dpsd(tmp_path_factory) -> Dpsd:
             print(f"\ndpsd did not exit within {STOP_TIMEOUT_S:.0f}s of SIGTERM and was killed")
         elif code != 0:
             print(f"\ndpsd exited with status {code} after SIGTERM; stderr:\n{server.stderr_tail()}")
-        _delete_exchange(FEED_EXCHANGE)
 
 
 def _delete_exchange(name: str) -> None:

@@ -178,23 +178,26 @@ def write_device_files(directory: Path, leaf: Issued, chain: Sequence[Issued] = 
 # helpers: devices
 
 
-def symmetric_key_device(dpsd, registration_id: str, key: str) -> ProvisioningDeviceClient:
+def symmetric_key_device(dpsd, registration_id: str, key: str, **options) -> ProvisioningDeviceClient:
+    """`options`: more of the SDK's keyword arguments (`websockets=True`)."""
     return ProvisioningDeviceClient.create_from_symmetric_key(
         provisioning_host="localhost",
         registration_id=registration_id,
         id_scope=dpsd.id_scope,
         symmetric_key=key,
         server_verification_cert=dpsd.ca_pem,
+        **options,
     )
 
 
-def x509_device(dpsd, registration_id: str, credential: X509) -> ProvisioningDeviceClient:
+def x509_device(dpsd, registration_id: str, credential: X509, **options) -> ProvisioningDeviceClient:
     return ProvisioningDeviceClient.create_from_x509_certificate(
         provisioning_host="localhost",
         registration_id=registration_id,
         id_scope=dpsd.id_scope,
         x509=credential,
         server_verification_cert=dpsd.ca_pem,
+        **options,
     )
 
 
