@@ -271,12 +271,12 @@ async fn devices_register_over_mqtt_and_amqp_over_websocket_on_the_https_port() 
         .unwrap();
     let mut refused = mqtt_device(ws);
     let wrong = device_token(&scope, "ws-mqtt-sas", &SymmetricKey::generate());
-    assert_eq!(refused.connect(&scope, "ws-mqtt-sas", Some(&wrong)).await, 5);
+    assert_eq!(
+        refused.connect(&scope, "ws-mqtt-sas", Some(&wrong)).await,
+        5
+    );
     let attempts: Value = service
-        .request(
-            reqwest::Method::GET,
-            "/registrations/ws-mqtt-sas/attempts",
-        )
+        .request(reqwest::Method::GET, "/registrations/ws-mqtt-sas/attempts")
         .send()
         .await
         .unwrap()
@@ -373,14 +373,16 @@ async fn bad_upgrades_get_http_errors_and_an_oversized_message_ends_its_connecti
         }
     })
     .await;
-    assert!(ended.is_ok(), "the oversized message's connection is closed");
+    assert!(
+        ended.is_ok(),
+        "the oversized message's connection is closed"
+    );
     // By the WebSocket layer: the bytes never reached the MQTT codec (which would have found
     // them malformed).
     let closed = |reason: &str| {
         let text = String::from_utf8(running.metrics.encode().unwrap()).unwrap();
-        let line = format!(
-            "dps_mqtt_connections_closed_total{{reason=\"{reason}\",transport=\"mqtt\"}} "
-        );
+        let line =
+            format!("dps_mqtt_connections_closed_total{{reason=\"{reason}\",transport=\"mqtt\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&line))
             .map(|n| n.trim().to_owned())
