@@ -347,6 +347,22 @@ async fn bad_upgrades_get_http_errors_and_an_oversized_message_ends_its_connecti
     let wrong_path = websocket(api, &ca, None, "/enrollments", "mqtt").await;
     assert_eq!(refused_status(wrong_path), 404);
 
+    // Pings are answered while the frontend waits for the device's first packet.
+    let mut pinger = websocket(api, &ca, None, "/$iothub/websocket", "mqtt")
+        .await
+        .unwrap();
+    pinger
+        .send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, pinger.next())
+        .await
+        .expect("a pong in time");
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(payload))) if payload.as_ref() == b"are you there"),
+        "{pong:?}"
+    );
+
     // A device part-way through its registration, then a peer sending a message over the
     // limit: the second connection is closed, the first goes on.
     let id = "ws-survivor";
