@@ -271,13 +271,14 @@ impl Connection {
             },
             () = draining.wait() => return,
         };
-        let chain: Vec<CertificateDer<'static>> = tls
+        let certificates = tls
             .get_ref()
             .1
             .peer_certificates()
-            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
-        let certificates = (!chain.is_empty()).then(|| PeerCertificates::new(&chain));
+            .filter(|chain| !chain.is_empty())
+            .map(PeerCertificates::new);
+        // For a protocol over WebSocket, which reads it from no request.
+        let chain = certificates.clone();
         let app = self.app;
         let limits = self.limits;
         let websockets = self.websockets;
@@ -359,6 +360,7 @@ impl Connection {
                         slot,
                         draining,
                     };
+                    let chain = chain.map(|c| c.chain.to_vec()).unwrap_or_default();
                     service(admitted, chain).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),

@@ -347,6 +347,59 @@ mod tests {
             .unwrap()
     }
 
+    /// A server's byte stream and the client's message stream, over a pipe.
+    async fn pipe() -> (
+        WebSocketBytes<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (WebSocketBytes::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn messages_are_one_byte_stream_each_write_one_binary_message_and_text_an_error() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut server, mut client) = pipe().await;
+        client.send(Message::binary(&b"abc"[..])).await.unwrap();
+        client.send(Message::Ping("p".into())).await.unwrap();
+        client.send(Message::binary(&b"de"[..])).await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcde");
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Pong("p".into())
+        );
+
+        server.write_all(b"xyz").await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::binary(&b"xyz"[..])
+        );
+
+        client.send(Message::text("hello")).await.unwrap();
+        let read = server.read(&mut [0u8; 8]).await.map_err(|e| e.kind());
+        assert_eq!(read, Err(io::ErrorKind::InvalidData));
+    }
+
+    #[tokio::test]
+    async fn a_close_is_the_end_of_the_stream() {
+        use futures_util::SinkExt;
+        use tokio::io::AsyncReadExt;
+
+        let (mut server, mut client) = pipe().await;
+        client.send(Message::binary(&b"last"[..])).await.unwrap();
+        client.close(None).await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"last");
+    }
+
     fn served() -> WebSockets {
         let service: StreamService = Arc::new(|_, _| Box::pin(async {}));
         WebSockets::new()
