@@ -149,6 +149,33 @@ impl Server {
         self.store.put_group(g, &Precondition::Any).await.unwrap();
     }
 
+    /// `PUT /enrollments/{id}` through the service API on this listener, as an operator
+    /// would (owner policy token); returns the status.
+    pub async fn enroll_through_service_api(&self, body: Value) -> u16 {
+        let id = body["registrationId"].as_str().unwrap().to_owned();
+        let token = SasToken::generate(
+            HOST,
+            &self.owner.primary_key,
+            Some(&self.owner.name),
+            Timestamp::now().unix() + 3600,
+        );
+        let device = self.device(&id, Credential::None);
+        let url = format!(
+            "https://{HOST}:{}/enrollments/{id}?api-version=2021-10-01",
+            self.addr.port()
+        );
+        let answer = device
+            .raw(
+                device
+                    .http()
+                    .put(url)
+                    .header("authorization", token)
+                    .json(&body),
+            )
+            .await;
+        answer.status
+    }
+
     /// An individual symmetric-key enrollment; returns its primary key.
     pub async fn enroll_sas(&self, id: &str) -> SymmetricKey {
         let key = SymmetricKey::generate();
