@@ -114,7 +114,11 @@ impl<'a> Proof<'a> {
                     )
                     .map(Arc::new)
                     .map_err(|r| refused(registrar, registration_id, &r))?;
-                let sealed = tpm.seal_hub_key()?;
+                let Some(hub_key) = device.hub_key() else {
+                    tracing::error!("a TPM device was attested without a hub key");
+                    return Err(DeviceError::RegistrationFailed);
+                };
+                let sealed = tpm.seal_hub_key(hub_key)?;
                 api.tpm.insert(token, Arc::clone(&device), sealed.clone());
                 Ok(Attested {
                     device,

@@ -39,14 +39,18 @@ impl TpmBody {
         TpmBody::deserialize(value).map_err(|_| DeviceError::TpmBodyInvalid)
     }
 
-    /// A fresh hub key for the device, sealed to its TPM: the registration result's
-    /// `tpm.authenticationKey`, which the device imports as it imported its challenge.
-    pub(crate) fn seal_hub_key(&self) -> Result<TpmRegistrationResult, DeviceError> {
+    /// The device's hub key (`AttestedDevice::hub_key`, which the assignment feed tells the
+    /// hub) sealed to its TPM: the registration result's `tpm.authenticationKey`, which the
+    /// device imports as it imported its challenge.
+    pub(crate) fn seal_hub_key(
+        &self,
+        hub_key: &SymmetricKey,
+    ) -> Result<TpmRegistrationResult, DeviceError> {
         let key = |role, text| TpmKey::from_base64(role, text);
         let sealed = key(TpmKeyRole::Endorsement, &self.endorsement_key)
             .and_then(|ek| {
                 let srk = key(TpmKeyRole::StorageRoot, &self.storage_root_key)?;
-                seal_key(&ek, &srk, &SymmetricKey::generate())
+                seal_key(&ek, &srk, hub_key)
             })
             .map_err(|e| {
                 // The challenge parsed both keys already; only a device that sends other

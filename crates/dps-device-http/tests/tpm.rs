@@ -1,19 +1,24 @@
 //! TPM devices over the DPS device REST API, with a real software TPM (`swtpm` driven by
 //! `tpm2-tools`) as the device: enrolled through the service API, challenged with `401`, the
 //! activation blob activated, imported and loaded in the TPM, the token signed by the TPM,
-//! registered and polled to `assigned`, and the hub key of the result imported too. Every
-//! refusal names its precise reason in the registrar's diagnostics.
+//! registered and polled to `assigned`, and the hub key of the result imported too: it signs
+//! as the key the assignment feed (on the local RabbitMQ) told the hub. Every refusal names
+//! its precise reason in the registrar's diagnostics.
 
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::{Answer, Credential, Server, SCOPE};
+use dps_test_util::broker::{body, next_delivery};
 use dps_test_util::swtpm::SoftwareTpm;
 use dps_types::{EndorsementKey, Timestamp};
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 /// A swtpm whose EK is enrolled (through the service API) under its default registration id.
 struct TpmDevice {
@@ -92,14 +97,14 @@ async fn poll_until_done(server: &Server, id: &str, token: &str, operation_id: &
         if answer.status != 202 {
             return answer;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("still assigning after 50 polls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_software_tpm_registers_and_imports_its_hub_key() {
-    let server = Server::start().await;
+async fn a_software_tpm_registers_and_imports_the_hub_key_the_feed_tells_the_hub() {
+    let (server, _hub_side, mut events) = Server::with_feed().await;
     let device = TpmDevice::enrolled(&server, None).await;
 
     let key = device.activated(&server).await;
@@ -115,10 +120,26 @@ async fn a_software_tpm_registers_and_imports_its_hub_key() {
     assert_eq!(done.body["status"], "assigned", "{done:?}");
     assert_eq!(state["assignedHub"], common::HUB);
     assert_eq!(state["deviceId"], device.id.as_str());
-    // The hub key is sealed to this TPM, as the challenge was: the TPM imports it and signs.
+    // The hub key is sealed to this TPM, as the challenge was: the TPM imports it and signs
+    // as the hub, told the key by the assignment feed, expects.
     let hub_blob = state["tpm"]["authenticationKey"].as_str().unwrap();
     let hub_key = device.tpm.activate(hub_blob).unwrap();
-    assert_eq!(device.tpm.hmac(&hub_key, b"hub").len(), 32);
+    let delivery = next_delivery(&mut events, Duration::from_secs(20))
+        .await
+        .expect("the assignment event");
+    let event = body(&delivery);
+    assert_eq!(event["type"], "device.assigned", "{event}");
+    assert_eq!(event["registrationId"], device.id.as_str());
+    assert_eq!(event["authentication"]["type"], "sas", "{event}");
+    let told = event["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&STANDARD.decode(told).unwrap()).unwrap();
+    mac.update(b"a hub's SAS token");
+    assert_eq!(
+        device.tpm.hmac(&hub_key, b"a hub's SAS token"),
+        mac.finalize().into_bytes().to_vec()
+    );
 
     // The status lookup with the same token tells the same.
     let status = server
