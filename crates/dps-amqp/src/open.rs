@@ -76,6 +76,8 @@ pub(crate) struct Ready {
     /// The attested device and its place among the device's connections, or why it may not
     /// register (its requests are rejected with that error).
     pub(crate) device: Result<(Arc<AttestedDevice>, DevicePlace), Refused>,
+    /// A TPM device's keys: its hub key is sealed to them in an assigned result.
+    pub(crate) tpm_keys: Option<crate::sasl::TpmKeys>,
     /// Ends fe2o3's tasks when the connection is dropped.
     pub(crate) _kill: Kill,
 }
@@ -165,6 +167,10 @@ where
         return Err(AmqpError::ProtocolHeader);
     };
 
+    let tpm_keys = match &claim {
+        Claim::Tpm { keys, .. } => Some(keys.clone()),
+        _ => None,
+    };
     let (mut device, mut claimed) = match attest_claim(claim, shared) {
         None => (None, None),
         Some((registration_id, attested)) => {
@@ -294,6 +300,7 @@ where
                 receiver,
                 registration_id,
                 device: device.map(|(device, place)| (Arc::new(device), place)),
+                tpm_keys,
                 _kill: kill,
             })))
         }
@@ -326,16 +333,13 @@ fn attest_claim(
             );
             Some((registration_id, attested))
         }
-        Claim::Tpm {
-            registration_id,
-            token,
-            endorsement_key,
-        } => {
+        Claim::Tpm { keys, token } => {
+            let registration_id = keys.registration_id;
             let attested = registrar.tpm_challenges().attest(
                 &token,
                 registrar.id_scope(),
                 registration_id.as_str(),
-                Some(&STANDARD.encode(endorsement_key)),
+                Some(&STANDARD.encode(keys.endorsement_key)),
                 registrar.lookup(),
                 unix_now(),
             );

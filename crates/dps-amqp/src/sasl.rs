@@ -88,12 +88,10 @@ pub enum Claim {
     /// A TPM device that answered its challenge: attest the token against the challenge's
     /// key (`TpmChallenges::attest`).
     Tpm {
-        /// The registration id of the initial response.
-        registration_id: RegistrationId,
+        /// The registration id, EK and SRK the device sent; the SRK seals its hub key.
+        keys: TpmKeys,
         /// The SAS token signed in the TPM.
         token: String,
-        /// The EK's `TPM2B_PUBLIC` of the initial response.
-        endorsement_key: Vec<u8>,
     },
 }
 
@@ -108,15 +106,10 @@ impl std::fmt::Debug for Claim {
                 .field("token", &"<redacted>")
                 .finish(),
             Claim::Certificate => f.write_str("Certificate"),
-            Claim::Tpm {
-                registration_id,
-                endorsement_key,
-                ..
-            } => f
+            Claim::Tpm { keys, .. } => f
                 .debug_struct("Tpm")
-                .field("registration_id", registration_id)
+                .field("keys", keys)
                 .field("token", &"<redacted>")
-                .field("endorsement_key_len", &endorsement_key.len())
                 .finish(),
         }
     }

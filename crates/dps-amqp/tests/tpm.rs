@@ -6,9 +6,6 @@
 //! its precise reason in the attempt diagnostics.
 
 mod common;
-// The swtpm driver of the attestation crate's tests (the same functions, not a copy).
-#[path = "../../dps-attest/tests/swtpm/mod.rs"]
-mod swtpm;
 
 use std::path::Path;
 
@@ -16,11 +13,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::*;
 use dps_amqp::SASL_HEADER;
+use dps_test_util::swtpm::{split, SoftwareTpm};
 use fe2o3_amqp::frames::sasl::{Frame, FrameCodec};
 use fe2o3_amqp::types::primitives::Symbol;
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
 use serde_json::json;
-use swtpm::{split, SoftwareTpm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -179,6 +176,11 @@ async fn a_software_tpm_registers_over_amqp_and_uses_its_challenge_up() {
     assert_eq!(state["status"], "assigned", "{state}");
     assert_eq!(state["registrationState"]["assignedHub"], HUB);
     assert_eq!(state["registrationState"]["deviceId"], id.as_str());
+    // The hub key, sealed to this TPM as its challenge was: the TPM imports it.
+    let hub_key = state["registrationState"]["tpm"]["authenticationKey"]
+        .as_str()
+        .expect("an assigned TPM device gets its hub key");
+    tpm.activate(hub_key).expect("the TPM imports its hub key");
     device.close().await;
 
     let record = server.store.cache().registration(&id).expect("a record");

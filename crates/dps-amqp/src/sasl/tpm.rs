@@ -62,14 +62,10 @@ pub(super) enum Tpm {
         endorsement_key: Vec<u8>,
     },
     /// [`Step::Seal`] was answered: the blob comes from the caller.
-    Sealing {
-        registration_id: RegistrationId,
-        endorsement_key: Vec<u8>,
-    },
+    Sealing { keys: TpmKeys },
     /// Segments of `blob` from `sent` on are still to go.
     Sending {
-        registration_id: RegistrationId,
-        endorsement_key: Vec<u8>,
+        keys: TpmKeys,
         blob: Vec<u8>,
         sent: usize,
     },
@@ -127,34 +123,22 @@ impl Tpm {
                     return (None, Step::Fail(SaslFailure::MalformedTpm));
                 }
                 let keys = TpmKeys {
-                    registration_id: registration_id.clone(),
-                    endorsement_key: endorsement_key.clone(),
-                    storage_root_key: value.to_vec(),
-                };
-                let state = Tpm::Sealing {
                     registration_id,
                     endorsement_key,
+                    storage_root_key: value.to_vec(),
                 };
-                (Some(state), Step::Seal(keys))
+                let step = Step::Seal(keys.clone());
+                (Some(Tpm::Sealing { keys }), step)
             }
             // The blob is being asked for: no response belongs here.
             Tpm::Sealing { .. } => (None, Step::Fail(SaslFailure::Unexpected)),
-            Tpm::Sending {
-                registration_id,
-                endorsement_key,
-                blob,
-                sent,
-            } if sent < blob.len() => {
+            Tpm::Sending { keys, blob, sent } if sent < blob.len() => {
                 if !value.is_empty() {
                     return (None, Step::Fail(SaslFailure::MalformedTpm));
                 }
-                Tpm::send(registration_id, endorsement_key, blob, sent)
+                Tpm::send(keys, blob, sent)
             }
-            Tpm::Sending {
-                registration_id,
-                endorsement_key,
-                ..
-            } => {
+            Tpm::Sending { keys, .. } => {
                 let Ok(token) = std::str::from_utf8(value) else {
                     return (None, Step::Fail(SaslFailure::MalformedTpm));
                 };
@@ -162,9 +146,8 @@ impl Tpm {
                     return (None, Step::Fail(SaslFailure::MalformedTpm));
                 }
                 let claim = Claim::Tpm {
-                    registration_id,
+                    keys,
                     token: token.to_owned(),
-                    endorsement_key,
                 };
                 (None, Step::Done(claim))
             }
@@ -174,11 +157,8 @@ impl Tpm {
     /// The blob arrived: its first segment.
     pub(super) fn sealed(self, blob: Vec<u8>) -> (Option<Tpm>, Step) {
         match self {
-            Tpm::Sealing {
-                registration_id,
-                endorsement_key,
-            } if !blob.is_empty() && blob.len() <= MAX_BLOB_LEN => {
-                Tpm::send(registration_id, endorsement_key, blob, 0)
+            Tpm::Sealing { keys } if !blob.is_empty() && blob.len() <= MAX_BLOB_LEN => {
+                Tpm::send(keys, blob, 0)
             }
             Tpm::Sealing { .. } => (None, Step::Fail(SaslFailure::BlobTooLarge)),
             _ => (None, Step::Fail(SaslFailure::Unexpected)),
@@ -186,20 +166,14 @@ impl Tpm {
     }
 
     /// The segment of `blob` at `sent`, and the state that waits for its answer.
-    fn send(
-        registration_id: RegistrationId,
-        endorsement_key: Vec<u8>,
-        blob: Vec<u8>,
-        sent: usize,
-    ) -> (Option<Tpm>, Step) {
+    fn send(keys: TpmKeys, blob: Vec<u8>, sent: usize) -> (Option<Tpm>, Step) {
         let end = blob.len().min(sent.saturating_add(SEGMENT_LEN));
         let control = if end == blob.len() { LAST } else { MORE };
         let mut segment = Vec::with_capacity(1 + end.saturating_sub(sent));
         segment.push(control);
         segment.extend_from_slice(blob.get(sent..end).unwrap_or_default());
         let state = Tpm::Sending {
-            registration_id,
-            endorsement_key,
+            keys,
             blob,
             sent: end,
         };
@@ -269,17 +243,18 @@ mod tests {
         }
         assert_eq!(controls, [MORE, MORE, LAST]);
         assert_eq!(received, blob, "the segments put together are the blob");
-        let Step::Done(Claim::Tpm {
-            registration_id,
-            token,
-            endorsement_key,
-        }) = exchange.response(b"\0SharedAccessSignature sr=x")
+        let Step::Done(Claim::Tpm { keys, token }) =
+            exchange.response(b"\0SharedAccessSignature sr=x")
         else {
             panic!("no claim");
         };
-        assert_eq!(registration_id.as_str(), "tpm-device");
+        assert_eq!(keys.registration_id.as_str(), "tpm-device");
         assert_eq!(token, "SharedAccessSignature sr=x");
-        assert_eq!(endorsement_key, EK);
+        assert_eq!(keys.endorsement_key, EK);
+        assert_eq!(
+            keys.storage_root_key, SRK,
+            "the SRK the hub key is sealed to"
+        );
         assert_eq!(
             exchange.response(&[0]),
             Step::Fail(SaslFailure::Unexpected),
@@ -427,9 +402,8 @@ mod tests {
             storage_root_key: b"secret-srk".to_vec(),
         };
         let claim = Claim::Tpm {
-            registration_id: RegistrationId::parse("d").unwrap(),
+            keys: keys.clone(),
             token: "secret-token".into(),
-            endorsement_key: b"secret-ek".to_vec(),
         };
         for shown in [format!("{keys:?}"), format!("{claim:?}")] {
             assert!(
