@@ -21,8 +21,8 @@ python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 # OpenSSL's headers and a C compiler: pip builds python-qpid-proton (tests/sdk) from source.
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v gcc >/dev/null || missing+=(gcc)
-# A software TPM and the TPM2 tools: dps-attest's TPM attestation tests (tests/tpm_swtpm.rs)
-# drive swtpm as the device's TPM (swtpm-tools: its setup tools, packaged with it).
+# A software TPM and the TPM2 tools: the TPM attestation tests (dps-attest's tests/tpm_swtpm.rs,
+# dps-device-http's tests/tpm.rs) drive swtpm as the device's TPM (swtpm-tools: its setup tools).
 command -v swtpm >/dev/null || missing+=(swtpm)
 command -v swtpm_setup >/dev/null || missing+=(swtpm-tools)
 command -v tpm2_activatecredential >/dev/null || missing+=(tpm2-tools)

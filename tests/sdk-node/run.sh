@@ -37,9 +37,11 @@ fi
 
 cd "$here"
 # The pinned packages (package-lock.json): installed when missing, reinstalled when the lock file
-# changed since (npm records what it installed in node_modules/.package-lock.json).
+# changed since (npm records what it installed in node_modules/.package-lock.json). Without
+# install scripts: the TPM client's tss.js depends on ffi-napi, whose native build fails on
+# Node 20, and which it loads only for a hardware TPM (the tests use its simulator protocol).
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
+  npm ci --no-audit --no-fund --ignore-scripts
 fi
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/dpsd-sdk-node.XXXXXX")"

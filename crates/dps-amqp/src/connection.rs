@@ -406,9 +406,15 @@ impl Handler<'_> {
             return;
         };
         let device = Arc::clone(device);
+        let tpm_keys = self.ready.tpm_keys.clone();
         let task = self.registrations.spawn(async move {
             match registrar.register(&device, Transport::Amqp, payload).await {
-                Ok(result) => Outcome::Done(Box::new(result)),
+                Ok(mut result) => {
+                    if let Some(keys) = &tpm_keys {
+                        seal_hub_key(&mut result, &device, keys);
+                    }
+                    Outcome::Done(Box::new(result))
+                }
                 Err(
                     RegistrarError::Busy { retry_after_secs }
                     | RegistrarError::BrokerUnavailable { retry_after_secs },
@@ -515,5 +521,37 @@ fn count_end(counters: &AmqpCounters, end: &Result<CloseReason, AmqpError>) {
         Err(AmqpError::Sasl(_)) => bump(&c.sasl_failures),
         Err(AmqpError::Io(_) | AmqpError::SendTimeout) => bump(&c.io_errors),
         Err(_) => bump(&c.protocol_errors),
+    }
+}
+
+/// An assigned TPM device's result carries its hub key (`AttestedDevice::hub_key`, which the
+/// assignment feed tells the hub) sealed to its TPM, as `tpm.authenticationKey`: the Azure TPM
+/// clients import it once assigned (dps-protocol.md §5.2 item 5).
+fn seal_hub_key(
+    result: &mut dps_types::DeviceRegistrationResult,
+    device: &dps_attest::AttestedDevice,
+    keys: &crate::sasl::TpmKeys,
+) {
+    use base64::Engine;
+    use dps_attest::tpm::{seal_key, TpmKey, TpmKeyRole};
+
+    if result.status != dps_types::RegistrationStatus::Assigned {
+        return;
+    }
+    let Some(hub_key) = device.hub_key() else {
+        return;
+    };
+    let sealed = TpmKey::parse(TpmKeyRole::Endorsement, &keys.endorsement_key).and_then(|ek| {
+        let srk = TpmKey::parse(TpmKeyRole::StorageRoot, &keys.storage_root_key)?;
+        seal_key(&ek, &srk, hub_key)
+    });
+    match sealed {
+        Ok(blob) => {
+            result.tpm = Some(dps_types::TpmRegistrationResult {
+                authentication_key: base64::engine::general_purpose::STANDARD.encode(blob),
+            })
+        }
+        // The challenge sealed to these same keys, so they parse.
+        Err(e) => tracing::error!(error = %e, "bug: an attested TPM device's keys do not seal"),
     }
 }

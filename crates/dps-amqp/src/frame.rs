@@ -8,7 +8,7 @@
 //! reading it, so the guard holds each frame (at most the largest frame size we announce) until
 //! it is whole and walks its performative's encoding ([`crate::encoding`]): a value that claims
 //! more than the frame holds ends the connection before fe2o3 sees the frame. The message bytes
-//! after a TRANSFER are walked too, once the message is whole ([`crate::transfer`]).
+//! after a TRANSFER are walked too, once the message is whole (`transfer.rs`).
 //!
 //! The stream fe2o3 reads is protocol headers and frames: a protocol header first, then SASL
 //! frames, then (after SASL) the AMQP protocol header again, then AMQP frames. A protocol

@@ -3,9 +3,10 @@
 //! §6).
 //!
 //! What it does: TLS with optional client certificates; the AMQP or SASL protocol header;
-//! SASL `PLAIN` (symmetric keys), `EXTERNAL` / `ANONYMOUS` or no SASL at all (X.509)
-//! ([`sasl`]); attestation through `dps-attest` (a SAS token at once, a certificate against
-//! the registration id of the first link's address ([`address`])); one session with one
+//! SASL `PLAIN` (symmetric keys), `TPM` (the challenge sealed to the device's TPM, [`sasl::tpm`]),
+//! `EXTERNAL` / `ANONYMOUS` or no SASL at all (X.509) ([`sasl`]); attestation through
+//! `dps-attest` (a SAS token or a TPM-signed one at once, a certificate against the
+//! registration id of the first link's address ([`address`])); one session with one
 //! sender and one receiver link on `{idScope}/registrations/{registrationId}`; requests by
 //! `iotdps-operation-type`, answered by `correlation-id` on the receiver link or rejected with
 //! DPS's error JSON ([`message`]); the operation table of a connection ([`operations`]) and

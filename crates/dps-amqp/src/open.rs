@@ -5,12 +5,13 @@
 //!    it (the Node SDK's X.509 devices); anything else gets our SASL header and a close;
 //! 2. fe2o3's connection acceptor runs SASL and exchanges OPENs (announcing our frame size,
 //!    idle timeout and a single session);
-//! 3. a PLAIN claim is attested at once (`attest_sas`); a refusal is recorded and the device
+//! 3. a PLAIN claim is attested at once (`attest_sas`), a TPM claim too (its token against the
+//!    key of the challenge the exchange sealed, `TpmChallenges::attest`); a refusal is recorded and the device
 //!    gets a CLOSE with `amqp:unauthorized-access` and DPS's `401002` JSON, as from DPS; an
 //!    attested device that already holds `max_connections_per_device` connections gets a
 //!    CLOSE with `amqp:resource-limit-exceeded` ([`message::device_limit`]);
 //! 4. one session; then ATTACHes until there is one link each way on
-//!    `{idScope}/registrations/{registrationId}`. Without a PLAIN claim the first such address
+//!    `{idScope}/registrations/{registrationId}`. Without a PLAIN or TPM claim the first such address
 //!    names the registration id the TLS client certificate is attested against
 //!    (`attest_x509`). A refusal is recorded, and the links are attached all the same: the
 //!    device's first request is then rejected with `amqp:unauthorized-access` (or
@@ -21,6 +22,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use dps_attest::{AttestedDevice, Refusal};
 use dps_listener::{DevicePlace, Slot};
 use dps_registrar::Transport;
@@ -73,6 +76,8 @@ pub(crate) struct Ready {
     /// The attested device and its place among the device's connections, or why it may not
     /// register (its requests are rejected with that error).
     pub(crate) device: Result<(Arc<AttestedDevice>, DevicePlace), Refused>,
+    /// A TPM device's keys: its hub key is sealed to them in an assigned result.
+    pub(crate) tpm_keys: Option<crate::sasl::TpmKeys>,
     /// Ends fe2o3's tasks when the connection is dropped.
     pub(crate) _kill: Kill,
 }
@@ -134,7 +139,7 @@ where
         FrameGuard::new(limits.max_frame_size, limits.max_message_size),
     );
     let (mut connection, claim) = if header == SASL_HEADER {
-        let sasl = SaslServer::new(shared.registrar.id_scope().clone());
+        let sasl = SaslServer::new(shared.registrar.clone());
         let acceptor = acceptor.sasl_acceptor(sasl.clone()).build();
         let accepted = acceptor.accept(stream).await;
         match (accepted, sasl.result()) {
@@ -162,18 +167,13 @@ where
         return Err(AmqpError::ProtocolHeader);
     };
 
-    let (mut device, mut claimed) = match claim {
-        Claim::Sas {
-            registration_id,
-            token,
-        } => {
-            let attested = dps_attest::attest_sas(
-                &token,
-                shared.registrar.id_scope(),
-                registration_id.as_str(),
-                shared.registrar.lookup(),
-                unix_now(),
-            );
+    let tpm_keys = match &claim {
+        Claim::Tpm { keys, .. } => Some(keys.clone()),
+        _ => None,
+    };
+    let (mut device, mut claimed) = match attest_claim(claim, shared) {
+        None => (None, None),
+        Some((registration_id, attested)) => {
             let admitted = match attested {
                 Ok(attested) => admit(attested, shared, slot),
                 Err(refusal) => {
@@ -189,7 +189,6 @@ where
                 }
             }
         }
-        Claim::Certificate => (None, None),
     };
 
     let incoming = connection
@@ -301,6 +300,7 @@ where
                 receiver,
                 registration_id,
                 device: device.map(|(device, place)| (Arc::new(device), place)),
+                tpm_keys,
                 _kill: kill,
             })))
         }
@@ -308,6 +308,44 @@ where
             tracing::error!("bug: the AMQP link loop ended without both links and a device");
             Err(AmqpError::ClosedWhileOpening)
         }
+    }
+}
+
+/// Attests a SASL claim (PLAIN's SAS token, TPM's token signed with its challenge key):
+/// the claimed registration id and the outcome. `None` for a certificate, attested later
+/// against its first link's address.
+fn attest_claim(
+    claim: Claim,
+    shared: &Shared,
+) -> Option<(RegistrationId, Result<AttestedDevice, Refusal>)> {
+    let registrar = &shared.registrar;
+    match claim {
+        Claim::Sas {
+            registration_id,
+            token,
+        } => {
+            let attested = dps_attest::attest_sas(
+                &token,
+                registrar.id_scope(),
+                registration_id.as_str(),
+                registrar.lookup(),
+                unix_now(),
+            );
+            Some((registration_id, attested))
+        }
+        Claim::Tpm { keys, token } => {
+            let registration_id = keys.registration_id;
+            let attested = registrar.tpm_challenges().attest(
+                &token,
+                registrar.id_scope(),
+                registration_id.as_str(),
+                Some(&STANDARD.encode(keys.endorsement_key)),
+                registrar.lookup(),
+                unix_now(),
+            );
+            Some((registration_id, attested))
+        }
+        Claim::Certificate => None,
     }
 }
 

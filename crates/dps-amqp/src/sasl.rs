@@ -8,15 +8,20 @@
 //! `{idScope}/registrations/{registrationId}`, password the SAS token); `EXTERNAL` and
 //! `ANONYMOUS` for X.509 devices, whose identity is the TLS client certificate and whose
 //! registration id comes with their first link. A device may also skip SASL entirely (the
-//! Node SDK does for X.509): that is the same as `ANONYMOUS`.
+//! Node SDK does for X.509): that is the same as `ANONYMOUS`. `TPM` for TPM devices ([`tpm`]:
+//! the EK and SRK, the activation blob in segments, the SAS token signed in the TPM).
 //!
 //! A mechanism is a [`Mechanism`] variant and its state in [`Exchange`]; a step answers
-//! [`Step::Challenge`] to ask the device for more. That is the shape the `TPM` mechanism
-//! needs (initial response `\0 idScope \0 registrationId \0 EK`, a one-byte challenge, the SRK,
-//! then the activation blob in segments), so it plugs in as one more variant.
+//! [`Step::Challenge`] to ask the device for more, or [`Step::Seal`] to ask the caller for a
+//! TPM's activation blob ([`Exchange::sealed`]).
+
+pub mod tpm;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use dps_registrar::{Registrar, Transport};
 use dps_types::{IdScope, RegistrationId};
 use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
@@ -26,7 +31,9 @@ use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 /// bytes (AMQP 1.0 §5.3.1, `MIN-MAX-FRAME-SIZE`), so this only documents the bound.
 pub const MAX_PLAIN_RESPONSE: usize = 512;
 
-/// The mechanisms we offer, strongest first.
+pub use tpm::TpmKeys;
+
+/// The mechanisms we offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     /// Username and password: `{idScope}/registrations/{registrationId}` and a SAS token.
@@ -35,11 +42,19 @@ pub enum Mechanism {
     External,
     /// No SASL identity: the TLS client certificate (if any) is the identity.
     Anonymous,
+    /// A TPM: its EK and SRK, the activation blob, a SAS token signed in the TPM ([`tpm`]).
+    Tpm,
 }
 
 impl Mechanism {
-    /// Every mechanism, in the order offered.
-    pub const ALL: [Mechanism; 3] = [Mechanism::Plain, Mechanism::External, Mechanism::Anonymous];
+    /// Every mechanism, in the order offered (`TPM` last: only the Azure TPM clients ask for
+    /// it, by name).
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::Plain,
+        Mechanism::External,
+        Mechanism::Anonymous,
+        Mechanism::Tpm,
+    ];
 
     /// The SASL name.
     pub fn name(self) -> &'static str {
@@ -47,6 +62,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::External => "EXTERNAL",
             Mechanism::Anonymous => "ANONYMOUS",
+            Mechanism::Tpm => "TPM",
         }
     }
 
@@ -69,6 +85,14 @@ pub enum Claim {
     /// An X.509 device (or nobody): attest the TLS client certificate against the
     /// registration id its first link names.
     Certificate,
+    /// A TPM device that answered its challenge: attest the token against the challenge's
+    /// key (`TpmChallenges::attest`).
+    Tpm {
+        /// The registration id, EK and SRK the device sent; the SRK seals its hub key.
+        keys: TpmKeys,
+        /// The SAS token signed in the TPM.
+        token: String,
+    },
 }
 
 impl std::fmt::Debug for Claim {
@@ -82,6 +106,11 @@ impl std::fmt::Debug for Claim {
                 .field("token", &"<redacted>")
                 .finish(),
             Claim::Certificate => f.write_str("Certificate"),
+            Claim::Tpm { keys, .. } => f
+                .debug_struct("Tpm")
+                .field("keys", keys)
+                .field("token", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -102,6 +131,18 @@ pub enum SaslFailure {
     /// The PLAIN username names another ID scope.
     #[error("the PLAIN username names another ID scope")]
     WrongIdScope,
+    /// A TPM response is not what its step expects (`\0` and its value), or too long.
+    #[error("malformed TPM SASL response")]
+    MalformedTpm,
+    /// The TPM initial response names an invalid registration id.
+    #[error("the TPM initial response names an invalid registration id")]
+    InvalidRegistrationId,
+    /// The TPM challenge was refused (the reason is in the attempt diagnostics).
+    #[error("the TPM challenge was refused")]
+    TpmRefused,
+    /// The activation blob is empty or longer than [`tpm::MAX_BLOB_LEN`].
+    #[error("the activation blob is empty or too long")]
+    BlobTooLarge,
     /// A frame that does not belong to the exchange's current step.
     #[error("unexpected SASL frame")]
     Unexpected,
@@ -112,6 +153,9 @@ pub enum SaslFailure {
 pub enum Step {
     /// Send this challenge and wait for the response.
     Challenge(Vec<u8>),
+    /// A TPM device sent its keys: seal a challenge to them and pass the activation blob to
+    /// [`Exchange::sealed`] (or call [`Exchange::not_sealed`]).
+    Seal(TpmKeys),
     /// Outcome `ok`: the exchange claims this identity.
     Done(Claim),
     /// Outcome `auth`.
@@ -122,9 +166,18 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     id_scope: IdScope,
-    /// The chosen mechanism once `init` arrived (every mechanism of today finishes in `init`;
-    /// a challenge-based one keeps its state here between steps).
-    chosen: Option<Mechanism>,
+    state: State,
+}
+
+/// Where an exchange is.
+#[derive(Debug, Clone)]
+enum State {
+    /// No `sasl-init` yet.
+    Start,
+    /// A TPM exchange between its steps.
+    Tpm(tpm::Tpm),
+    /// The outcome was decided (or a step failed): nothing more belongs to it.
+    Finished,
 }
 
 impl Exchange {
@@ -132,32 +185,61 @@ impl Exchange {
     pub fn new(id_scope: IdScope) -> Self {
         Self {
             id_scope,
-            chosen: None,
+            state: State::Start,
         }
     }
 
     /// The device's `sasl-init`.
     pub fn init(&mut self, mechanism: &str, initial_response: Option<&[u8]>) -> Step {
-        if self.chosen.is_some() {
+        if !matches!(self.state, State::Start) {
+            self.state = State::Finished;
             return Step::Fail(SaslFailure::Unexpected);
         }
         let Some(mechanism) = Mechanism::from_name(mechanism) else {
             return Step::Fail(SaslFailure::UnsupportedMechanism);
         };
-        self.chosen = Some(mechanism);
-        match mechanism {
-            Mechanism::Plain => match self.plain(initial_response.unwrap_or_default()) {
-                Ok(claim) => Step::Done(claim),
-                Err(failure) => Step::Fail(failure),
-            },
+        self.state = State::Finished;
+        let response = initial_response.unwrap_or_default();
+        let result = match mechanism {
+            Mechanism::Plain => self.plain(response).map(Step::Done),
             // EXTERNAL's optional authzid and ANONYMOUS's trace string name nobody we trust.
-            Mechanism::External | Mechanism::Anonymous => Step::Done(Claim::Certificate),
+            Mechanism::External | Mechanism::Anonymous => Ok(Step::Done(Claim::Certificate)),
+            Mechanism::Tpm => tpm::Tpm::init(&self.id_scope, response).map(|(state, step)| {
+                self.state = State::Tpm(state);
+                step
+            }),
+        };
+        result.unwrap_or_else(Step::Fail)
+    }
+
+    /// The device's `sasl-response` to our last challenge.
+    pub fn response(&mut self, response: &[u8]) -> Step {
+        self.advance(|tpm| tpm.response(response))
+    }
+
+    /// The activation blob asked for by [`Step::Seal`]: the first segment to send.
+    pub fn sealed(&mut self, blob: Vec<u8>) -> Step {
+        self.advance(|tpm| tpm.sealed(blob))
+    }
+
+    /// The challenge asked for by [`Step::Seal`] was refused: the exchange fails.
+    pub fn not_sealed(&mut self) -> Step {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Tpm(tpm::Tpm::Sealing { .. }) => Step::Fail(SaslFailure::TpmRefused),
+            _ => Step::Fail(SaslFailure::Unexpected),
         }
     }
 
-    /// The device's `sasl-response` to a challenge (none of today's mechanisms sends one).
-    pub fn response(&mut self, _response: &[u8]) -> Step {
-        Step::Fail(SaslFailure::Unexpected)
+    /// Runs one TPM step; out of a TPM exchange nothing is expected.
+    fn advance(&mut self, step: impl FnOnce(tpm::Tpm) -> (Option<tpm::Tpm>, Step)) -> Step {
+        let State::Tpm(state) = std::mem::replace(&mut self.state, State::Finished) else {
+            return Step::Fail(SaslFailure::Unexpected);
+        };
+        let (next, answer) = step(state);
+        if let Some(next) = next {
+            self.state = State::Tpm(next);
+        }
+        answer
     }
 
     fn plain(&self, response: &[u8]) -> Result<Claim, SaslFailure> {
@@ -184,18 +266,21 @@ impl Exchange {
     }
 }
 
-/// The [`Exchange`] as fe2o3's `SaslAcceptor`. fe2o3 clones the acceptor for each
-/// connection and keeps the clone, so the result is left in a slot shared with the driver.
-#[derive(Debug, Clone)]
+/// The [`Exchange`] as fe2o3's `SaslAcceptor`, which seals TPM challenges with the
+/// registrar's table. fe2o3 clones the acceptor for each connection and keeps the clone, so
+/// the result is left in a slot shared with the driver.
+#[derive(Clone)]
 pub(crate) struct SaslServer {
     exchange: Exchange,
+    registrar: Registrar,
     result: Arc<Mutex<Option<Result<Claim, SaslFailure>>>>,
 }
 
 impl SaslServer {
-    pub(crate) fn new(id_scope: IdScope) -> Self {
+    pub(crate) fn new(registrar: Registrar) -> Self {
         Self {
-            exchange: Exchange::new(id_scope),
+            exchange: Exchange::new(registrar.id_scope().clone()),
+            registrar,
             result: Arc::default(),
         }
     }
@@ -208,7 +293,43 @@ impl SaslServer {
             .clone()
     }
 
+    /// The TPM challenge of `keys` from the registrar's table, or its refusal recorded.
+    fn seal(&mut self, keys: &TpmKeys) -> Step {
+        let challenge = self.registrar.tpm_challenges().challenge(
+            keys.registration_id.as_str(),
+            &STANDARD.encode(&keys.endorsement_key),
+            &STANDARD.encode(&keys.storage_root_key),
+            self.registrar.lookup(),
+            crate::connection::unix_now(),
+        );
+        match challenge {
+            Ok(challenge) => match STANDARD.decode(challenge.authentication_key()) {
+                Ok(blob) => self.exchange.sealed(blob),
+                Err(_) => {
+                    tracing::error!("bug: a TPM challenge that is not base64");
+                    self.exchange.not_sealed()
+                }
+            },
+            Err(refusal) => {
+                tracing::debug!(
+                    reason = refusal.reason.label(),
+                    "AMQP TPM challenge refused"
+                );
+                self.registrar.record_refusal(
+                    keys.registration_id.as_str(),
+                    Transport::Amqp,
+                    &refusal,
+                );
+                self.exchange.not_sealed()
+            }
+        }
+    }
+
     fn answer(&mut self, step: Step) -> SaslServerFrame {
+        let step = match step {
+            Step::Seal(keys) => self.seal(&keys),
+            step => step,
+        };
         let (code, result) = match step {
             Step::Challenge(challenge) => {
                 return SaslServerFrame::Challenge(fe2o3_amqp::types::sasl::SaslChallenge {
@@ -217,6 +338,10 @@ impl SaslServer {
             }
             Step::Done(claim) => (SaslCode::Ok, Ok(claim)),
             Step::Fail(failure) => (SaslCode::Auth, Err(failure)),
+            Step::Seal(_) => {
+                tracing::error!("bug: a TPM blob asked for twice in one step");
+                (SaslCode::Sys, Err(SaslFailure::Unexpected))
+            }
         };
         *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         SaslServerFrame::Outcome(SaslOutcome {
@@ -342,14 +467,18 @@ mod tests {
 
     #[test]
     fn the_acceptor_offers_every_mechanism_and_leaves_the_result_for_the_driver() {
-        let mut server = SaslServer::new(IdScope::parse("0ne00000001").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store = dps_store::Store::open(dir.path()).unwrap();
+        let config =
+            dps_registrar::RegistrarConfig::new(IdScope::parse("0ne00000001").unwrap(), Vec::new());
+        let mut server = SaslServer::new(Registrar::new(store, config).unwrap());
         let offered: Vec<String> = server
             .mechanisms()
             .0
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect();
-        assert_eq!(offered, ["PLAIN", "EXTERNAL", "ANONYMOUS"]);
+        assert_eq!(offered, ["PLAIN", "EXTERNAL", "ANONYMOUS", "TPM"]);
         let driver_view = server.clone();
         assert_eq!(driver_view.result(), None);
         let frame = server.on_init(SaslInit {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use dps_types::{
     AttestationType, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, RegistrationId,
-    X509CertificateInfo,
+    SymmetricKey, X509CertificateInfo,
 };
 
 /// The enrollment a device matched: its individual enrollment, or the group that covers it.
@@ -54,6 +54,7 @@ pub struct AttestedDevice {
     method: AttestationType,
     certificate: Option<X509CertificateInfo>,
     signing_certificate: Option<X509CertificateInfo>,
+    hub_key: Option<SymmetricKey>,
 }
 
 impl AttestedDevice {
@@ -70,6 +71,15 @@ impl AttestedDevice {
             method,
             certificate,
             signing_certificate,
+            hub_key: None,
+        }
+    }
+
+    /// The device with `key` as the key its IoT hub admits it with (TPM devices).
+    pub(crate) fn with_hub_key(self, key: SymmetricKey) -> Self {
+        Self {
+            hub_key: Some(key),
+            ..self
         }
     }
 
@@ -98,6 +108,14 @@ impl AttestedDevice {
     /// For X.509 through a group: the group's signing certificate that anchored the chain.
     pub fn signing_certificate_info(&self) -> Option<&X509CertificateInfo> {
         self.signing_certificate.as_ref()
+    }
+
+    /// For TPM: the fresh key this registration gives the device for its IoT hub. The
+    /// assignment feed tells the hub; the frontend seals it to the device's TPM
+    /// (`registrationState.tpm.authenticationKey`). A symmetric-key device's hub keys are its
+    /// enrollment's (or derived from its group's), so it has none here.
+    pub fn hub_key(&self) -> Option<&SymmetricKey> {
+        self.hub_key.as_ref()
     }
 }
 

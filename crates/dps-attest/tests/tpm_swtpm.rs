@@ -3,17 +3,15 @@
 //! Azure TPM clients do it, the TPM signs the SAS token, and the challenge table verifies it.
 //! Each refusal names its precise reason.
 
-mod swtpm;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use dps_attest::{
     prepare_individual, EnrollmentRules, FailureReason, TpmChallengeLimits, TpmChallenges,
 };
+use dps_test_util::swtpm::{self, split, SoftwareTpm};
 use dps_test_util::MemoryLookup;
 use dps_types::{AttestationType, IdScope, IndividualEnrollment, Timestamp};
 use serde_json::json;
-use swtpm::{split, SoftwareTpm};
 
 const SCOPE: &str = "0ne00000A1B";
 const DEVICE: &str = "swtpm-device";
@@ -32,17 +30,9 @@ fn enrollment(endorsement_key: &[u8]) -> MemoryLookup {
     MemoryLookup::new().with_enrollment(enrollment)
 }
 
-/// The token the Node TPM client builds (`_createRegistrationSas`): `sr` is
-/// `encodeURIComponent(audience)`, the TPM signs `sr + "\n" + se`.
+/// The token the Node TPM client builds, signed in `tpm` with the loaded key `key`.
 fn tpm_token(tpm: &SoftwareTpm, key: &std::path::Path, expiry: i64) -> String {
-    let sr = format!("{SCOPE}/registrations/{DEVICE}").replace('/', "%2F");
-    let signature = tpm.hmac(key, format!("{sr}\n{expiry}").as_bytes());
-    let sig = STANDARD
-        .encode(signature)
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
-    format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn=registration")
+    tpm.sas_token(key, SCOPE, DEVICE, expiry)
 }
 
 fn challenge_blob(

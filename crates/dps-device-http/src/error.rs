@@ -1,6 +1,6 @@
 //! [`DeviceError`], the crate's one error enum, and how it becomes a DPS error response.
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dps_api::ApiError;
 use dps_types::{ErrorCode, ErrorDetails};
@@ -19,10 +19,14 @@ pub enum DeviceError {
     /// and the device learns only DPS's generic answer.
     #[error("Unauthorized")]
     Unauthorized,
-    /// A register without `Authorization` whose body carries `tpm`: TPM attestation, which
-    /// this service does not offer yet.
-    #[error("TPM attestation is not supported by this service; use a symmetric key or an X.509 certificate")]
-    TpmUnsupported,
+    /// The first register of a TPM device, its EK that of its enrollment: `401` with the
+    /// challenge, `{"message","authenticationKey","keyName"}` (not an error body).
+    #[error("TPM attestation: activate the authenticationKey in the TPM and register with a SAS token signed by it")]
+    TpmChallenge(dps_attest::TpmChallenge),
+    /// A register body whose `tpm` member lacks the base64 `endorsementKey` or
+    /// `storageRootKey`.
+    #[error("the tpm member needs endorsementKey and storageRootKey (base64 TPM2B_PUBLIC)")]
+    TpmBodyInvalid,
     /// No operation with this id for this device (never started, expired, pushed out by newer
     /// ones, or another device's).
     #[error("no operation with this id for this device; register again")]
@@ -51,7 +55,8 @@ impl DeviceError {
         match self {
             DeviceError::Request(e) => e.code(),
             DeviceError::Unauthorized => ErrorCode::InvalidCertificate,
-            DeviceError::TpmUnsupported => ErrorCode::BadRequest,
+            DeviceError::TpmChallenge(_) => ErrorCode::Unauthorized,
+            DeviceError::TpmBodyInvalid => ErrorCode::BadRequest,
             DeviceError::OperationNotFound => ErrorCode::NotFound,
             DeviceError::RegistrationNotFound(_) => ErrorCode::RegistrationNotFound,
             DeviceError::Throttled { .. } => ErrorCode::Throttled,
@@ -64,6 +69,9 @@ impl IntoResponse for DeviceError {
     fn into_response(self) -> Response {
         if let DeviceError::Request(e) = self {
             return e.into_response();
+        }
+        if let DeviceError::TpmChallenge(challenge) = &self {
+            return challenge_response(&self.to_string(), challenge);
         }
         let code = self.code();
         let details = ErrorDetails::new(code, self.to_string());
@@ -86,10 +94,21 @@ impl IntoResponse for DeviceError {
     }
 }
 
+/// DPS's answer to a TPM device's first register (dps-protocol.md §5.2 item 2): `401` with
+/// `message`, `authenticationKey` (the activation blob, which Node and IoT Edge require) and
+/// `keyName` (which the C client requires and signs with as `skn`).
+fn challenge_response(message: &str, challenge: &dps_attest::TpmChallenge) -> Response {
+    let body = serde_json::json!({
+        "message": message,
+        "authenticationKey": challenge.authentication_key(),
+        "keyName": dps_attest::TpmChallenge::KEY_NAME,
+    });
+    dps_api::json_response(StatusCode::UNAUTHORIZED, &body)
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
-
     use super::*;
 
     #[test]

@@ -6,9 +6,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use dps_api::{ApiError, PeerCertificates};
 use dps_registrar::{OperationStatus, RegistrarError, Transport};
-use dps_types::{DeviceRegistration, IdScope, RegistrationId, RegistrationOperationStatus};
+use dps_types::{
+    DeviceRegistration, DeviceRegistrationResult, IdScope, RegistrationId,
+    RegistrationOperationStatus, RegistrationStatus, TpmRegistrationResult,
+};
 
-use crate::proof::Proof;
+use crate::proof::{Attested, Proof};
 use crate::{DeviceApi, DeviceError, MAX_BODY_BYTES};
 
 /// `Retry-After` on a `202`: registrations take milliseconds (one durable write), and 1 is the
@@ -30,8 +33,8 @@ pub(crate) async fn register(
         parts.extensions.get::<PeerCertificates>(),
         Some(&registration),
     )?;
+    let device = proof.attest(&api, &registration_id)?.device;
     let registrar = &api.registrar;
-    let device = proof.attest(registrar, &registration_id)?;
     let operation = registrar
         .start_operation(device.clone(), Transport::Https, registration.payload)
         .map_err(throttled)?;
@@ -58,8 +61,8 @@ pub(crate) async fn operation_status(
         parts.extensions.get::<PeerCertificates>(),
         None,
     )?;
+    let Attested { device, tpm } = proof.attest_poll(&api, &registration_id)?;
     let registrar = &api.registrar;
-    let device = proof.attest_poll(registrar, &registration_id)?;
     match registrar.poll_operation(&device, &operation_id, Transport::Https) {
         OperationStatus::Assigning => accepted(
             operation_id,
@@ -67,7 +70,8 @@ pub(crate) async fn operation_status(
             &parts.headers,
             registrar.id_scope(),
         ),
-        OperationStatus::Done(result) => {
+        OperationStatus::Done(mut result) => {
+            with_tpm_key(&mut result, tpm);
             let status = RegistrationOperationStatus {
                 operation_id,
                 status: result.status,
@@ -85,7 +89,7 @@ pub(crate) async fn operation_status(
 }
 
 /// `POST /{idScope}/registrations/{registrationId}`: the device's registration record as its
-/// `DeviceRegistrationResult`, `404` without one.
+/// `DeviceRegistrationResult`, `404` without one. Attested as a poll is.
 pub(crate) async fn registration_status(
     State(api): State<DeviceApi>,
     DevicePath { registration_id }: DevicePath,
@@ -98,13 +102,26 @@ pub(crate) async fn registration_status(
         parts.extensions.get::<PeerCertificates>(),
         Some(&registration),
     )?;
-    let registrar = &api.registrar;
-    let device = proof.attest(registrar, &registration_id)?;
-    match registrar.registration_state(&device).map_err(throttled)? {
-        Some(state) => Ok(dps_api::json_response(StatusCode::OK, &state)?),
+    let Attested { device, tpm } = proof.attest_poll(&api, &registration_id)?;
+    match api
+        .registrar
+        .registration_state(&device)
+        .map_err(throttled)?
+    {
+        Some(mut state) => {
+            with_tpm_key(&mut state, tpm);
+            Ok(dps_api::json_response(StatusCode::OK, &state)?)
+        }
         None => Err(DeviceError::RegistrationNotFound(
             device.registration_id().to_string(),
         )),
+    }
+}
+
+/// An assigned TPM device's result carries its hub key sealed to its TPM.
+fn with_tpm_key(result: &mut DeviceRegistrationResult, tpm: Option<TpmRegistrationResult>) {
+    if result.status == RegistrationStatus::Assigned {
+        result.tpm = tpm;
     }
 }
 

@@ -16,12 +16,17 @@
 //! Every request is attested on its own, as on DPS: a `SharedAccessSignature` in the
 //! `Authorization` header (symmetric keys, `dps_attest::attest_sas`), else the TLS client
 //! certificate chain the listener hands over as [`dps_api::PeerCertificates`]
-//! (`dps_attest::attest_x509`). A refused device learns only `401` with DPS's `401002`; the
+//! (`dps_attest::attest_x509`). TPM devices (`tpm.rs`, dps-protocol.md §5.2): a register
+//! without `Authorization` whose body carries `tpm` (EK and SRK) is answered `401` with the
+//! challenge of the registrar's `TpmChallenges` (`{"message","authenticationKey","keyName"}`);
+//! the register that follows, with the TPM-signed token and the `tpm` body again, is attested
+//! by `TpmChallenges::attest`, and its result carries `tpm.authenticationKey`, a fresh hub key
+//! sealed to the TPM. Its polls present the same token, which the register remembered for
+//! that device (`TpmSessions`); only polls and status lookups accept it, never a register.
+//! A refused device learns only `401` with DPS's `401002`; the
 //! precise reason goes to the registrar's diagnostics (transport `https`). Errors are DPS
 //! error bodies with `x-ms-error-code`; a busy registrar is `429` with `Retry-After`. Bodies
-//! are bounded by [`MAX_BODY_BYTES`]. A register without `Authorization` whose body carries
-//! `tpm` is the first step of TPM attestation (`proof.rs`), which this service does not offer
-//! yet (`400`).
+//! are bounded by [`MAX_BODY_BYTES`].
 //!
 //! [`mount`] puts the device API in front of another router (the service API): a request goes
 //! to the device API when its first path segment is the service's ID scope, any letter case.
@@ -35,6 +40,9 @@
 mod error;
 mod handlers;
 mod proof;
+mod tpm;
+
+use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::routing::{get, post, put};
@@ -50,17 +58,24 @@ pub use error::DeviceError;
 /// keys (under 1 KiB) and the device's custom payload.
 pub const MAX_BODY_BYTES: usize = 96 * 1024;
 
-/// What the device handlers share: the registrar. Cheap to clone.
+/// What the device handlers share: the registrar and the TPM devices' sessions. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct DeviceApi {
     registrar: Registrar,
+    tpm: Arc<tpm::TpmSessions>,
 }
 
 impl DeviceApi {
-    /// The device API of `registrar` (its ID scope, enrollments, operation table,
-    /// diagnostics).
+    /// The device API of `registrar` (its ID scope, enrollments, operation table, TPM
+    /// challenges, diagnostics). It remembers as many TPM sessions as the registrar keeps
+    /// pending challenges.
     pub fn new(registrar: Registrar) -> Self {
-        Self { registrar }
+        let max_sessions = registrar.tpm_challenges().limits().max_pending;
+        Self {
+            registrar,
+            tpm: Arc::new(tpm::TpmSessions::new(max_sessions)),
+        }
     }
 }
 

@@ -333,22 +333,6 @@ async fn bodies_are_bounded_and_must_be_json() {
 }
 
 #[tokio::test]
-async fn a_tpm_register_is_refused_until_tpm_attestation_exists() {
-    let server = Server::start().await;
-    let id = common::unique("tpm");
-    let answer = server
-        .device(&id, Credential::None)
-        .register(json!({"registrationId": id,
-            "tpm": {"endorsementKey": "AToAAQALAAMAsgAg", "storageRootKey": "ARgAAQALAAMAcgAA"}}))
-        .await;
-    assert_eq!(answer.status, 400, "{answer:?}");
-    assert!(
-        answer.body["message"].as_str().unwrap().contains("TPM"),
-        "{answer:?}"
-    );
-}
-
-#[tokio::test]
 async fn a_busy_registrar_answers_429_with_retry_after_and_the_poll_after_runs_it_again() {
     // No registration may run: every one is answered busy.
     let server = Server::with_config(|c| c.max_in_flight = 0).await;

@@ -317,6 +317,15 @@ fn authentication(device: &AttestedDevice) -> DeviceAuthentication {
                 (MatchedEnrollment::Group(_), _, _) => DeviceAuthentication::Tpm,
             }
         }
+        // A TPM device gets a fresh hub key with every registration (sealed to its TPM in
+        // its result), which the hub admits it with as a SAS device.
+        (AttestationType::Tpm, _) => match device.hub_key() {
+            Some(key) => DeviceAuthentication::SymmetricKey {
+                primary: key.clone(),
+                secondary: key.clone(),
+            },
+            None => DeviceAuthentication::Tpm,
+        },
         _ => DeviceAuthentication::Tpm,
     }
 }

@@ -12,6 +12,8 @@
 //! feed's exchange, deliveries collected and deduplicated), for the feed's tests. [`amqp`] is a
 //! DPS device over AMQP 1.0 (fe2o3-amqp's client), for the AMQP frontend's and dpsd's tests;
 //! [`tls`] the rustls configurations of the device listeners' tests and their clients.
+//! [`swtpm`] is a real software TPM as a TPM device (Debian's `swtpm` driven with
+//! `tpm2-tools`), for the TPM attestation tests of `dps-attest` and the device frontends.
 //!
 //! What it must never do: be a runtime dependency of any shipped crate (only
 //! `[dev-dependencies]` name it). Because it only runs inside tests, it panics on failure
@@ -23,6 +25,7 @@
 pub mod amqp;
 pub mod broker;
 mod lookup;
+pub mod swtpm;
 pub mod tls;
 
 pub use lookup::MemoryLookup;

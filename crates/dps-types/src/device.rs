@@ -39,6 +39,23 @@ pub struct X509RegistrationResult {
     pub signing_certificate_info: Option<X509CertificateInfo>,
 }
 
+/// `TpmRegistrationResult`: what a TPM device receives once assigned.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmRegistrationResult {
+    /// The activation blob (base64) of the key the device uses with its IoT hub, sealed to
+    /// its TPM as the challenge's was.
+    pub authentication_key: String,
+}
+
+impl std::fmt::Debug for TpmRegistrationResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmRegistrationResult")
+            .field("authentication_key_len", &self.authentication_key.len())
+            .finish()
+    }
+}
+
 /// `SymmetricKeyRegistrationResult`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,6 +69,9 @@ pub struct SymmetricKeyRegistrationResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistrationResult {
+    /// Present for TPM registrations once assigned (the C client requires it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmRegistrationResult>,
     /// Present for X.509 registrations (DPS sends `"x509":{}` first for individual ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509RegistrationResult>,
@@ -108,6 +128,7 @@ impl DeviceRegistrationResult {
     /// A result with only its id and status; the rest is filled as registration proceeds.
     pub fn new(registration_id: RegistrationId, status: RegistrationStatus) -> Self {
         Self {
+            tpm: None,
             x509: None,
             symmetric_key: None,
             registration_id,

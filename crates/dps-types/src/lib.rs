@@ -34,7 +34,7 @@ pub use attestation::{
 };
 pub use device::{
     DeviceRegistration, DeviceRegistrationResult, RegistrationOperationStatus,
-    SymmetricKeyRegistrationResult, X509RegistrationResult,
+    SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
 };
 pub use enrollment::{
     AllocationPolicy, BulkEnrollmentGroupOperationError, BulkEnrollmentGroupOperationResult,

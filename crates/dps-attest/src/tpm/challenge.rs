@@ -241,7 +241,8 @@ impl TpmChallenges {
     /// ([`FailureReason::TpmEndorsementKeyMismatch`]); the token is signed with its key
     /// ([`FailureReason::TpmSignatureInvalid`]; the challenge stays, so a stranger's token
     /// cannot cancel it). A verified token uses the challenge up: the same token, or any other,
-    /// is then refused as [`FailureReason::TpmChallengeUnknown`].
+    /// is then refused as [`FailureReason::TpmChallengeUnknown`]. The device gets a fresh
+    /// 64-byte [`AttestedDevice::hub_key`] for its IoT hub.
     pub fn attest(
         &self,
         password: &str,
@@ -315,7 +316,8 @@ impl TpmChallenges {
             AttestationType::Tpm,
             None,
             None,
-        ))
+        )
+        .with_hub_key(SymmetricKey::generate()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {

@@ -12,10 +12,13 @@ use std::time::Duration;
 use dps_api::{ApiState, HttpLimits, Rights, SharedAccessPolicy};
 use dps_attest::SasToken;
 use dps_device_http::DeviceApi;
-use dps_registrar::{LinkedHub, Registrar, RegistrarConfig};
+use dps_feed::FeedConfig;
+use dps_registrar::{FeedLink, LinkedHub, Registrar, RegistrarConfig};
 use dps_store::{Precondition, Store};
+use dps_test_util::broker::{self, TestBroker};
 use dps_test_util::{tls, DeviceCert, TestPki};
 use dps_types::{EnrollmentGroup, HubName, IdScope, IndividualEnrollment, SymmetricKey, Timestamp};
+use lapin::Consumer;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -42,6 +45,15 @@ pub fn sas_token(id: &str, key: &SymmetricKey) -> String {
     )
 }
 
+/// The one linked hub.
+fn linked_hubs() -> Vec<LinkedHub> {
+    vec![LinkedHub {
+        host_name: HubName::parse(HUB).unwrap(),
+        allocation_weight: 1,
+        apply_allocation_policy: true,
+    }]
+}
+
 /// A running listener.
 pub struct Server {
     pub addr: SocketAddr,
@@ -63,14 +75,41 @@ impl Server {
     pub async fn with_config(adjust: impl FnOnce(&mut RegistrarConfig)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let hubs = vec![LinkedHub {
-            host_name: HubName::parse(HUB).unwrap(),
-            allocation_weight: 1,
-            apply_allocation_policy: true,
-        }];
-        let mut config = RegistrarConfig::new(IdScope::parse(SCOPE).unwrap(), hubs);
+        let mut config = RegistrarConfig::new(IdScope::parse(SCOPE).unwrap(), linked_hubs());
         adjust(&mut config);
         let registrar = Registrar::new(store.clone(), config).unwrap();
+        Self::serve(dir, store, registrar).await
+    }
+
+    /// A server whose assignment feed publishes to a fresh exchange of the local RabbitMQ,
+    /// and a hub's connection with a consumer of every event of that exchange.
+    pub async fn with_feed() -> (Server, TestBroker, Consumer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let exchange = broker::unique("exchange");
+        let hub_side = TestBroker::connect().await;
+        hub_side.declare_exchange(&exchange).await;
+        let queue = hub_side.bind_queue(&exchange, "#").await;
+        let consumer = hub_side.consume(&queue).await;
+        let config = FeedConfig {
+            exchange,
+            connection_name: broker::unique("conn"),
+            ..FeedConfig::default()
+        };
+        let hubs = linked_hubs();
+        let link = FeedLink::start(
+            &store,
+            config,
+            hubs.iter().map(|h| h.host_name.clone()).collect(),
+        )
+        .await
+        .unwrap();
+        let config = RegistrarConfig::new(IdScope::parse(SCOPE).unwrap(), hubs);
+        let registrar = Registrar::with_feed(store.clone(), config, Some(link)).unwrap();
+        (Self::serve(dir, store, registrar).await, hub_side, consumer)
+    }
+
+    async fn serve(dir: tempfile::TempDir, store: Store, registrar: Registrar) -> Server {
         let owner = SharedAccessPolicy {
             name: "provisioningserviceowner".into(),
             primary_key: SymmetricKey::generate(),
@@ -147,6 +186,33 @@ impl Server {
         let g: EnrollmentGroup = serde_json::from_value(body).unwrap();
         let g = dps_attest::prepare_group(g, &self.registrar.enrollment_rules()).unwrap();
         self.store.put_group(g, &Precondition::Any).await.unwrap();
+    }
+
+    /// `PUT /enrollments/{id}` through the service API on this listener, as an operator
+    /// would (owner policy token); returns the status.
+    pub async fn enroll_through_service_api(&self, body: Value) -> u16 {
+        let id = body["registrationId"].as_str().unwrap().to_owned();
+        let token = SasToken::generate(
+            HOST,
+            &self.owner.primary_key,
+            Some(&self.owner.name),
+            Timestamp::now().unix() + 3600,
+        );
+        let device = self.device(&id, Credential::None);
+        let url = format!(
+            "https://{HOST}:{}/enrollments/{id}?api-version=2021-10-01",
+            self.addr.port()
+        );
+        let answer = device
+            .raw(
+                device
+                    .http()
+                    .put(url)
+                    .header("authorization", token)
+                    .json(&body),
+            )
+            .await;
+        answer.status
     }
 
     /// An individual symmetric-key enrollment; returns its primary key.

@@ -1,12 +1,17 @@
 //! A real software TPM as the device: Debian's `swtpm` on free loopback ports, driven with
 //! `tpm2-tools` over the `swtpm:` TCTI, doing what the Azure TPM clients do with DPS's
 //! activation blob (dps-protocol.md §5.2 item 3): ActivateCredential with the EK policy
-//! session, Import of the identity key under the SRK, Load, HMAC.
+//! session, Import of the identity key under the SRK, Load, HMAC. [`SoftwareTpm::activate`]
+//! does all of it for a whole blob, [`SoftwareTpm::sas_token`] signs a device token with the
+//! loaded key as the Node TPM client does.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 
 /// The persistent handles the Azure TPM clients use for the EK and the SRK.
 const EK_HANDLE: &str = "0x81010001";
@@ -212,6 +217,38 @@ impl SoftwareTpm {
             ],
         )?;
         Ok(self.path("id.ctx"))
+    }
+
+    /// The whole of what a client does with a base64 activation blob (`authenticationKey`):
+    /// ActivateCredential, Import, Load. The loaded key's context, or the failing tool's
+    /// message.
+    pub fn activate(&self, authentication_key: &str) -> Result<PathBuf, String> {
+        let blob = STANDARD
+            .decode(authentication_key)
+            .map_err(|e| format!("the blob is not base64: {e}"))?;
+        let parts = split(&blob);
+        let inner_wrap_key = self.activate_credential(&parts)?;
+        self.import_and_load(&parts, &inner_wrap_key)
+    }
+
+    /// The device SAS token the Node TPM client builds (`_createRegistrationSas`) for
+    /// `{scope}/registrations/{registration_id}`: `sr` is `encodeURIComponent` of it, the TPM
+    /// signs `sr + "\n" + se` with the loaded key `context`.
+    pub fn sas_token(
+        &self,
+        context: &Path,
+        scope: &str,
+        registration_id: &str,
+        expiry: i64,
+    ) -> String {
+        let sr = format!("{scope}/registrations/{registration_id}").replace('/', "%2F");
+        let signature = self.hmac(context, format!("{sr}\n{expiry}").as_bytes());
+        let sig = STANDARD
+            .encode(signature)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn=registration")
     }
 
     /// A keyed-hash key of the TPM's own making under the SRK (`tpm2_create -G hmac`), loaded:
