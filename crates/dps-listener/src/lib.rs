@@ -1,5 +1,6 @@
-//! The one TCP listener every frontend of the provisioning service runs on (the HTTPS service
-//! API, MQTT, and the AMQP and WebSocket listeners to come), shaped like mini-redis's
+//! The one TCP listener every frontend of the provisioning service runs on (HTTPS - the
+//! service and device APIs, the portal and WebSocket devices -, MQTT and AMQP), shaped like
+//! mini-redis's
 //! `Listener`: [`serve`] accepts, admits or sheds, spawns one task per connection, and on
 //! shutdown drains.
 //!
