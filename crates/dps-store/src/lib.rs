@@ -444,8 +444,9 @@ impl Store {
     /// prefix of its writes across a crash, so a change that survives has its entries, and
     /// `Outbox::load` drops entries whose change was lost (see `outbox.rs`). Not one atomic
     /// batch: sled writes a batch with two extra log buffers, which cost a registration with
-    /// the assignment feed more dpsd CPU than everything else the feed does. If a write
-    /// fails, what was written is taken back as after a failed flush.
+    /// the assignment feed about 100 us of dpsd CPU (`docs/performance.md`). If a write
+    /// fails after an entry was written, what may have been written is taken back as after a
+    /// failed flush; a change without entries is one write, which failing writes nothing.
     fn write_batch<R: Record>(
         &self,
         change: Write<'_>,
@@ -454,21 +455,24 @@ impl Store {
         previous: Option<&R>,
     ) -> Result<Vec<Seq>, StoreError> {
         let seqs = self.inner.outbox.reserve(events.len());
-        let written = if events.is_empty() {
-            self.inner.backend.write(&[change])
-        } else {
-            let origin = origin();
-            seqs.iter()
-                .zip(events)
-                .try_for_each(|(seq, event)| {
-                    let value = origin.encode(event)?;
-                    let key = outbox::key(*seq);
-                    self.inner
-                        .backend
-                        .write(&[Write::Put(Table::Outbox, &key, &value)])
-                })
-                .and_then(|()| self.inner.backend.write(&[change]))
-        };
+        if events.is_empty() {
+            self.inner.backend.write(&[change])?;
+            return Ok(seqs);
+        }
+        let origin = origin();
+        let entries = seqs
+            .iter()
+            .zip(events)
+            .map(|(seq, event)| Ok((outbox::key(*seq), origin.encode(event)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let written = entries
+            .iter()
+            .try_for_each(|(key, value)| {
+                self.inner
+                    .backend
+                    .write(&[Write::Put(Table::Outbox, key, value)])
+            })
+            .and_then(|()| self.inner.backend.write(&[change]));
         if let Err(e) = written {
             let key = match change {
                 Write::Put(_, key, _) | Write::Remove(_, key) => key,

@@ -7,14 +7,13 @@
 //! only visible to [`crate::Store::outbox_scan`] once durable.
 //!
 //! A change and its entries are separate backend writes, the entries first (one atomic sled
-//! batch costs two extra log-buffer writes and held the feed to 0.63x; see
-//! `Store::write_batch`). The backend keeps a prefix of its writes across a crash, so a change
-//! that survives has its entries. The other way round, a crash can keep entries whose change
-//! it lost: each entry starts with its [`Origin`] (the record's key and its etag before and
-//! after the change), and [`Outbox::load`] drops an entry whose record is still as it was
-//! before the change. One case reads the same: a record created and deleted since, with its
-//! creation's entry still unpublished; that entry is dropped too, which leaves the hub as the
-//! delete does.
+//! batch costs two extra log-buffer writes; see `Store::write_batch`). The backend keeps a
+//! prefix of its writes across a crash, so a change that survives has its entries. The other
+//! way round, a crash can keep entries whose change it lost: each entry starts with its
+//! [`Origin`] (the record's key and its etag before and after the change), and
+//! [`Outbox::load`] drops an entry whose record is still as it was before the change. One
+//! case reads the same: a record created and deleted since, with its creation's entry still
+//! unpublished; that entry is dropped too, which leaves the hub as the delete does.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
