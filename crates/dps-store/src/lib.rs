@@ -264,9 +264,9 @@ impl Store {
     }
 
     /// [`Store::put_registration`], writing the events `events` makes of the new record (and
-    /// of the one it replaces) to the outbox with it: after a crash the record has its events, and
-    /// events whose record was lost are gone. Returns the stored record and the events'
-    /// sequence numbers, all durable.
+    /// of the one it replaces) to the outbox with it: after a crash the record has its
+    /// events, and events whose record was lost are gone. Returns the stored record and the
+    /// events' sequence numbers, all durable.
     pub async fn put_registration_with(
         &self,
         r: RegistrationRecord,
