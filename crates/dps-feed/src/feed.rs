@@ -6,16 +6,16 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use dps_types::HubName;
-use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Event};
+use lapin::{Confirmation, Event};
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::link::{self, Backoff, Link};
+use crate::publisher::{self, Job, Sent};
 use crate::tracker::{Claim, Failure, HubCounters, Observed, Source, Tracker};
 use crate::{FeedConfig, FeedError, FeedEvent, Seq};
 
@@ -28,7 +28,7 @@ pub trait Outbox: Send + Sync + 'static {
     fn scan(&self, after: Option<Seq>, limit: usize) -> Result<Vec<(Seq, FeedEvent)>, BoxError>;
     /// The broker confirmed these entries; the store removes them (not necessarily durably:
     /// an entry that comes back after a crash is only published again). Called on the async
-    /// runtime for every confirmation, so it must not wait on disk.
+    /// runtime for every batch of confirmations, so it must not wait on disk.
     fn confirmed(&self, seqs: &[Seq]);
 }
 
@@ -80,11 +80,12 @@ struct LinkStatus {
     reconnects: u64,
 }
 
-struct Shared {
-    settings: Settings,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
     outbox: Arc<dyn Outbox>,
     tracker: Mutex<Tracker>,
-    channel: Mutex<Option<Channel>>,
+    /// The queue of the link's publisher, while a link is installed.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     up: AtomicBool,
     blocked: AtomicBool,
     closed: AtomicBool,
@@ -112,30 +113,71 @@ enum Settled {
 }
 
 impl Shared {
-    fn tracker(&self) -> MutexGuard<'_, Tracker> {
+    pub(crate) fn tracker(&self) -> MutexGuard<'_, Tracker> {
         lock(&self.tracker)
     }
 
-    fn usable_channel(&self) -> Option<Channel> {
-        if self.up.load(Ordering::Acquire) && !self.blocked.load(Ordering::Acquire) {
-            lock(&self.channel).clone()
-        } else {
-            None
+    /// Hands an attempt to the link's publisher; false when the link cannot take it now.
+    fn enqueue(&self, job: Job) -> bool {
+        if !self.up.load(Ordering::Acquire) || self.blocked.load(Ordering::Acquire) {
+            return false;
         }
+        lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.try_send(job).is_ok())
     }
 
     fn set_error(&self, text: &'static str) {
         lock(&self.status).last_error = Some(text);
     }
 
-    /// The outbox hears of the confirmation before anyone waiting for the entry does, so a
-    /// `publish` that returns `Ok` has always told the outbox.
-    fn confirm(&self, seq: Seq) {
-        if self.tracker().holds(seq) {
-            self.outbox.confirmed(&[seq]);
+    /// Settles the answers the publisher collected (and empties `sent`). The outbox hears of
+    /// the confirmations before anyone waiting for the entries does, so a `publish` that
+    /// returns `Ok` has always told the outbox.
+    pub(crate) fn settle(&self, sent: &mut Vec<Sent>) {
+        let mut acked = Vec::with_capacity(sent.len());
+        let mut latencies = Vec::with_capacity(sent.len());
+        let mut broken = false;
+        {
+            let mut tracker = self.tracker();
+            for Sent {
+                seq,
+                attempt,
+                elapsed,
+                outcome,
+            } in sent.drain(..)
+            {
+                match outcome {
+                    Ok(Confirmation::Ack(_)) => {
+                        latencies.push(elapsed);
+                        if tracker.holds(seq) {
+                            acked.push(seq);
+                        }
+                    }
+                    Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => {
+                        tracker.failed(seq, attempt, Failure::Nacked);
+                    }
+                    Err(e) => {
+                        tracker.failed(seq, attempt, Failure::Publish(e));
+                        broken = true;
+                    }
+                }
+            }
         }
-        self.tracker().confirmed(seq);
+        if let Some(observer) = self.observer.get() {
+            latencies.into_iter().for_each(|l| observer.confirmed(l));
+        }
+        if !acked.is_empty() {
+            self.outbox.confirmed(&acked);
+            let mut tracker = self.tracker();
+            for seq in acked {
+                tracker.confirmed(seq);
+            }
+        }
         self.freed.notify_waiters();
+        if broken {
+            self.broken.notify_one();
+        }
     }
 
     fn fail(&self, seq: Seq, attempt: u64, failure: Failure) {
@@ -187,57 +229,9 @@ fn publishable(event: &FeedEvent) -> Result<(ShortString, ShortString), FeedErro
     Ok((routing_key, message_id))
 }
 
-/// Publishes one attempt and settles it when the broker answers (or the link fails).
-async fn send(
-    shared: Arc<Shared>,
-    channel: Channel,
-    seq: Seq,
-    attempt: u64,
-    event: FeedEvent,
-    (routing_key, message_id): (ShortString, ShortString),
-) {
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(message_id)
-        .with_content_type("application/json".into())
-        .with_timestamp(u64::try_from(event.time_utc.unix()).unwrap_or(0))
-        .with_type(event.event_type.as_str().into())
-        .with_app_id("dpsd".into());
-    let started = Instant::now();
-    let outcome = async {
-        let confirm = channel
-            .basic_publish(
-                shared.settings.exchange.clone(),
-                routing_key,
-                BasicPublishOptions::default(),
-                event.body.as_bytes(),
-                properties,
-            )
-            .await?;
-        shared.tracker().published(&event.hub);
-        confirm.await
-    }
-    .await;
-    match outcome {
-        Ok(Confirmation::Ack(_)) => {
-            if let Some(observer) = shared.observer.get() {
-                observer.confirmed(started.elapsed());
-            }
-            shared.confirm(seq);
-        }
-        Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => {
-            shared.fail(seq, attempt, Failure::Nacked)
-        }
-        Err(e) => {
-            shared.fail(seq, attempt, Failure::Publish(e));
-            shared.broken.notify_one();
-        }
-    }
-}
-
 /// Sends every outbox entry that is neither in flight nor confirmed, in sequence order,
 /// within the relay's share of `max_unconfirmed`.
-async fn relay_pass(shared: Arc<Shared>, channel: Channel) {
+async fn relay_pass(shared: Arc<Shared>, jobs: mpsc::Sender<Job>) {
     shared.tracker().begin_pass();
     let mut after = None;
     let mut unpublishable = 0u64;
@@ -271,14 +265,18 @@ async fn relay_pass(shared: Arc<Shared>, channel: Channel) {
                 let claim = shared.tracker().claim(seq, &event, Source::Relay);
                 match claim {
                     Claim::Send { attempt } => {
-                        tokio::spawn(send(
-                            shared.clone(),
-                            channel.clone(),
+                        let job = Job {
                             seq,
                             attempt,
                             event,
                             names,
-                        ));
+                        };
+                        if jobs.try_send(job).is_err() {
+                            // The publisher is gone with its link; the next link's pass sends.
+                            shared.fail(seq, attempt, Failure::LinkDown);
+                            shared.tracker().abort_pass();
+                            return;
+                        }
                         break;
                     }
                     Claim::InFlight | Claim::Confirmed => break,
@@ -320,17 +318,36 @@ enum Ended {
     Stopped,
 }
 
+/// A link `publish` uses, with the queue of its publisher.
+struct Installed {
+    link: Link,
+    jobs: mpsc::Sender<Job>,
+    queued: mpsc::Receiver<Job>,
+}
+
 /// Makes a new link the one `publish` uses.
-fn install(shared: &Shared, link: &Link) {
+fn install(shared: &Shared, link: Link) -> Installed {
+    let (jobs, queued) = publisher::queue(shared.settings.max_unconfirmed);
     shared.tracker().link_changed();
-    *lock(&shared.channel) = Some(link.channel.clone());
+    *lock(&shared.jobs) = Some(jobs.clone());
     shared.blocked.store(false, Ordering::Release);
     shared.up.store(true, Ordering::Release);
+    Installed { link, jobs, queued }
 }
 
 /// Publishes on an installed link until it fails or the feed stops.
-async fn serve(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<bool>) -> Ended {
-    let mut relay = tokio::spawn(relay_pass(shared.clone(), link.channel.clone()));
+async fn serve(
+    shared: &Arc<Shared>,
+    installed: Installed,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let Installed {
+        mut link,
+        jobs,
+        queued,
+    } = installed;
+    let publisher = tokio::spawn(publisher::run(shared.clone(), link.channel.clone(), queued));
+    let mut relay = tokio::spawn(relay_pass(shared.clone(), jobs.clone()));
     let mut sweep = tokio::time::interval(shared.settings.sweep_interval);
     sweep.reset();
     let ended = loop {
@@ -359,12 +376,12 @@ async fn serve(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<
             }
             _ = sweep.tick() => {
                 if relay.is_finished() {
-                    relay = tokio::spawn(relay_pass(shared.clone(), link.channel.clone()));
+                    relay = tokio::spawn(relay_pass(shared.clone(), jobs.clone()));
                 }
             }
             () = shared.kick.notified() => {
                 if relay.is_finished() {
-                    relay = tokio::spawn(relay_pass(shared.clone(), link.channel.clone()));
+                    relay = tokio::spawn(relay_pass(shared.clone(), jobs.clone()));
                 }
             }
             () = stopped(stop) => break Ended::Stopped,
@@ -372,11 +389,13 @@ async fn serve(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<
     };
     relay.abort();
     shared.up.store(false, Ordering::Release);
-    *lock(&shared.channel) = None;
+    *lock(&shared.jobs) = None;
+    drop(jobs);
     match ended {
         Ended::Lost => shared.set_error("link lost"),
         Ended::Stopped => drain(shared).await,
     }
+    publisher.abort();
     shared.tracker().link_down();
     shared.freed.notify_waiters();
     link.close(shared.settings.confirm_timeout).await;
@@ -401,7 +420,7 @@ async fn drain(shared: &Shared) {
 }
 
 /// The background task: serve the link, reconnect with back-off and jitter when it is lost.
-async fn run(shared: Arc<Shared>, first: Link, mut stop: watch::Receiver<bool>) {
+async fn run(shared: Arc<Shared>, first: Installed, mut stop: watch::Receiver<bool>) {
     let settings = &shared.settings;
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut next = Some(first);
@@ -419,10 +438,10 @@ async fn run(shared: Arc<Shared>, first: Link, mut stop: watch::Receiver<bool>) 
                 };
                 match attempt {
                     Ok(link) => {
-                        install(&shared, &link);
+                        let installed = install(&shared, link);
                         lock(&shared.status).reconnects += 1;
                         tracing::info!(broker = %settings.url, "broker link re-established");
-                        link
+                        installed
                     }
                     Err(e) => {
                         shared.set_error(e.short());
@@ -481,7 +500,7 @@ impl Feed {
             tracker: Mutex::new(Tracker::new(settings.max_unconfirmed, &hubs)),
             settings,
             outbox,
-            channel: Mutex::new(None),
+            jobs: Mutex::new(None),
             up: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -491,7 +510,7 @@ impl Feed {
             status: Mutex::new(LinkStatus::default()),
             observer: OnceLock::new(),
         });
-        install(&shared, &first);
+        let first = install(&shared, first);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(shared.clone(), first, stop_rx));
         tracing::info!(broker = %shared.settings.url, exchange = %shared.settings.exchange, "assignment feed linked");
@@ -540,22 +559,26 @@ impl Feed {
                 })
             }
             Claim::InFlight => {}
-            Claim::Send { attempt } => match shared.usable_channel() {
-                Some(channel) => {
-                    tokio::spawn(send(shared.clone(), channel, seq, attempt, event, names));
-                }
-                None => {
+            Claim::Send { attempt } => {
+                let job = Job {
+                    seq,
+                    attempt,
+                    event,
+                    names,
+                };
+                if !shared.enqueue(job) {
                     shared.fail(seq, attempt, Failure::LinkDown);
                     return Err(FeedError::LinkDown);
                 }
-            },
+            }
         }
         match shared.wait(seq, deadline, true).await {
-            Settled::Confirmed => Ok(()),
+            // The tracker held the entry when it was claimed, and lets entries go only once
+            // confirmed: one it no longer knows was confirmed, then forgotten under a burst
+            // of later confirmations before this call looked again.
+            Settled::Confirmed | Settled::Unknown => Ok(()),
             Settled::Failed(failure) => Err(failure.into()),
-            Settled::Unknown | Settled::TimedOut => {
-                Err(FeedError::ConfirmTimeout { after: timeout })
-            }
+            Settled::TimedOut => Err(FeedError::ConfirmTimeout { after: timeout }),
         }
     }
 

@@ -28,6 +28,7 @@ mod error;
 mod event;
 mod feed;
 mod link;
+mod publisher;
 mod tracker;
 
 pub use config::{

@@ -4,8 +4,9 @@
 //!
 //! Bounded: at most `limit` entries are held; the relay may fill only `relay_limit` of them
 //! with entries nobody handed to `publish`, so fresh events always find room while a backlog
-//! drains. Confirmed sequence numbers are remembered (up to `2 * limit`) so that a late
-//! question about one is answered "confirmed" rather than "unknown".
+//! drains. An entry leaves only once confirmed; confirmed sequence numbers are remembered (up
+//! to `2 * limit`) so that a late question about one is answered "confirmed" rather than
+//! "unknown".
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -1,9 +1,9 @@
 //! The registrar's side of the assignment feed: which events a registration or a delete
 //! writes to the store's outbox, and the outbox as the feed reads it.
 //!
-//! Every change that a hub must learn of is written with its event in one atomic store batch
-//! (so no assignment exists without its event); the device hears "assigned" only once the
-//! broker confirmed that event.
+//! Every change that a hub must learn of is written with its event (the store's `_with`
+//! writes: no assignment exists without its event); the device hears "assigned" only once
+//! the broker confirmed that event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

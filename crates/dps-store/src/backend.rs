@@ -2,7 +2,10 @@
 //!
 //! A backend is a durable ordered key/value map per [`Table`]. Writes may be buffered until
 //! [`Backend::flush`] returns, which must make every earlier write survive a crash; the
-//! [`crate::Store`] shares one flush between concurrent writers (group commit).
+//! [`crate::Store`] shares one flush between concurrent writers (group commit). A crash keeps
+//! a prefix of the writes: one that survives it has every write that returned before it
+//! began surviving too (sled recovers its log in order up to the first torn write); the
+//! store's outbox relies on this (`outbox.rs`).
 
 use std::path::Path;
 

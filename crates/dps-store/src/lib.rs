@@ -47,7 +47,7 @@ pub use record::RegistrationRecord;
 use cache::lower;
 use commit::GroupCommit;
 use observer::Observed;
-use outbox::Outbox;
+use outbox::{Origin, Outbox};
 use record::Record;
 
 /// Events a write produces for the outbox, already encoded (the store keeps them opaque).
@@ -122,7 +122,7 @@ impl Store {
         load::<IndividualEnrollment>(&*backend, &cache)?;
         load::<EnrollmentGroup>(&*backend, &cache)?;
         load::<RegistrationRecord>(&*backend, &cache)?;
-        let outbox = Outbox::load(&*backend)?;
+        let outbox = Outbox::load(&*backend, &cache)?;
         let observed = Observed::default();
         let commit = GroupCommit::start(Arc::clone(&backend), observed.clone())
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
@@ -264,8 +264,9 @@ impl Store {
     }
 
     /// [`Store::put_registration`], writing the events `events` makes of the new record (and
-    /// of the one it replaces) to the outbox in the same atomic batch. Returns the stored
-    /// record and the events' sequence numbers, all durable.
+    /// of the one it replaces) to the outbox with it: after a crash the record has its
+    /// events, and events whose record was lost are gone. Returns the stored record and the
+    /// events' sequence numbers, all durable.
     pub async fn put_registration_with(
         &self,
         r: RegistrationRecord,
@@ -276,7 +277,7 @@ impl Store {
     }
 
     /// [`Store::delete_registration`], writing the events `events` makes of the deleted
-    /// record in the same atomic batch.
+    /// record with the delete.
     pub async fn delete_registration_with(
         &self,
         id: &RegistrationId,
@@ -287,7 +288,7 @@ impl Store {
     }
 
     /// [`Store::delete_enrollment`], writing the events `events` makes of the deleted
-    /// enrollment in the same atomic batch.
+    /// enrollment with the delete.
     pub async fn delete_enrollment_with(
         &self,
         id: &RegistrationId,
@@ -297,8 +298,8 @@ impl Store {
         self.delete_with(&id.key(), pre, events).await
     }
 
-    /// [`Store::delete_group`], writing the events `events` makes of the deleted group in the
-    /// same atomic batch.
+    /// [`Store::delete_group`], writing the events `events` makes of the deleted group with
+    /// the delete.
     pub async fn delete_group_with(
         &self,
         id: &EnrollmentGroupId,
@@ -327,7 +328,7 @@ impl Store {
                     .parse::<Seq>()
                     .map_err(|e| StoreError::Backend(Box::new(e)))?;
                 if self.inner.outbox.is_durable(seq) {
-                    entries.push((seq, value.to_vec()));
+                    entries.push((seq, outbox::decode(value)?.1.to_vec()));
                 }
                 Ok(true)
             })?;
@@ -341,12 +342,7 @@ impl Store {
         if gone.is_empty() || self.inner.broken.load(Ordering::Acquire) {
             return Ok(());
         }
-        let keys: Vec<String> = gone.iter().map(|s| outbox::key(*s)).collect();
-        let batch: Vec<Write<'_>> = keys
-            .iter()
-            .map(|k| Write::Remove(Table::Outbox, k))
-            .collect();
-        self.inner.backend.write(&batch)
+        outbox::remove(&*self.inner.backend, &gone)
     }
 
     /// How many outbox entries are durable and not yet delivered.
@@ -366,7 +362,7 @@ impl Store {
     }
 
     /// Writes `record` and the events `events` makes of it (and of the record it replaces)
-    /// in one atomic batch; returns the stored record and the events' sequence numbers.
+    /// (see `write_batch`); returns the stored record and the events' sequence numbers.
     async fn put_with<R: Record>(
         &self,
         mut record: R,
@@ -381,8 +377,21 @@ impl Store {
         record.stamp(previous.as_deref(), Timestamp::now());
         let bytes = serde_json::to_vec(&record).map_err(StoreError::Encode)?;
         let events = events(&record, previous.as_deref());
+        let origin = || {
+            Origin::new(
+                R::TABLE,
+                &key,
+                previous.as_ref().and_then(|p| p.etag()),
+                record.etag(),
+            )
+        };
         let _timer = self.inner.observed.write_timer();
-        let seqs = self.write_batch(Write::Put(R::TABLE, &key, &bytes), &events)?;
+        let seqs = self.write_batch(
+            Write::Put(R::TABLE, &key, &bytes),
+            origin,
+            &events,
+            previous.as_deref(),
+        )?;
         self.settle(&key, previous.as_deref(), &seqs).await?;
         let stored = Arc::new(record);
         R::cache_put(&self.inner.cache, &key, Arc::clone(&stored));
@@ -396,7 +405,7 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Deletes a record and writes the events `events` makes of it in one atomic batch.
+    /// Deletes a record and writes the events `events` makes of it (see `write_batch`).
     async fn delete_with<R: Record>(
         &self,
         key: &str,
@@ -409,26 +418,68 @@ impl Store {
         let previous = R::cached(&self.inner.cache, &key);
         check(previous.as_deref(), pre, true)?;
         let events = previous.as_deref().map(events).unwrap_or_default();
+        let origin = || {
+            Origin::new(
+                R::TABLE,
+                &key,
+                previous.as_ref().and_then(|p| p.etag()),
+                None,
+            )
+        };
         let _timer = self.inner.observed.write_timer();
-        let seqs = self.write_batch(Write::Remove(R::TABLE, &key), &events)?;
+        let seqs = self.write_batch(
+            Write::Remove(R::TABLE, &key),
+            origin,
+            &events,
+            previous.as_deref(),
+        )?;
         self.settle(&key, previous.as_deref(), &seqs).await?;
         R::cache_remove(&self.inner.cache, &key);
         self.inner.outbox.made_durable(&seqs);
         Ok(seqs)
     }
 
-    /// Writes one change and its outbox entries atomically (not yet durable).
-    fn write_batch(&self, change: Write<'_>, events: &[Vec<u8>]) -> Result<Vec<Seq>, StoreError> {
+    /// Writes one change and its outbox entries (not yet durable): each entry, marked with
+    /// the change's `origin`, then the change, one backend write each. The backend keeps a
+    /// prefix of its writes across a crash, so a change that survives has its entries, and
+    /// `Outbox::load` drops entries whose change was lost (see `outbox.rs`). Not one atomic
+    /// batch: sled writes a batch with two extra log buffers, which cost a registration with
+    /// the assignment feed about 100 us of dpsd CPU (`docs/performance.md`). If a write
+    /// fails after an entry was written, what may have been written is taken back as after a
+    /// failed flush; a change without entries is one write, which failing writes nothing.
+    fn write_batch<R: Record>(
+        &self,
+        change: Write<'_>,
+        origin: impl FnOnce() -> Origin,
+        events: &[Vec<u8>],
+        previous: Option<&R>,
+    ) -> Result<Vec<Seq>, StoreError> {
         let seqs = self.inner.outbox.reserve(events.len());
-        let keys: Vec<String> = seqs.iter().map(|s| outbox::key(*s)).collect();
-        let mut batch = Vec::with_capacity(1 + events.len());
-        batch.push(change);
-        batch.extend(
-            keys.iter()
-                .zip(events)
-                .map(|(k, e)| Write::Put(Table::Outbox, k, e)),
-        );
-        self.inner.backend.write(&batch)?;
+        if events.is_empty() {
+            self.inner.backend.write(&[change])?;
+            return Ok(seqs);
+        }
+        let origin = origin();
+        let entries = seqs
+            .iter()
+            .zip(events)
+            .map(|(seq, event)| Ok((outbox::key(*seq), origin.encode(event)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let written = entries
+            .iter()
+            .try_for_each(|(key, value)| {
+                self.inner
+                    .backend
+                    .write(&[Write::Put(Table::Outbox, key, value)])
+            })
+            .and_then(|()| self.inner.backend.write(&[change]));
+        if let Err(e) = written {
+            let key = match change {
+                Write::Put(_, key, _) | Write::Remove(_, key) => key,
+            };
+            self.undo(key, previous, &seqs);
+            return Err(e);
+        }
         Ok(seqs)
     }
 
@@ -475,6 +526,14 @@ impl Store {
         let Err(e) = self.inner.commit.durable().await else {
             return Ok(());
         };
+        self.undo(key, previous, seqs);
+        Err(e)
+    }
+
+    /// Puts `previous` back as the record `key` and removes the outbox entries `seqs`, in one
+    /// atomic batch (rare: after a failed write or flush). If that fails too, the backend may
+    /// keep a refused write, and the store refuses writes until it is opened again.
+    fn undo<R: Record>(&self, key: &str, previous: Option<&R>, seqs: &[Seq]) {
         let undo = previous
             .map(|p| serde_json::to_vec(p).map_err(StoreError::Encode))
             .transpose()
@@ -492,10 +551,9 @@ impl Store {
             tracing::error!(
                 error = %undo,
                 table = R::TABLE.name(),
-                "cannot take back a write whose flush failed; refusing writes until restart"
+                "cannot take back a failed write; refusing writes until restart"
             );
         }
-        Err(e)
     }
 
     fn query<R: Record>(

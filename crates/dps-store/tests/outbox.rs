@@ -1,8 +1,14 @@
-//! The outbox: events written in the same atomic batch as the change they describe, visible
-//! to the relay once durable, in sequence order, and gone once delivered.
+//! The outbox: events written with the change they describe (and dropped at open when a crash
+//! kept them but lost the change), visible to the relay once durable, in sequence order, and
+//! gone once delivered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dps_attest::{EnrollmentRules, Prepared};
-use dps_store::{Precondition, RegistrationRecord, Store, StoreError};
+use dps_store::{
+    Backend, Precondition, RegistrationRecord, SledBackend, Store, StoreError, Table, Visit, Write,
+};
 use dps_types::{
     DeviceRegistrationState, EnrollmentGroup, EnrollmentGroupId, RegistrationId, RegistrationStatus,
 };
@@ -177,4 +183,110 @@ async fn deletes_write_the_events_made_of_what_they_delete() {
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
     assert_eq!(store.outbox_len(), 3);
+}
+
+/// The real sled backend that, while `losing` is set, reports writes of registration records
+/// as done without making them: what a crash leaves that kept a change's outbox entries (they
+/// are written first) and lost the change.
+struct LosesRecords {
+    inner: SledBackend,
+    losing: AtomicBool,
+}
+
+impl Backend for LosesRecords {
+    fn write(&self, batch: &[Write<'_>]) -> Result<(), StoreError> {
+        let record = |w: &Write<'_>| {
+            matches!(
+                w,
+                Write::Put(Table::Registrations, ..) | Write::Remove(Table::Registrations, _)
+            )
+        };
+        if self.losing.load(Ordering::SeqCst) && batch.iter().all(record) {
+            return Ok(());
+        }
+        self.inner.write(batch)
+    }
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.scan(table, after, visit)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test]
+async fn entries_whose_change_a_crash_lost_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // An entry from before entries carried their origin: kept as it is.
+    let sled = SledBackend::open(dir.path()).unwrap();
+    sled.write(&[Write::Put(
+        Table::Outbox,
+        "00000000000000000000",
+        b"written by an earlier version",
+    )])
+    .unwrap();
+    sled.flush().unwrap();
+    drop(sled);
+
+    let backend = Arc::new(LosesRecords {
+        inner: SledBackend::open(dir.path()).unwrap(),
+        losing: AtomicBool::new(false),
+    });
+    let store = Store::with_backend(Arc::clone(&backend) as Arc<dyn Backend>).unwrap();
+    let put = |id: &'static str, event: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .put_registration_with(record(id, None), &Precondition::Any, |_, _| {
+                    vec![event.as_bytes().to_vec()]
+                })
+                .await
+                .unwrap();
+        }
+    };
+    put("twice", "twice 1").await;
+    put("twice", "twice 2").await;
+    put("replaced", "replaced 1").await;
+    put("deleted", "deleted created").await;
+
+    backend.losing.store(true, Ordering::SeqCst);
+    put("created", "created: lost").await;
+    put("replaced", "replaced 2: lost").await;
+    store
+        .delete_registration_with(&rid("deleted"), &Precondition::Any, |_| {
+            vec![b"deleted: lost".to_vec()]
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_len(), 8, "the store did not notice");
+    drop(store);
+    drop(backend);
+
+    let expected = [
+        "written by an earlier version",
+        "twice 1",
+        "twice 2",
+        "replaced 1",
+        "deleted created",
+    ];
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.registration(&rid("created")).is_none());
+    assert!(store.registration(&rid("deleted")).is_some());
+    assert_eq!(waiting(&store), expected);
+    assert_eq!(store.outbox_len(), expected.len());
+    let (_, seqs) = store
+        .put_registration_with(record("next", None), &Precondition::Any, |_, _| {
+            vec![b"next".to_vec()]
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs, [8], "numbering goes on after the dropped entries");
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(waiting(&store).len(), expected.len() + 1);
 }
