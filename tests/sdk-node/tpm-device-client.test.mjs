@@ -1,11 +1,12 @@
 // The official Node TPM security client (azure-iot-security-tpm over tss.js), unchanged, on the
-// official HTTP device transport, registering a TPM device against the real dpsd. The TPM is a
+// official HTTP and AMQP device transports, registering a TPM device against the real dpsd. The TPM is a
 // real software TPM (Debian's swtpm); tss.js speaks the Microsoft TPM simulator's TCP protocol,
 // which lib/tpm-bridge.py translates to swtpm's raw TPM socket. The client creates its EK and
 // SRK in that TPM, the EK is enrolled through the service SDK, and
-// `ProvisioningDeviceClient.register()` does the rest as against Azure DPS: the 401 challenge,
-// ActivateCredential + Import of the blob, the TPM-signed SAS token, the polls, and the import
-// of the hub key of `registrationState.tpm.authenticationKey`.
+// `ProvisioningDeviceClient.register()` does the rest as against Azure DPS: the challenge (the
+// HTTP 401, or the AMQP SASL `TPM` mechanism), ActivateCredential + Import of the blob, the
+// TPM-signed SAS token, the polls, and the import of the hub key of
+// `registrationState.tpm.authenticationKey`.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -21,6 +22,7 @@ import tss from 'tss.js';
 
 import {
   assertAssigned,
+  amqpDeviceClient,
   assertRecorded,
   attempts,
   enroll,
@@ -121,26 +123,34 @@ function promised(fn) {
   return new Promise((resolve, reject) => fn((err, value) => (err ? reject(err) : resolve(value))));
 }
 
-test('HTTPS, TPM (official Node TPM client, swtpm): challenged, activated, assigned, hub key imported', async () => {
-  const security = new TpmSecurityClient(undefined, await softwareTpm());
-  const ek = await within(promised((cb) => security.getEndorsementKey(cb)), 30_000, 'getEndorsementKey');
-  const registrationId = await within(promised((cb) => security.getRegistrationId(cb)), 30_000, 'getRegistrationId');
-  await enroll(client, {
-    registrationId,
-    attestation: { type: 'tpm', tpm: { endorsementKey: ek.toString('base64') } },
+for (const [name, transport, deviceClientOf] of [
+  ['HTTPS', 'https', httpsDeviceClient],
+  ['AMQP', 'amqp', amqpDeviceClient],
+]) {
+  test(`${name}, TPM (official Node TPM client, swtpm): challenged, activated, assigned, hub key imported`, async () => {
+    const security = new TpmSecurityClient(undefined, await softwareTpm());
+    const ek = await within(promised((cb) => security.getEndorsementKey(cb)), 30_000, 'getEndorsementKey');
+    const registrationId = await within(promised((cb) => security.getRegistrationId(cb)), 30_000, 'getRegistrationId');
+    await enroll(client, {
+      registrationId,
+      attestation: { type: 'tpm', tpm: { endorsementKey: ek.toString('base64') } },
+    });
+
+    // The TPM registration resolves to the whole RegistrationOperationStatus (it imported the
+    // hub key of its registrationState.tpm.authenticationKey before), not to the state alone.
+    const outcome = await register(deviceClientOf(security));
+    assert.equal(outcome.state?.status, 'assigned', JSON.stringify(outcome.state));
+    const registered = { ...outcome, state: outcome.state.registrationState };
+    const state = assertAssigned(registered, { registrationId, deviceId: registrationId });
+    assert.ok(state.tpm?.authenticationKey, JSON.stringify(state));
+    await assertRecorded(client, registrationId, state);
+    assert.deepEqual(await attempts(registrationId), []);
   });
+}
 
-  // The TPM registration resolves to the whole RegistrationOperationStatus (it imported the
-  // hub key of its registrationState.tpm.authenticationKey before), not to the state alone.
-  const outcome = await register(httpsDeviceClient(security));
-  assert.equal(outcome.state?.status, 'assigned', JSON.stringify(outcome.state));
-  const registered = { ...outcome, state: outcome.state.registrationState };
-  const state = assertAssigned(registered, { registrationId, deviceId: registrationId });
-  assert.ok(state.tpm?.authenticationKey, JSON.stringify(state));
-  await assertRecorded(client, registrationId, state);
-  assert.deepEqual(await attempts(registrationId), []);
-});
-
+// HTTPS only: over AMQP the SASL `TPM` exchange of such a device ends with outcome `auth`
+// (crates/dps-amqp/tests/tpm.rs checks that and the recorded reason), on which this SDK's AMQP
+// transport does not settle register() (it writes after the socket ended and waits).
 test('HTTPS, TPM: a TPM whose EK is not the enrolled one is refused with the reason recorded', async () => {
   const enrolled = new TpmSecurityClient(undefined, await softwareTpm());
   const otherEk = await within(promised((cb) => enrolled.getEndorsementKey(cb)), 30_000, 'getEndorsementKey');
