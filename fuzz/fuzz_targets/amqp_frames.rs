@@ -93,7 +93,9 @@ fn sasl(buf: &mut BytesMut) -> bool {
         match step {
             Step::Challenge(_) => {}
             Step::Done(_) => return true,
-            Step::Fail(_) => return false,
+            // A TPM device's challenge needs the registrar's sealing (amqp_sasl covers it);
+            // here the exchange ends as a refused one does.
+            Step::Seal(_) | Step::Fail(_) => return false,
         }
     }
 }

@@ -204,22 +204,17 @@ fn check_tpm(mut exchange: Exchange, data: &[u8]) {
             }
             Step::Done(claim) => {
                 assert!(last_sent, "a claim before the whole blob went out");
-                let Claim::Tpm {
-                    registration_id,
-                    token,
-                    endorsement_key,
-                } = claim
-                else {
+                let Claim::Tpm { keys, token } = &claim else {
                     panic!("a TPM exchange claimed {claim:?}");
                 };
                 let (_, id, ek) = tpm_init_parts(init).expect("a well-formed init");
-                assert_eq!(registration_id.as_str().as_bytes(), id);
-                assert_eq!(endorsement_key, ek);
+                assert_eq!(keys.registration_id.as_str().as_bytes(), id);
+                assert_eq!(keys.endorsement_key, ek);
+                assert!(!keys.storage_root_key.is_empty());
                 assert!(!token.is_empty());
                 let other = Claim::Tpm {
-                    registration_id: registration_id.clone(),
+                    keys: keys.clone(),
                     token: format!("{token}-other"),
-                    endorsement_key: endorsement_key.clone(),
                 };
                 assert_eq!(
                     format!("{claim:?}"),
