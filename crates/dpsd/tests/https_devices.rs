@@ -12,23 +12,6 @@ use serde_json::{json, Value};
 
 const HUB: &str = "hub-1.example.net";
 
-/// dpsd in `dir` with one linked hub, every listener on a free loopback port, `env` added.
-async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> dpsd::Running {
-    let file = dir.join("dpsd.toml");
-    std::fs::write(&file, format!("[[linked_hubs]]\nhost_name = \"{HUB}\"\n")).unwrap();
-    let flags = dpsd::Flags {
-        data_dir: Some(dir.join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        mqtt_listen: Some("127.0.0.1:0".into()),
-        amqp_listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    let mut vars = vec![("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
-    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = dpsd::Config::load(Some(&file), vars, &flags).unwrap();
-    dpsd::start(config).await.unwrap()
-}
-
 /// A device SAS token for `id` under `scope`, as the Node SDK signs it.
 fn device_token(scope: &str, id: &str, key: &SymmetricKey) -> String {
     dps_attest::SasToken::generate(
@@ -57,7 +40,7 @@ async fn enroll(service: &ServiceClient, id: &str) -> SymmetricKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_https() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &[]).await;
+    let running = common::start_with_hub(dir.path(), HUB, &[]).await;
     let service = ServiceClient::new(
         &running.connection_string,
         &running.ca_file,
@@ -184,7 +167,8 @@ async fn a_device_registers_over_https_next_to_the_service_api_and_counts_as_htt
 #[tokio::test]
 async fn with_the_device_api_off_the_listener_serves_the_service_api_only() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &[("DPSD_API_DEVICE_API", "false")]).await;
+    let running =
+        common::start_with_hub(dir.path(), HUB, &[("DPSD_API_DEVICE_API", "false")]).await;
     assert!(!running.device_api);
     let service = ServiceClient::new(
         &running.connection_string,

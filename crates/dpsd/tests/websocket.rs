@@ -32,23 +32,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
-/// dpsd in `dir` with one linked hub, every listener on a free loopback port, `env` added.
-async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> dpsd::Running {
-    let file = dir.join("dpsd.toml");
-    std::fs::write(&file, format!("[[linked_hubs]]\nhost_name = \"{HUB}\"\n")).unwrap();
-    let flags = dpsd::Flags {
-        data_dir: Some(dir.join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        mqtt_listen: Some("127.0.0.1:0".into()),
-        amqp_listen: Some("127.0.0.1:0".into()),
-        ..Default::default()
-    };
-    let mut vars = vec![("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
-    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = dpsd::Config::load(Some(&file), vars, &flags).unwrap();
-    dpsd::start(config).await.unwrap()
-}
-
 /// dpsd's development CA, DER.
 fn ca_der(running: &dpsd::Running) -> Vec<u8> {
     let pem = std::fs::read_to_string(&running.ca_file).unwrap();
@@ -231,7 +214,7 @@ async fn record(service: &ServiceClient, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_register_over_mqtt_and_amqp_over_websocket_on_the_https_port() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &[]).await;
+    let running = common::start_with_hub(dir.path(), HUB, &[]).await;
     let service = ServiceClient::new(
         &running.connection_string,
         &running.ca_file,
@@ -332,7 +315,7 @@ fn refused_status(result: Result<Ws, WsError>) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upgrades_get_http_errors_and_an_oversized_message_ends_its_connection_only() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &[]).await;
+    let running = common::start_with_hub(dir.path(), HUB, &[]).await;
     let service = ServiceClient::new(
         &running.connection_string,
         &running.ca_file,
@@ -414,7 +397,7 @@ async fn bad_upgrades_get_http_errors_and_an_oversized_message_ends_its_connecti
 #[tokio::test]
 async fn with_websocket_off_an_upgrade_is_not_served() {
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), &[("DPSD_API_WEBSOCKET", "false")]).await;
+    let running = common::start_with_hub(dir.path(), HUB, &[("DPSD_API_WEBSOCKET", "false")]).await;
     let ca = ca_der(&running);
     let result = websocket(running.api_addr, &ca, None, "/$iothub/websocket", "mqtt").await;
     // The request goes to the service API as any other, which refuses it (no api-version).

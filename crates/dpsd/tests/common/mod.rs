@@ -26,6 +26,25 @@ pub async fn start_in(dir: &Path) -> dpsd::Running {
     dpsd::start(config).await.expect("dpsd starts")
 }
 
+/// dpsd in `dir` with `hub` linked, every listener on a free loopback port, `env` added to
+/// its environment.
+pub async fn start_with_hub(dir: &Path, hub: &str, env: &[(&str, &str)]) -> dpsd::Running {
+    let file = dir.join("dpsd.toml");
+    std::fs::write(&file, format!("[[linked_hubs]]\nhost_name = \"{hub}\"\n"))
+        .expect("config file");
+    let flags = dpsd::Flags {
+        data_dir: Some(dir.join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        amqp_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let mut vars = vec![("DPSD_METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = dpsd::Config::load(Some(&file), vars, &flags).expect("config");
+    dpsd::start(config).await.expect("dpsd starts")
+}
+
 /// A client of the service API, as a user would build one from the data directory.
 pub struct ServiceClient {
     pub http: reqwest::Client,
